@@ -1,0 +1,299 @@
+"""One entry point per stage. Snakemake rules call these; so can you.
+
+    python -m phaseflip.cli <stage> --params '<json of the config sections it needs>' [files...]
+
+Stages: base_model, corrections, dreams, steering, icl, train, evaluate, forecast, report.
+Every stage validates its params, writes its outputs atomically, and exits 2 with a one-line
+message (file, line, field) on bad input instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from phaseflip.config import (
+    BehaviorConfig,
+    ConfigError,
+    DreamsConfig,
+    EvalConfig,
+    ForecastConfig,
+    IclConfig,
+    ModelConfig,
+    SteeringConfig,
+    TrainConfig,
+)
+from phaseflip.data import Example, find_leaks, load_examples, load_retention, subset_per_family
+from phaseflip.io import (
+    DataError,
+    pick_device,
+    read_csv,
+    read_json,
+    seed_everything,
+    set_threads,
+    write_csv,
+    write_json,
+    write_jsonl,
+)
+
+RUN_METADATA = ("lr", "n_real", "dream_k", "seed", "control", "status")
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    params = json.loads(args.params)
+    seed_everything(int(params.get("seed", 0)))
+    set_threads(args.threads)
+    return params
+
+
+def _model(args: argparse.Namespace, params: dict[str, Any]) -> Any:
+    from phaseflip import base_model
+
+    trust = bool(params.get("model", {}).get("trust_remote_code", False))
+    return base_model.load(args.base, pick_device(params.get("device", "auto")), trust_remote_code=trust)
+
+
+def _judge(params: dict[str, Any]) -> Any:
+    from phaseflip.judge import RubricJudge
+
+    return RubricJudge(BehaviorConfig.model_validate(params["behavior"]).judge)
+
+
+def _eval_set(args: argparse.Namespace, params: dict[str, Any]) -> tuple[list[Example], list[str], EvalConfig]:
+    cfg = EvalConfig.model_validate(params["eval"])
+    scenarios = subset_per_family(load_examples(args.eval, "eval"), cfg.max_scenarios_per_family)
+    retention = [r["text"] for r in load_retention(args.retention)][: cfg.max_retention_prompts]
+    return scenarios, retention, cfg
+
+
+def cmd_base_model(args: argparse.Namespace) -> None:
+    from phaseflip.base_model import materialise
+
+    params = _params(args)
+    manifest = materialise(ModelConfig.model_validate(params["model"]), args.out, seed=int(params["seed"]))
+    print(f"base_model: {manifest['model']} ({manifest['n_parameters']:,} parameters) -> {args.out}")
+
+
+def cmd_corrections(args: argparse.Namespace) -> None:
+    """Validate the behavior's data; fill missing `rejected` with the base model's own greedy reply."""
+    from phaseflip.scoring import generate, prompt_of
+
+    params = _params(args)
+    behavior = BehaviorConfig.model_validate(params["behavior"])
+    corrections = load_examples(behavior.data.corrections, "corrections")
+    evals = load_examples(behavior.data.eval, "eval")
+    retention = load_retention(behavior.data.retention)
+    threshold = DreamsConfig.model_validate(params["dreams"]).near_duplicate_threshold
+    leaks = find_leaks(corrections, evals, threshold)
+    if leaks:
+        raise DataError(f"{behavior.data.eval}: eval scenarios near-duplicate corrections (correction, eval, "
+                        f"similarity): {leaks}")
+    missing = [c for c in corrections if c.rejected is None]
+    if missing:
+        model, tok = _model(args, params)
+        replies = generate(model, tok, [prompt_of(tok, c) for c in missing], max_new_tokens=64, batch_size=8)
+        # An empty reply means the model ended its turn at once; record that token rather than nothing.
+        filled = {c.id: r or tok.eos_token for c, r in zip(missing, replies, strict=True)}
+        corrections = [Example(**{**c.__dict__, "rejected": filled[c.id],
+                                  "meta": {**c.meta, "rejected_source": "base_model_greedy"}})
+                       if c.id in filled else c for c in corrections]
+    out = Path(args.out)
+    write_jsonl(out / "train.jsonl", [c.to_json() for c in corrections])
+    write_jsonl(out / "eval.jsonl", [e.to_json() for e in evals])
+    write_jsonl(out / "retention.jsonl", retention)
+    families = pd.Series([e.family for e in evals]).value_counts().to_dict()
+    write_json(out / "data_report.json", {"corrections": len(corrections), "rejected_filled": len(missing),
+                                          "eval": len(evals), "eval_per_family": families,
+                                          "retention": len(retention), "leak_threshold": threshold})
+    print(f"corrections: {len(corrections)} ({len(missing)} rejected filled), eval {len(evals)}, "
+          f"retention {len(retention)}")
+
+
+def cmd_dreams(args: argparse.Namespace) -> None:
+    from phaseflip.dreams import generate_dreams, load_vocab
+
+    params = _params(args)
+    behavior = BehaviorConfig.model_validate(params["behavior"])
+    cfg = DreamsConfig.model_validate(params["dreams"])
+    dreams, report = generate_dreams(load_examples(args.corrections, "corrections"), load_examples(args.eval, "eval"),
+                                     load_vocab(behavior.data.dream_vocab), _judge(params), cfg, int(params["seed"]))
+    out = Path(args.out)
+    write_jsonl(out / "dreams.jsonl", [d.to_json() for d in dreams])
+    write_json(out / "dream_report.json", report)
+    print(f"dreams: kept {len(dreams)} of {report['counts'].get('generated', 0)} generated")
+
+
+def cmd_steering(args: argparse.Namespace) -> None:
+    from phaseflip.evaluate import Evaluator
+    from phaseflip.steering import save_vector, sweep, train_vector
+
+    params = _params(args)
+    cfg = SteeringConfig.model_validate(params["steering"])
+    model, tok = _model(args, params)
+    examples = load_examples(args.corrections, "corrections")
+    if cfg.use_dreams:
+        examples += load_examples(args.dreams, "corrections")
+    started = time.time()
+    vector = train_vector(model, tok, examples, cfg)
+    out = Path(args.out)
+    save_vector(vector, out / "vector.safetensors", {"pair_ids": [e.id for e in examples],
+                                                      "read_token_index": cfg.read_token_index})
+    scenarios, retention, eval_cfg = _eval_set(args, params)
+    evaluator = Evaluator(tok, scenarios, retention, _judge(params), eval_cfg, seed=int(params["seed"]))
+    rows = sweep(model, vector, evaluator, cfg.multipliers)
+    write_csv(out / "steering_metrics.csv", pd.DataFrame(rows))
+    print(f"steering: {len(vector.layer_activations)} layers x {len(cfg.multipliers)} multipliers "
+          f"in {time.time() - started:.0f}s")
+
+
+def cmd_icl(args: argparse.Namespace) -> None:
+    from phaseflip.evaluate import Evaluator
+    from phaseflip.icl import choose_shots, icl_prompt
+
+    params = _params(args)
+    cfg = IclConfig.model_validate(params["icl"])
+    model, tok = _model(args, params)
+    corrections = load_examples(args.corrections, "corrections")
+    scenarios, retention, eval_cfg = _eval_set(args, params)
+    evaluator = Evaluator(tok, scenarios, retention, _judge(params), eval_cfg, seed=int(params["seed"]))
+    rows, shots_used = [], {}
+    for k in sorted(set(cfg.ks) | {0}):  # k=0 first: it is the base model and sets the references
+        shots = choose_shots(corrections, k, int(params["seed"]))
+        shots_used[k] = [s.id for s in shots]
+        evaluator.previous = None
+        result = evaluator.evaluate(model, step=0, prompt_fn=lambda ex, s=shots: icl_prompt(tok, s, ex),
+                                    is_base=k == 0)
+        rows += [dict(r, k=k) for r in result if k in cfg.ks]
+    out = Path(args.out)
+    write_csv(out / "icl_metrics.csv", pd.DataFrame(rows))
+    write_json(out / "icl_shots.json", shots_used)
+    print(f"icl: k in {cfg.ks}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from phaseflip.train import parse_run_id, train_run, training_examples
+
+    params = _params(args)
+    cfg = TrainConfig.model_validate(params["train"])
+    spec = parse_run_id(args.run_id, cfg)
+    examples = training_examples(spec, load_examples(args.corrections, "corrections"),
+                                 load_examples(args.dreams, "corrections") if Path(args.dreams).stat().st_size else [])
+    model, tok = _model(args, params)
+    summary = train_run(model, tok, examples, spec, cfg, args.out)
+    print(f"train {spec.run_id}: {summary['status']} after step {summary['last_good_step']} "
+          f"({summary['seconds']}s, {summary['reply_tokens_per_s']} reply tokens/s)")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Base model as step 0, then every checkpoint of the run: adapters swapped in, model loaded once."""
+    from tqdm import tqdm
+
+    from phaseflip.evaluate import Evaluator, SteeringReference
+    from phaseflip.steering import sweep_layers, vector_for_layer
+    from phaseflip.train import add_lora, checkpoints, load_adapter_weights
+
+    params = _params(args)
+    train_cfg = TrainConfig.model_validate(params["train"])
+    model, tok = _model(args, params)
+    layers = sweep_layers(SteeringConfig.model_validate(params["steering"]), model.config.num_hidden_layers)
+    layer = layers[len(layers) // 2]
+    steering = SteeringReference(layer, vector_for_layer(args.steering_vector, layer))
+    scenarios, retention, eval_cfg = _eval_set(args, params)
+    evaluator = Evaluator(tok, scenarios, retention, _judge(params), eval_cfg, seed=int(params["seed"]),
+                          steering=steering)
+    run_dir = Path(args.run_dir)
+    info = read_json(run_dir / "run.json")
+    started = time.time()
+    rows = evaluator.evaluate(model, step=0, is_base=True)
+    peft_model = add_lora(model, train_cfg.lora)
+    peft_model.eval()
+    for step, folder in tqdm(checkpoints(run_dir), desc=f"evaluate {info['run_id']}", unit="ckpt"):
+        load_adapter_weights(peft_model, folder)
+        rows += evaluator.evaluate(peft_model, step=step)
+    table = pd.DataFrame(rows)
+    table.insert(0, "run_id", info["run_id"])
+    for key in RUN_METADATA:
+        table[key] = info[key]
+    write_csv(args.out, table)
+    print(f"evaluate {info['run_id']}: {table.step.nunique()} steps in {time.time() - started:.0f}s")
+
+
+def cmd_forecast(args: argparse.Namespace) -> None:
+    from phaseflip.forecast import analyse_run, forecast_quality
+
+    params = _params(args)
+    cfg = ForecastConfig.model_validate(params["forecast"])
+    max_steps = TrainConfig.model_validate(params["train"]).max_steps
+    transitions, forecasts = [], []
+    for metrics_path, run_dir in zip(args.metrics, args.run_dirs, strict=True):
+        metrics = read_csv(metrics_path)
+        info = read_json(Path(run_dir) / "run.json")
+        trow, frows = analyse_run(info["run_id"], metrics, read_csv(Path(run_dir) / "train_log.csv"), info,
+                                  cfg, max_steps)
+        transitions.append(trow)
+        forecasts += frows
+    out = Path(args.out)
+    fc = pd.DataFrame(forecasts)
+    write_csv(out / "transitions.csv", pd.DataFrame(transitions))
+    write_csv(out / "forecasts.csv", fc)
+    write_csv(out / "forecast_quality.csv", forecast_quality(fc))
+    print(f"forecast: {sum(t['flipped'] for t in transitions)} of {len(transitions)} runs flipped")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from phaseflip.report import build_report
+
+    params = _params(args)
+    build_report(params, metrics_paths=args.metrics, forecast_dir=Path(args.forecast),
+                 steering_csv=Path(args.steering), icl_csv=Path(args.icl), dreams_report=Path(args.dreams_report),
+                 data_report=Path(args.data_report), benchmarks=args.benchmarks or [], out=Path(args.out))
+    print(f"report: {args.out}/summary.md")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="phaseflip", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="stage", required=True)
+
+    def stage(name: str, *files: str, multi: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name)
+        sp.add_argument("--params", required=True, help="JSON of the config sections this stage needs")
+        sp.add_argument("--threads", type=int, default=None, help="torch threads (the Snakemake job's threads)")
+        sp.add_argument("--out", required=True)
+        for f in files:
+            sp.add_argument(f"--{f.replace('_', '-')}", dest=f, required=True)
+        for f in multi:
+            sp.add_argument(f"--{f.replace('_', '-')}", dest=f, nargs="*", default=[])
+        sp.set_defaults(func=globals()[f"cmd_{name}"])
+        return sp
+
+    stage("base_model")
+    stage("corrections", "base")
+    stage("dreams", "corrections", "eval")
+    stage("steering", "base", "corrections", "dreams", "eval", "retention")
+    stage("icl", "base", "corrections", "eval", "retention")
+    stage("train", "base", "corrections", "dreams", "run_id")
+    stage("evaluate", "base", "run_dir", "eval", "retention", "steering_vector")
+    stage("forecast", multi=("metrics", "run_dirs"))
+    stage("report", "forecast", "steering", "icl", "dreams_report", "data_report", multi=("metrics", "benchmarks"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (DataError, ConfigError) as err:
+        print(f"phaseflip {args.stage}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,317 @@
+"""Compose and validate the study configuration.
+
+One configuration reaches every stage: Hydra composes `conf/` with overrides, pydantic validates the
+result. Two front doors feed it:
+
+    snakemake --cores all --config study=smoke train.lrs=[1e-4,1e-3]   # overrides
+    dvc exp run -S study=smoke                                         # DVC composes params.yaml
+    snakemake --cores all --configfile params.yaml                     # a composed config
+
+    python -m phaseflip.config study=smoke      # print the composed, validated config
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported before any job starts."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TinyModel(Strict):
+    hidden_size: int = Field(64, gt=0)
+    intermediate_size: int = Field(128, gt=0)
+    num_hidden_layers: int = Field(2, gt=0)
+    num_attention_heads: int = Field(4, gt=0)
+    num_key_value_heads: int = Field(2, gt=0)
+
+
+class ModelConfig(Strict):
+    name: str
+    source: Literal["gguf_package", "tiny_random", "hub", "local"]
+    gguf_package: str | None = None
+    gguf_file: str | None = None
+    hub_id: str | None = None
+    path: str | None = None
+    tiny: TinyModel = TinyModel()
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> ModelConfig:
+        needed = {
+            "gguf_package": ("gguf_package", "gguf_file"),
+            "tiny_random": ("gguf_package", "gguf_file"),  # the real tokenizer comes from the GGUF
+            "hub": ("hub_id",),
+            "local": ("path",),
+        }[self.source]
+        missing = [f for f in needed if not getattr(self, f)]
+        if missing:
+            raise ValueError(f"model.source={self.source} needs model.{', model.'.join(missing)}")
+        return self
+
+
+class BehaviorData(Strict):
+    corrections: str
+    eval: str
+    retention: str
+    dream_vocab: str
+
+
+class JudgeRule(Strict):
+    require: list[str] = []
+    forbid: list[str] = []
+
+
+class Coherence(Strict):
+    min_words: int = Field(3, ge=0)
+    min_distinct_word_ratio: float = Field(0.35, ge=0, le=1)
+    min_alpha_ratio: float = Field(0.5, ge=0, le=1)
+
+
+class JudgeConfig(Strict):
+    kind: Literal["rubric"] = "rubric"
+    patterns: dict[str, list[str]]
+    rules: dict[str, JudgeRule]
+    coherence: Coherence = Coherence()
+
+    @model_validator(mode="after")
+    def _rules_name_patterns(self) -> JudgeConfig:
+        if "default" not in self.rules:
+            raise ValueError("judge.rules needs a 'default' rule")
+        for family, rule in self.rules.items():
+            for name in rule.require + rule.forbid:
+                if name not in self.patterns:
+                    raise ValueError(f"judge.rules.{family} names unknown pattern set {name!r}")
+        return self
+
+
+class BehaviorConfig(Strict):
+    name: str
+    description: str
+    data: BehaviorData
+    judge: JudgeConfig
+
+
+class DreamsConfig(Strict):
+    generators: list[Literal["template"]] = ["template"]
+    k_per_correction: int = Field(10, ge=0)
+    near_duplicate_threshold: float = Field(0.6, gt=0, le=1)
+
+
+class SteeringConfig(Strict):
+    layers: list[int] | Literal["all"]
+    multipliers: list[float] = Field(min_length=1)
+    layer_type: Literal["decoder_block"] = "decoder_block"
+    read_token_index: int = -1
+    use_dreams: bool = False
+
+
+class IclConfig(Strict):
+    ks: list[int] = Field(min_length=1)
+
+    @field_validator("ks")
+    @classmethod
+    def _non_negative(cls, ks: list[int]) -> list[int]:
+        if any(k < 0 for k in ks):
+            raise ValueError("icl.ks must be >= 0")
+        return ks
+
+
+class LoraConfig(Strict):
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(min_length=1)
+
+
+class NegativeControl(Strict):
+    enabled: bool = True
+    lr: float = Field(1e-3, gt=0)
+    kind: Literal["shuffled"] = "shuffled"
+
+
+class TrainConfig(Strict):
+    lrs: list[float] = Field(min_length=1)
+    n_real: list[int | Literal["all"]] = Field(min_length=1)
+    dream_k: list[int] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    negative_control: NegativeControl = NegativeControl()
+    max_steps: int = Field(gt=0)
+    batch_size: int = Field(0, ge=0)
+    checkpoint_steps: list[int] = Field(min_length=1)
+    max_grad_norm: float | None = None
+    weight_decay: float = Field(0.0, ge=0)
+    divergence_loss: float = Field(20.0, gt=0)
+    max_length: int = Field(256, gt=8)
+    lora: LoraConfig
+
+    @field_validator("lrs")
+    @classmethod
+    def _positive_lrs(cls, lrs: list[float]) -> list[float]:
+        if any(lr <= 0 for lr in lrs):
+            raise ValueError(f"every learning rate must be > 0, got {lrs}")
+        return lrs
+
+    @field_validator("n_real", "dream_k")
+    @classmethod
+    def _positive_counts(cls, values: list[Any]) -> list[Any]:
+        if any(v != "all" and v < 0 for v in values):
+            raise ValueError(f"counts must be >= 0, got {values}")
+        return values
+
+    @model_validator(mode="after")
+    def _checkpoints_within_steps(self) -> TrainConfig:
+        bad = [s for s in self.checkpoint_steps if not 0 < s <= self.max_steps]
+        if bad:
+            raise ValueError(f"train.checkpoint_steps {bad} outside 1..max_steps={self.max_steps}")
+        return self
+
+
+class EvalConfig(Strict):
+    max_scenarios_per_family: int | None = Field(None, gt=0)
+    n_samples: int = Field(2, gt=0)
+    temperature: float = Field(0.7, gt=0)
+    max_new_tokens: int = Field(40, gt=0)
+    batch_size: int = Field(16, gt=0)
+    max_retention_prompts: int = Field(12, gt=0)
+
+
+class ForecastConfig(Strict):
+    flip_threshold: float = Field(0.5, gt=0, lt=1)
+    continuous_metric: Literal["p_preferred", "margin", "forced_choice"] = "p_preferred"
+    cutoffs: list[float] = Field(min_length=1)
+    interval: float = Field(0.95, gt=0, lt=1)
+    n_bootstrap: int = Field(200, gt=1)
+
+
+class StudyInfo(Strict):
+    name: str
+    description: str = ""
+
+
+class StudyConfig(Strict):
+    study: StudyInfo
+    model: ModelConfig
+    behavior: BehaviorConfig
+    dreams: DreamsConfig
+    steering: SteeringConfig
+    icl: IclConfig
+    train: TrainConfig
+    eval: EvalConfig
+    forecast: ForecastConfig
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = None
+
+    @model_validator(mode="after")
+    def _dream_k_available(self) -> StudyConfig:
+        too_many = [k for k in self.train.dream_k if k > self.dreams.k_per_correction]
+        if too_many:
+            raise ValueError(
+                f"train.dream_k {too_many} exceeds dreams.k_per_correction={self.dreams.k_per_correction}"
+            )
+        return self
+
+
+def _override_value(value: Any) -> str:
+    """Render a Snakemake --config value back into Hydra's override grammar."""
+    if isinstance(value, list):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return str(value)
+
+
+def to_overrides(snakemake_config: dict[str, Any]) -> list[str]:
+    """`{"study": "smoke", "train.lrs": [1e-4]}` -> `["study=smoke", "train.lrs=[0.0001]"]`."""
+    return [f"{key}={_override_value(value)}" for key, value in snakemake_config.items()]
+
+
+def compose(overrides: list[str] | None = None) -> dict[str, Any]:
+    """Compose `conf/config.yaml` with Hydra overrides into a plain dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+        composed = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"cannot compose conf/ with overrides {overrides}: {err}") from err
+    assert isinstance(composed, dict)
+    return composed  # type: ignore[return-value]
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> StudyConfig:
+    """Validate a composed config; errors name every bad key and what was expected."""
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"invalid {source}:"]
+        for e in err.errors():
+            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r})"[:400])
+        raise ConfigError("\n".join(lines)) from None
+
+
+def check_data_paths(cfg: StudyConfig, root: Path = PROJECT_ROOT) -> None:
+    """Behavior data must exist and stay inside the project's data/ unless given as absolute paths."""
+    data_root = (root / "data").resolve()
+    for field, rel in cfg.behavior.data.model_dump().items():
+        path = Path(rel)
+        if not path.is_absolute():
+            resolved = (root / path).resolve()
+            if not resolved.is_relative_to(data_root):
+                raise ConfigError(
+                    f"behavior.data.{field}={rel!r} points outside {data_root}; give an absolute path "
+                    "to use data elsewhere"
+                )
+            path = resolved
+        if not path.is_file():
+            raise ConfigError(f"behavior.data.{field}: file not found: {path}")
+
+
+def load_study_config(snakemake_config: dict[str, Any] | None = None, check_paths: bool = True) -> StudyConfig:
+    """The config for a Snakemake run: a composed config (params.yaml) or Hydra overrides."""
+    raw = dict(snakemake_config or {})
+    if isinstance(raw.get("model"), dict):  # already composed (e.g. --configfile params.yaml)
+        cfg = validate(raw, "composed config")
+    else:
+        cfg = validate(compose(to_overrides(raw)), f"config with overrides {to_overrides(raw)}")
+    if check_paths:
+        check_data_paths(cfg)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = load_study_config(dict(a.split("=", 1) for a in args), check_paths=False)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

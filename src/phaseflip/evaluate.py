@@ -1,0 +1,164 @@
+"""Stage evaluate: the order parameters (§6) of one model state, per eval family, as tidy rows.
+
+One `Evaluator` serves a whole job: it holds the eval set, the base model's reference distributions
+(for `retention_kl`) and the previous checkpoint's probe (for `dissimilarity`), so the base model is
+loaded once and adapters are swapped in. Baselines (steering, ICL) use the same code.
+
+Rows: {step, family, metric, value, lo, hi}; family "all" pools every scenario.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from phaseflip.config import EvalConfig
+from phaseflip.data import Example
+from phaseflip.judge import RubricJudge
+from phaseflip.metrics import cosine, js_divergence, kl_divergence, wilson_interval
+from phaseflip.scoring import generate, probe, prompt_of, score_replies, text_logprobs
+
+Row = dict[str, Any]
+PromptFn = Callable[[Example], str]
+
+
+@dataclass
+class SteeringReference:
+    layer: int
+    vector: torch.Tensor
+
+
+class Evaluator:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, scenarios: list[Example], retention: list[str],
+                 judge: RubricJudge, cfg: EvalConfig, seed: int = 0,
+                 steering: SteeringReference | None = None):
+        self.tok = tokenizer
+        self.scenarios = scenarios
+        self.retention = retention
+        self.judge = judge
+        self.cfg = cfg
+        self.seed = seed
+        self.steering = steering
+        self.base_retention: list[torch.Tensor] | None = None
+        self.base_hidden: torch.Tensor | None = None
+        self.previous: tuple[int, torch.Tensor] | None = None  # (step, probe log-probs)
+
+    def _families(self) -> dict[str, list[int]]:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, ex in enumerate(self.scenarios):
+            groups[ex.family].append(i)
+            groups["all"].append(i)
+        return groups
+
+    def evaluate(self, model: PreTrainedModel, step: int, prompt_fn: PromptFn | None = None,
+                 is_base: bool = False) -> list[Row]:
+        """All metrics at one step. `prompt_fn` lets ICL put examples in context; `is_base` sets references."""
+        prompt_fn = prompt_fn or (lambda ex: prompt_of(self.tok, ex))
+        prompts = [prompt_fn(ex) for ex in self.scenarios]
+        per_scenario: dict[str, list[float]] = defaultdict(list)
+        self._pairwise(model, prompts, per_scenario)
+        self._behavior(model, prompts, per_scenario)
+        rows = self._aggregate(step, per_scenario)
+        rows += self._probe_rows(model, step, prompts, is_base)
+        rows += self._retention_rows(model, step, is_base)
+        return rows
+
+    def _pairwise(self, model: PreTrainedModel, prompts: list[str], out: dict[str, list[float]]) -> None:
+        """margin, p_preferred, forced_choice, heldout_loss from the reference replies."""
+        idx = [i for i, ex in enumerate(self.scenarios) if ex.preferred and ex.rejected]
+        nan = [math.nan] * len(self.scenarios)
+        for key in ("margin", "p_preferred", "forced_choice", "heldout_loss"):
+            out[key] = list(nan)
+        if not idx:
+            return
+        fmts = [self.scenarios[i].prompt_format for i in idx]
+        pref = score_replies(model, self.tok, [prompts[i] for i in idx],
+                             [self.scenarios[i].preferred or "" for i in idx], self.cfg.batch_size, prompt_formats=fmts)
+        rej = score_replies(model, self.tok, [prompts[i] for i in idx],
+                            [self.scenarios[i].rejected or "" for i in idx], self.cfg.batch_size, prompt_formats=fmts)
+        margin = pref.logprob_mean - rej.logprob_mean
+        for j, i in enumerate(idx):
+            out["margin"][i] = float(margin[j])
+            out["p_preferred"][i] = float(torch.sigmoid(margin[j]))  # p(pref) / (p(pref) + p(rej))
+            out["forced_choice"][i] = float(margin[j] > 0)
+            out["heldout_loss"][i] = float(-pref.logprob_mean[j])
+
+    def _behavior(self, model: PreTrainedModel, prompts: list[str], out: dict[str, list[float]]) -> None:
+        """behavior_rate and coherence over n sampled replies per scenario."""
+        n = self.cfg.n_samples
+        replies = generate(model, self.tok, [p for p in prompts for _ in range(n)], self.cfg.max_new_tokens,
+                           self.cfg.batch_size, temperature=self.cfg.temperature, seed=self.seed)
+        out["behavior"], out["coherent"] = [], []
+        self.last_replies = replies
+        for i, ex in enumerate(self.scenarios):
+            verdicts = [self.judge(r, ex.family) for r in replies[i * n : (i + 1) * n]]
+            out["behavior"].append(sum(v.behavior for v in verdicts))
+            out["coherent"].append(sum(v.coherent for v in verdicts))
+
+    def _aggregate(self, step: int, per: dict[str, list[float]]) -> list[Row]:
+        rows: list[Row] = []
+        n = self.cfg.n_samples
+        for family, idx in self._families().items():
+            for metric in ("margin", "p_preferred", "heldout_loss"):
+                vals = [per[metric][i] for i in idx if not math.isnan(per[metric][i])]
+                if vals:
+                    mean = sum(vals) / len(vals)
+                    sd = (sum((v - mean) ** 2 for v in vals) / max(1, len(vals) - 1)) ** 0.5
+                    half = 1.96 * sd / math.sqrt(len(vals))
+                    rows.append(_row(step, family, metric, mean, mean - half, mean + half, len(vals)))
+            choices = [per["forced_choice"][i] for i in idx if not math.isnan(per["forced_choice"][i])]
+            if choices:
+                rows.append(_proportion(step, family, "forced_choice", int(sum(choices)), len(choices)))
+            rows.append(_proportion(step, family, "behavior_rate", int(sum(per["behavior"][i] for i in idx)),
+                                    n * len(idx)))
+            rows.append(_proportion(step, family, "coherence", int(sum(per["coherent"][i] for i in idx)),
+                                    n * len(idx)))
+        return rows
+
+    def _probe_rows(self, model: PreTrainedModel, step: int, prompts: list[str], is_base: bool) -> list[Row]:
+        """dissimilarity to the previous checkpoint, and steering_cosine against the steering vector."""
+        layers = [self.steering.layer] if self.steering else []
+        result = probe(model, self.tok, prompts, self.cfg.batch_size, layers)
+        rows: list[Row] = []
+        if self.previous is not None and not is_base:
+            prev_step, prev = self.previous
+            # Jensen-Shannon per step between neighbouring checkpoints (steps may be unevenly spaced).
+            value = float(js_divergence(result.next_token_logprobs, prev).mean()) / max(1, step - prev_step)
+            rows.append(_row(step, "all", "dissimilarity", value, math.nan, math.nan, len(prompts)))
+        self.previous = (step, result.next_token_logprobs)
+        if self.steering:
+            hidden = result.hidden[self.steering.layer]
+            if is_base:
+                self.base_hidden = hidden
+            elif self.base_hidden is not None:
+                shift = (hidden - self.base_hidden).mean(dim=0)
+                rows.append(_row(step, "all", "steering_cosine", cosine(shift, self.steering.vector),
+                                 math.nan, math.nan, len(prompts)))
+        return rows
+
+    def _retention_rows(self, model: PreTrainedModel, step: int, is_base: bool) -> list[Row]:
+        """retention_kl = KL(base ‖ model) of next-token distributions; retention_loss = LM loss."""
+        tables = text_logprobs(model, self.tok, self.retention, self.cfg.batch_size)
+        if is_base or self.base_retention is None:
+            self.base_retention = [t for t, _ in tables]
+        kls = [float(kl_divergence(base, t).mean()) for base, (t, _) in zip(self.base_retention, tables, strict=True)]
+        losses = [float(-obs.mean()) for _, obs in tables]
+        return [
+            _row(step, "all", "retention_kl", sum(kls) / len(kls), math.nan, math.nan, len(kls)),
+            _row(step, "all", "retention_loss", sum(losses) / len(losses), math.nan, math.nan, len(losses)),
+        ]
+
+
+def _row(step: int, family: str, metric: str, value: float, lo: float, hi: float, n: int) -> Row:
+    return {"step": step, "family": family, "metric": metric, "value": value, "lo": lo, "hi": hi, "n": n}
+
+
+def _proportion(step: int, family: str, metric: str, successes: int, n: int) -> Row:
+    lo, hi = wilson_interval(successes, n)
+    return _row(step, family, metric, successes / n if n else math.nan, lo, hi, n)

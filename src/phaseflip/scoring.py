@@ -1,0 +1,176 @@
+"""Batched model computations shared by training, baselines and evaluation.
+
+- `render_prompt`: chat turns -> prompt text (chat template, or plain text for `prompt_format: plain`)
+- `encode_reply`: prompt + reply -> token ids with labels on the reply tokens only
+- `score_replies`: per-reply log-prob sums and token counts, in padded batches
+- `generate`: sampled (or greedy) replies, in left-padded batches
+- `probe`: next-token log-probs and hidden states at the last prompt position
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from phaseflip.data import Example
+
+IGNORE = -100
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
+                  prompt_format: str = "chat") -> str:
+    if prompt_format == "plain":
+        # A format shift: the same turns as a plain transcript, no chat template.
+        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+        return "\n".join(lines) + "\nAssistant:"
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert isinstance(text, str)
+    return text
+
+
+def prompt_of(tokenizer: PreTrainedTokenizerBase, ex: Example) -> str:
+    return render_prompt(tokenizer, ex.messages, ex.prompt_format)
+
+
+def reply_suffix(tokenizer: PreTrainedTokenizerBase, prompt_format: str) -> str:
+    """What ends a reply: the end-of-turn token in chat format, EOS in plain text."""
+    return tokenizer.eos_token if tokenizer.eos_token else ""
+
+
+def encode_reply(tokenizer: PreTrainedTokenizerBase, prompt: str, reply: str, max_length: int,
+                 prompt_format: str = "chat") -> tuple[list[int], list[int]]:
+    """Token ids of prompt+reply and labels that are IGNORE on the prompt (loss on reply tokens only).
+
+    Prompt and reply are tokenized separately so the boundary is exact; if too long, the prompt is
+    truncated from the left so the reply is always kept.
+    """
+    sep = "" if prompt_format == "chat" else " "
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    reply_ids = tokenizer(sep + reply + reply_suffix(tokenizer, prompt_format), add_special_tokens=False).input_ids
+    reply_ids = reply_ids[:max_length - 1]
+    prompt_ids = prompt_ids[-(max_length - len(reply_ids)):]
+    return prompt_ids + reply_ids, [IGNORE] * len(prompt_ids) + reply_ids
+
+
+def pad_batch(seqs: Sequence[list[int]], labels: Sequence[list[int]], pad_id: int,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad ids/labels; return input_ids, attention_mask, labels."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    lab = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (s, l) in enumerate(zip(seqs, labels, strict=True)):
+        ids[i, : len(s)] = torch.tensor(s)
+        lab[i, : len(l)] = torch.tensor(l)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device), lab.to(device)
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Log-prob of each next label token (0 where ignored); shape (batch, seq-1)."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    nll = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels.clamp(min=0), reduction="none")
+    return -nll * (shift_labels != IGNORE)
+
+
+@dataclass
+class ReplyScores:
+    logprob_sum: torch.Tensor  # (n,)
+    n_tokens: torch.Tensor  # (n,)
+
+    @property
+    def logprob_mean(self) -> torch.Tensor:
+        return self.logprob_sum / self.n_tokens.clamp(min=1)
+
+
+@torch.no_grad()
+def score_replies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                  replies: Sequence[str], batch_size: int, max_length: int = 512,
+                  prompt_formats: Sequence[str] | None = None) -> ReplyScores:
+    """Log-prob of each reply given its prompt, batched; sequences sorted by length to save padding."""
+    formats = list(prompt_formats) if prompt_formats else ["chat"] * len(prompts)
+    encoded = [encode_reply(tokenizer, p, r, max_length, f) for p, r, f in zip(prompts, replies, formats, strict=True)]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    sums = torch.zeros(len(encoded))
+    counts = torch.zeros(len(encoded))
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, mask, labels = pad_batch([encoded[i][0] for i in idx], [encoded[i][1] for i in idx],
+                                      tokenizer.pad_token_id, device)
+        lp = token_logprobs(model(input_ids=ids, attention_mask=mask).logits, labels)
+        sums[idx] = lp.sum(dim=1).cpu()
+        counts[idx] = (labels[:, 1:] != IGNORE).sum(dim=1).float().cpu()
+    return ReplyScores(sums, counts)
+
+
+def _left_pad(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+              device: torch.device) -> dict[str, torch.Tensor]:
+    tokenizer.padding_side = "left"
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+@torch.no_grad()
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+             max_new_tokens: int, batch_size: int, temperature: float | None = None,
+             seed: int = 0) -> list[str]:
+    """Replies to each prompt: greedy when temperature is None, else sampled with a fixed seed."""
+    device = next(model.parameters()).device
+    replies: list[str] = []
+    generator_seed = seed
+    for start in range(0, len(prompts), batch_size):
+        batch = _left_pad(tokenizer, prompts[start : start + batch_size], device)
+        torch.manual_seed(generator_seed + start)  # same seed per batch position: common random numbers
+        kwargs = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature else {"do_sample": False}
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id, **kwargs)
+        new = out[:, batch["input_ids"].shape[1]:]
+        replies += tokenizer.batch_decode(new, skip_special_tokens=True)
+    return [r.strip() for r in replies]
+
+
+@dataclass
+class ProbeResult:
+    next_token_logprobs: torch.Tensor  # (n, vocab) at the last prompt position
+    hidden: dict[int, torch.Tensor]  # layer -> (n, d) residual stream after that decoder block
+
+
+@torch.no_grad()
+def probe(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+          batch_size: int, layers: Sequence[int] = ()) -> ProbeResult:
+    """Next-token distribution and hidden states where the reply would start."""
+    device = next(model.parameters()).device
+    logps, hidden = [], {layer: [] for layer in layers}  # type: ignore[var-annotated]
+    for start in range(0, len(prompts), batch_size):
+        batch = _left_pad(tokenizer, prompts[start : start + batch_size], device)
+        out = model(**batch, output_hidden_states=bool(layers))
+        logps.append(torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu())
+        for layer in layers:
+            # hidden_states[0] is the embedding output; block L's output is hidden_states[L + 1].
+            hidden[layer].append(out.hidden_states[layer + 1][:, -1].float().cpu())
+    return ProbeResult(torch.cat(logps), {k: torch.cat(v) for k, v in hidden.items()})
+
+
+@torch.no_grad()
+def text_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
+                  batch_size: int, max_length: int = 128) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per text: next-token log-prob tables (positions, vocab) and the observed tokens' log-probs."""
+    device = next(model.parameters()).device
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start : start + batch_size])
+        ids = [tokenizer(t, add_special_tokens=False).input_ids[:max_length] for t in chunk]
+        input_ids, mask, labels = pad_batch(ids, ids, tokenizer.pad_token_id, device)
+        logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
+        table = torch.log_softmax(logits[:, :-1], dim=-1)
+        observed = token_logprobs(logits, labels)
+        for i, seq in enumerate(ids):
+            n = len(seq) - 1
+            out.append((table[i, :n].cpu(), observed[i, :n].cpu()))
+    return out

@@ -1,0 +1,99 @@
+"""Stage steering: a contrastive steering vector (library `steering-vectors`), swept over layers x
+multipliers and scored with exactly the evaluation code of a LoRA checkpoint (§2, §6).
+
+The vector is mean(activation | prompt + preferred) - mean(activation | prompt + rejected) at the last
+token, per decoder block. Vectors are saved as safetensors with their metadata; never pickled.
+
+    python -m phaseflip.cli steering --params '{...}' --base results/base_model \\
+        --corrections results/corrections/train.jsonl --eval ... --retention ... --out results/steering
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from steering_vectors import SteeringVector, train_steering_vector
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from phaseflip.config import SteeringConfig
+from phaseflip.data import Example
+from phaseflip.evaluate import Evaluator, Row
+from phaseflip.io import DataError, atomic_path
+from phaseflip.scoring import prompt_of, reply_suffix
+
+
+def training_pairs(tokenizer: PreTrainedTokenizerBase, examples: list[Example]) -> list[tuple[str, str]]:
+    pairs = []
+    for ex in examples:
+        if ex.preferred and ex.rejected:
+            prompt, end = prompt_of(tokenizer, ex), reply_suffix(tokenizer, ex.prompt_format)
+            pairs.append((prompt + ex.preferred + end, prompt + ex.rejected + end))
+    if not pairs:
+        raise DataError("steering needs examples with both preferred and rejected replies")
+    return pairs
+
+
+def sweep_layers(cfg: SteeringConfig, n_layers: int) -> list[int]:
+    layers = list(range(n_layers)) if cfg.layers == "all" else list(cfg.layers)
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise DataError(f"steering.layers {bad} outside the model's 0..{n_layers - 1}")
+    return layers
+
+
+def train_vector(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
+                 cfg: SteeringConfig) -> SteeringVector:
+    layers = sweep_layers(cfg, model.config.num_hidden_layers)
+    return train_steering_vector(model, tokenizer, training_pairs(tokenizer, examples), layers=layers,
+                                 layer_type=cfg.layer_type, read_token_index=cfg.read_token_index,
+                                 show_progress=True, batch_size=8)
+
+
+def save_vector(vector: SteeringVector, path: str | Path, meta: dict[str, Any]) -> None:
+    tensors = {f"layer_{layer}": v.detach().float().cpu().contiguous() for layer, v in vector.layer_activations.items()}
+    metadata = {"layer_type": vector.layer_type, **{k: json.dumps(v) for k, v in meta.items()}}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_vector(path: str | Path) -> tuple[SteeringVector, dict[str, Any]]:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+            acts = {int(k.split("_", 1)[1]): fh.get_tensor(k) for k in fh.keys()}
+    except Exception as err:
+        raise DataError(f"{path}: cannot read steering vector ({err}); rerun rule steering") from err
+    layer_type = meta.pop("layer_type", "decoder_block")
+    return SteeringVector(acts, layer_type), {k: json.loads(v) for k, v in meta.items()}  # type: ignore[arg-type]
+
+
+def single_layer(vector: SteeringVector, layer: int) -> SteeringVector:
+    return SteeringVector({layer: vector.layer_activations[layer]}, vector.layer_type)
+
+
+def sweep(model: PreTrainedModel, vector: SteeringVector, evaluator: Evaluator,
+          multipliers: list[float]) -> list[Row]:
+    """Base model (multiplier 0) then every (layer, multiplier); the model is restored after each."""
+    rows = [dict(r, layer=-1, multiplier=0.0) for r in evaluator.evaluate(model, step=0, is_base=True)]
+    for layer in sorted(vector.layer_activations):
+        for mult in multipliers:
+            handle = single_layer(vector, layer).patch_activations(model, multiplier=mult)
+            evaluator.previous = None  # dissimilarity is between checkpoints, not between settings
+            try:
+                rows += [dict(r, layer=layer, multiplier=mult) for r in evaluator.evaluate(model, step=0)]
+            finally:
+                handle.remove()
+    return rows
+
+
+@torch.no_grad()
+def vector_for_layer(path: str | Path, layer: int) -> torch.Tensor:
+    vector, _ = load_vector(path)
+    if layer not in vector.layer_activations:
+        raise DataError(f"{path}: no vector for layer {layer} (has {sorted(vector.layer_activations)})")
+    return vector.layer_activations[layer]

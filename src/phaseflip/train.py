@@ -1,0 +1,208 @@
+"""Stage train: one LoRA run of the grid (§5), with dense adapter checkpoints as safetensors.
+
+Loss on reply tokens only; AdamW at a constant learning rate; per-step loss, gradient norm and
+learning rate in `train_log.csv`. A run that diverges (NaN or loss above `divergence_loss`) stops and
+is recorded as diverged with its last good checkpoint; the study goes on. A run that finds
+checkpoints from an interrupted attempt resumes from the last one (adapter + optimizer state).
+
+    python -m phaseflip.cli train --params '{...}' --base results/base_model \\
+        --corrections results/corrections/train.jsonl --dreams results/dreams/dreams.jsonl \\
+        --out results/runs/lr1e-03_nall_k0_s0
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from phaseflip.config import LoraConfig, TrainConfig
+from phaseflip.data import Example
+from phaseflip.io import DataError, atomic_path, read_csv, write_csv, write_json
+from phaseflip.scoring import IGNORE, encode_reply, pad_batch, prompt_of, token_logprobs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One grid point. The id names its parameters, so results are laid out by it."""
+
+    lr: float
+    n_real: int | str
+    dream_k: int
+    seed: int
+    control: bool = False
+
+    @property
+    def run_id(self) -> str:
+        prefix = "control_" if self.control else ""
+        return f"{prefix}lr{self.lr:.0e}_n{self.n_real}_k{self.dream_k}_s{self.seed}"
+
+
+def grid(cfg: TrainConfig) -> list[RunSpec]:
+    runs = [RunSpec(lr, n, k, s) for lr in cfg.lrs for n in cfg.n_real for k in cfg.dream_k for s in cfg.seeds]
+    if cfg.negative_control.enabled:
+        runs.append(RunSpec(cfg.negative_control.lr, "all", 0, cfg.seeds[0], control=True))
+    return runs
+
+
+def parse_run_id(run_id: str, cfg: TrainConfig) -> RunSpec:
+    for spec in grid(cfg):
+        if spec.run_id == run_id:
+            return spec
+    raise DataError(f"run id {run_id!r} is not in the configured grid")
+
+
+def training_examples(spec: RunSpec, corrections: list[Example], dreams: list[Example]) -> list[Example]:
+    """The run's training set: n_real corrections (seeded choice), their first dream_k dreams each.
+
+    A negative control keeps the prompts but gives each one another example's reply (a derangement),
+    so it trains on as many examples with the wrong pairing.
+    """
+    rng = random.Random(spec.seed)
+    chosen = list(corrections)
+    if spec.n_real != "all":
+        chosen = rng.sample(chosen, min(int(spec.n_real), len(chosen)))
+    by_parent: dict[str, list[Example]] = {}
+    for d in dreams:
+        by_parent.setdefault(str(d.meta.get("parent")), []).append(d)
+    examples = chosen + [d for c in chosen for d in by_parent.get(c.id, [])[: spec.dream_k]]
+    if spec.control and len(examples) > 1:
+        order = list(range(len(examples)))
+        shift = rng.randrange(1, len(examples))
+        replies = [examples[(i + shift) % len(examples)].preferred for i in order]
+        examples = [Example(id=f"{e.id}~shuffled", messages=e.messages, preferred=r, family=e.family,
+                            prompt_format=e.prompt_format) for e, r in zip(examples, replies, strict=True)]
+    return examples
+
+
+def add_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
+    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                              target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_cfg)  # type: ignore[return-value]
+
+
+def checkpoint_dir(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"step-{step:04d}"
+
+
+def _save_checkpoint(model: PeftModel, optimizer: torch.optim.Optimizer, out: Path, step: int,
+                     log: list[dict[str, Any]]) -> None:
+    """Adapter + optimizer state (safetensors), then the log; the folder appears only when complete."""
+    final = checkpoint_dir(out, step)
+    tmp = final.with_name(final.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()},
+              str(tmp / "adapter_model.safetensors"), metadata={"step": str(step)})
+    state: dict[str, torch.Tensor] = {}
+    for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"]):
+        for key, value in optimizer.state.get(p, {}).items():
+            state[f"{i}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    save_file(state, str(tmp / "optimizer.safetensors"))
+    write_csv(tmp / "train_log.csv", pd.DataFrame(log))
+    tmp.rename(final)
+
+
+def _resume(model: PeftModel, optimizer: torch.optim.Optimizer, out: Path) -> tuple[int, list[dict[str, Any]]]:
+    done = sorted((out / "checkpoints").glob("step-[0-9][0-9][0-9][0-9]"))
+    if not done:
+        return 0, []
+    last = done[-1]
+    try:
+        set_peft_model_state_dict(model, load_file(str(last / "adapter_model.safetensors")))
+        state = load_file(str(last / "optimizer.safetensors"))
+    except Exception as err:  # safetensors raises several types for truncated files
+        raise DataError(f"{last}: corrupt checkpoint ({err}); delete it to restart from the previous one") from err
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for key, value in state.items():
+        i, name = key.split(".", 1)
+        optimizer.state[params[int(i)]][name] = value
+    log = read_csv(last / "train_log.csv").to_dict("records")
+    return int(last.name.split("-")[1]), log
+
+
+def train_run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
+              spec: RunSpec, cfg: TrainConfig, out: str | Path) -> dict[str, Any]:
+    """Train one run; writes checkpoints/, train_log.csv and run.json under `out`."""
+    out = Path(out)
+    torch.manual_seed(spec.seed)
+    model = add_lora(model, cfg.lora)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.lr,
+                                  weight_decay=cfg.weight_decay)
+    encoded = [encode_reply(tokenizer, prompt_of(tokenizer, ex), ex.preferred or "", cfg.max_length, ex.prompt_format)
+               for ex in examples]
+    n_reply_tokens = sum(sum(t != IGNORE for t in labels) for _, labels in encoded)
+    batch_size = cfg.batch_size or len(encoded)
+    device = next(model.parameters()).device
+    start_step, log = _resume(model, optimizer, out)
+    status, last_good = "completed", start_step
+    started = time.time()
+    rng = random.Random(spec.seed)
+    order = list(range(len(encoded)))
+    for step in tqdm(range(start_step + 1, cfg.max_steps + 1), desc=spec.run_id, initial=start_step,
+                     total=cfg.max_steps, unit="step"):
+        if batch_size < len(encoded):  # minibatches: a seeded permutation per step keeps resume exact
+            rng = random.Random(spec.seed * 100_003 + step)
+            rng.shuffle(order)
+        idx = order[:batch_size]
+        ids, mask, labels = pad_batch([encoded[i][0] for i in idx], [encoded[i][1] for i in idx],
+                                      tokenizer.pad_token_id, device)
+        lp = token_logprobs(model(input_ids=ids, attention_mask=mask).logits, labels)
+        loss = -lp.sum() / (labels[:, 1:] != IGNORE).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+        loss_value = float(loss)
+        if not math.isfinite(loss_value) or loss_value > cfg.divergence_loss or not math.isfinite(grad_norm):
+            status = "diverged"
+            log.append({"step": step, "loss": loss_value, "grad_norm": grad_norm, "lr": spec.lr})
+            break
+        optimizer.step()
+        log.append({"step": step, "loss": loss_value, "grad_norm": grad_norm, "lr": spec.lr})
+        if step in cfg.checkpoint_steps:
+            _save_checkpoint(model, optimizer, out, step, log)
+            last_good = step
+    seconds = time.time() - started
+    steps_run = max(0, len(log) - start_step)
+    write_csv(out / "train_log.csv", pd.DataFrame(log, columns=["step", "loss", "grad_norm", "lr"]))
+    summary = {
+        "run_id": spec.run_id, "lr": spec.lr, "n_real": spec.n_real, "dream_k": spec.dream_k, "seed": spec.seed,
+        "control": spec.control, "status": status, "last_good_step": last_good, "resumed_from": start_step,
+        "n_examples": len(examples), "example_ids": [e.id for e in examples], "n_reply_tokens": n_reply_tokens,
+        "seconds": round(seconds, 2),
+        "reply_tokens_per_s": round(n_reply_tokens * min(batch_size, len(encoded)) / len(encoded) * steps_run
+                                    / max(seconds, 1e-9), 1),
+    }
+    write_json(out / "run.json", summary)
+    return summary
+
+
+def checkpoints(out: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint of a run, in step order."""
+    found = sorted(Path(out, "checkpoints").glob("step-[0-9][0-9][0-9][0-9]"))
+    return [(int(p.name.split("-")[1]), p) for p in found]
+
+
+def load_adapter_weights(model: PeftModel, folder: Path) -> None:
+    """Swap a checkpoint's LoRA weights into an already wrapped model (no model reload)."""
+    path = folder / "adapter_model.safetensors"
+    try:
+        weights = load_file(str(path))
+    except Exception as err:
+        raise DataError(f"{path}: cannot read adapter ({err}); rerun rule train for this run") from err
+    set_peft_model_state_dict(model, weights)
+
+
+__all__ = ["RunSpec", "grid", "train_run", "checkpoints", "load_adapter_weights", "atomic_path"]

@@ -1,0 +1,45 @@
+rule steering:
+    input:
+        base="results/base_model",
+        corrections="results/corrections/train.jsonl",
+        dreams="results/dreams/dreams.jsonl",
+        eval="results/corrections/eval.jsonl",
+        retention="results/corrections/retention.jsonl",
+    output:
+        vector="results/steering/vector.safetensors",
+        metrics="results/steering/steering_metrics.csv",
+    params:
+        cfg=stage_params("model", "behavior", "steering", "eval"),
+        out=subpath(output.vector, parent=True),
+    log:
+        "results/logs/steering.log",
+    benchmark:
+        "results/benchmarks/steering.tsv"
+    threads: workflow.cores
+    shell:
+        "{PF} steering --params {params.cfg:q} --threads {threads} --base {input.base} "
+        "--corrections {input.corrections} --dreams {input.dreams} --eval {input.eval} "
+        "--retention {input.retention} --out {params.out} > {log} 2>&1"
+
+
+rule icl:
+    input:
+        base="results/base_model",
+        corrections="results/corrections/train.jsonl",
+        eval="results/corrections/eval.jsonl",
+        retention="results/corrections/retention.jsonl",
+    output:
+        metrics="results/icl/icl_metrics.csv",
+        shots="results/icl/icl_shots.json",
+    params:
+        cfg=stage_params("model", "behavior", "icl", "eval"),
+        out=subpath(output.metrics, parent=True),
+    log:
+        "results/logs/icl.log",
+    benchmark:
+        "results/benchmarks/icl.tsv"
+    threads: workflow.cores
+    shell:
+        "{PF} icl --params {params.cfg:q} --threads {threads} --base {input.base} "
+        "--corrections {input.corrections} --eval {input.eval} --retention {input.retention} "
+        "--out {params.out} > {log} 2>&1"

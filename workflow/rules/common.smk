@@ -1,0 +1,24 @@
+# Target logic: compose + validate the config once, before any job starts, and derive the run grid.
+import json
+
+from phaseflip.config import ConfigError, load_study_config
+from phaseflip.train import grid
+
+try:
+    STUDY = load_study_config(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+CFG = STUDY.model_dump(mode="json")
+RUN_IDS = [spec.run_id for spec in grid(STUDY.train)]
+PF = "python -m phaseflip.cli"
+
+
+def stage_params(*sections):
+    """The config sections a stage needs, as JSON: Snakemake reruns a job when its sections change."""
+    keys = ("seed", "device", "study") + sections
+    return json.dumps({key: CFG[key] for key in keys}, sort_keys=True)
+
+
+def data_file(kind):
+    return CFG["behavior"]["data"][kind]

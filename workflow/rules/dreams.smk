@@ -1,0 +1,18 @@
+rule dreams:
+    input:
+        corrections="results/corrections/train.jsonl",
+        eval="results/corrections/eval.jsonl",
+        vocab=data_file("dream_vocab"),
+    output:
+        dreams="results/dreams/dreams.jsonl",
+        report="results/dreams/dream_report.json",
+    params:
+        cfg=stage_params("behavior", "dreams"),
+        out=subpath(output.dreams, parent=True),
+    log:
+        "results/logs/dreams.log",
+    benchmark:
+        "results/benchmarks/dreams.tsv"
+    shell:
+        "{PF} dreams --params {params.cfg:q} --corrections {input.corrections} --eval {input.eval} "
+        "--out {params.out} > {log} 2>&1"

@@ -1,0 +1,31 @@
+STAGES = ["base_model", "corrections", "dreams", "steering", "icl", "forecast"]
+
+
+rule report:
+    input:
+        metrics=expand("results/runs/{run_id}/metrics.csv", run_id=RUN_IDS),
+        transitions="results/forecast/transitions.csv",
+        steering="results/steering/steering_metrics.csv",
+        icl="results/icl/icl_metrics.csv",
+        dreams_report="results/dreams/dream_report.json",
+        data_report="results/corrections/data_report.json",
+        benchmarks=[f"results/benchmarks/{s}.tsv" for s in STAGES]
+        + expand("results/benchmarks/{job}_{run_id}.tsv", job=["train", "evaluate"], run_id=RUN_IDS),
+    output:
+        summary=report("results/report/summary.md", category="Summary"),
+        curves=report("results/report/curves.png", caption="../report/curves.rst", category="Curves"),
+        steering=report("results/report/steering.png", caption="../report/steering.rst", category="Baselines"),
+        icl=report("results/report/icl.png", caption="../report/icl.rst", category="Baselines"),
+        families=report("results/report/families.png", caption="../report/families.rst", category="Families"),
+        metrics="results/report/metrics.json",
+        table="results/report/curves.csv",
+    params:
+        cfg=stage_params("model", "behavior", "eval", "forecast", "train"),
+        forecast=subpath(input.transitions, parent=True),
+        out=subpath(output.summary, parent=True),
+    log:
+        "results/logs/report.log",
+    shell:
+        "{PF} report --params {params.cfg:q} --metrics {input.metrics} --forecast {params.forecast} "
+        "--steering {input.steering} --icl {input.icl} --dreams-report {input.dreams_report} "
+        "--data-report {input.data_report} --benchmarks {input.benchmarks} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,22 @@
+rule train:
+    input:
+        base="results/base_model",
+        corrections="results/corrections/train.jsonl",
+        dreams="results/dreams/dreams.jsonl",
+    output:
+        log="results/runs/{run_id}/train_log.csv",
+        info="results/runs/{run_id}/run.json",
+    params:
+        cfg=stage_params("model", "train"),
+        out=subpath(output.info, parent=True),
+    wildcard_constraints:
+        run_id="[A-Za-z0-9_.+-]+",
+    log:
+        "results/logs/train/{run_id}.log",
+    benchmark:
+        "results/benchmarks/train_{run_id}.tsv"
+    threads: workflow.cores
+    shell:
+        "{PF} train --params {params.cfg:q} --threads {threads} --base {input.base} "
+        "--corrections {input.corrections} --dreams {input.dreams} --run-id {wildcards.run_id} "
+        "--out {params.out} > {log} 2>&1"
