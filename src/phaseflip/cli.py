@@ -207,10 +207,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     scenarios, retention, eval_cfg = _eval_set(args, params)
     evaluator = Evaluator(tok, scenarios, retention, _judge(params), eval_cfg, seed=int(params["seed"]),
                           steering=steering)
+    if args.run_dir == "base":  # the base model alone, step 0: shared by every run of the grid
+        started = time.time()
+        write_csv(args.out, pd.DataFrame(evaluator.evaluate(model, step=0, is_base=True)))
+        print(f"evaluate base: {time.time() - started:.0f}s")
+        return
     run_dir = Path(args.run_dir)
     info = read_json(run_dir / "run.json")
     started = time.time()
-    rows = evaluator.evaluate(model, step=0, is_base=True)
+    rows = read_csv(args.base_metrics).to_dict("records")
+    evaluator.set_references(model)
     peft_model = add_lora(model, train_cfg.lora)
     peft_model.eval()
     for step, folder in tqdm(checkpoints(run_dir), desc=f"evaluate {info['run_id']}", unit="ckpt"):
@@ -279,7 +285,8 @@ def parser() -> argparse.ArgumentParser:
     stage("steering", "base", "corrections", "dreams", "eval", "retention")
     stage("icl", "base", "corrections", "eval", "retention")
     stage("train", "base", "corrections", "dreams", "run_id")
-    stage("evaluate", "base", "run_dir", "eval", "retention", "steering_vector")
+    ev = stage("evaluate", "base", "run_dir", "eval", "retention", "steering_vector")
+    ev.add_argument("--base-metrics", help="the base model's step-0 metrics (from --run-dir base)")
     stage("forecast", multi=("metrics", "run_dirs"))
     stage("report", "forecast", "steering", "icl", "dreams_report", "data_report", multi=("metrics", "benchmarks"))
     return p

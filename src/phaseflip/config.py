@@ -20,7 +20,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = PROJECT_ROOT / "conf"
 
 
 class ConfigError(ValueError):
@@ -152,6 +151,7 @@ class TrainConfig(Strict):
     negative_control: NegativeControl = NegativeControl()
     max_steps: int = Field(gt=0)
     batch_size: int = Field(0, ge=0)
+    micro_batch_size: int = Field(4, gt=0)
     checkpoint_steps: list[int] = Field(min_length=1)
     max_grad_norm: float | None = None
     weight_decay: float = Field(0.0, ge=0)
@@ -243,8 +243,8 @@ def to_overrides(snakemake_config: dict[str, Any]) -> list[str]:
     return [f"{key}={_override_value(value)}" for key, value in snakemake_config.items()]
 
 
-def compose(overrides: list[str] | None = None) -> dict[str, Any]:
-    """Compose `conf/config.yaml` with Hydra overrides into a plain dict."""
+def compose(overrides: list[str] | None = None, root: Path = PROJECT_ROOT) -> dict[str, Any]:
+    """Compose `<root>/conf/config.yaml` with Hydra overrides into a plain dict."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -252,7 +252,7 @@ def compose(overrides: list[str] | None = None) -> dict[str, Any]:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
         composed = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except (HydraException, OmegaConfBaseException) as err:
@@ -290,15 +290,16 @@ def check_data_paths(cfg: StudyConfig, root: Path = PROJECT_ROOT) -> None:
             raise ConfigError(f"behavior.data.{field}: file not found: {path}")
 
 
-def load_study_config(snakemake_config: dict[str, Any] | None = None, check_paths: bool = True) -> StudyConfig:
-    """The config for a Snakemake run: a composed config (params.yaml) or Hydra overrides."""
+def load_study_config(snakemake_config: dict[str, Any] | None = None, check_paths: bool = True,
+                      root: Path = PROJECT_ROOT) -> StudyConfig:
+    """The config for a Snakemake run in project `root`: a composed config (params.yaml) or Hydra overrides."""
     raw = dict(snakemake_config or {})
     if isinstance(raw.get("model"), dict):  # already composed (e.g. --configfile params.yaml)
         cfg = validate(raw, "composed config")
     else:
-        cfg = validate(compose(to_overrides(raw)), f"config with overrides {to_overrides(raw)}")
+        cfg = validate(compose(to_overrides(raw), root), f"config with overrides {to_overrides(raw)}")
     if check_paths:
-        check_data_paths(cfg)
+        check_data_paths(cfg, root)
     return cfg
 
 

@@ -69,6 +69,16 @@ class Evaluator:
         rows += self._retention_rows(model, step, is_base)
         return rows
 
+    def set_references(self, model: PreTrainedModel, step: int = 0) -> None:
+        """Take the base model's probe and retention distributions without re-scoring it.
+
+        Lets a job reuse the base model's metrics (computed once by `evaluate_base`) and still measure
+        `dissimilarity`, `steering_cosine` and `retention_kl` relative to it.
+        """
+        prompts = [prompt_of(self.tok, ex) for ex in self.scenarios]
+        self._probe_rows(model, step, prompts, is_base=True)
+        self._retention_rows(model, step, is_base=True)
+
     def _pairwise(self, model: PreTrainedModel, prompts: list[str], out: dict[str, list[float]]) -> None:
         """margin, p_preferred, forced_choice, heldout_loss from the reference replies."""
         idx = [i for i, ex in enumerate(self.scenarios) if ex.preferred and ex.rejected]

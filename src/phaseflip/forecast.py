@@ -92,6 +92,9 @@ def logistic_forecast(steps: np.ndarray, values: np.ndarray, threshold: float, n
         zb = slope * fwd(steps) + intercept + rng.choice(resid, size=len(resid), replace=True)
         crossing = _crossing(*_fit_line(fwd(steps), zb), target, inv)
         boots.append(crossing if crossing is not None and math.isfinite(crossing) else math.inf)
+    # A rise that the noise could explain is no forecast: most resamples must also cross.
+    if np.mean(np.isfinite(boots)) < interval:
+        return {"predicted": None, "lo": None, "hi": None, "form": form, "reason": "rise not significant"}
     alpha = (1 - interval) / 2
     lo, hi = np.quantile(boots, [alpha, 1 - alpha])
     return {"predicted": max(predicted, float(steps[-1])), "lo": float(lo), "hi": float(hi), "form": form,

@@ -138,8 +138,10 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
 
     write_csv(out / "study_metrics.csv", study)
     curves = study[(study.family == ID) & study.metric.isin(["behavior_rate", "p_preferred", "margin"])]
-    write_csv(out / "curves.csv", curves.pivot_table(index=["run_id", "step"], columns="metric", values="value")
-              .reset_index())
+    wide = curves.pivot_table(index=["run_id", "step"], columns="metric", values="value").reset_index()
+    write_csv(out / "curves.csv", wide)
+    for run_id, run in wide.groupby("run_id"):  # one file per run: a `dvc plots` series each
+        write_csv(out / "plots" / f"{run_id}.csv", run.drop(columns="run_id"))
     curves_figure(study, transitions, forecasts, threshold, out / "curves.png")
     steering_figure(steer, out / "steering.png")
     icl_figure(icl, out / "icl.png")

@@ -78,6 +78,19 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -nll * (shift_labels != IGNORE)
 
 
+def reply_token_logprobs(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor,
+                         labels: torch.Tensor) -> torch.Tensor:
+    """Log-probs of the label tokens, computing the LM head only from the first reply position on.
+
+    The vocabulary projection is a large share of a small model's FLOPs; prompt positions never need it.
+    """
+    has_label = labels != IGNORE
+    first = int(torch.where(has_label.any(dim=1), has_label.float().argmax(dim=1), labels.shape[1]).min())
+    keep_from = max(first - 1, 0)
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=ids.shape[1] - keep_from).logits
+    return token_logprobs(logits, labels[:, keep_from:])
+
+
 @dataclass
 class ReplyScores:
     logprob_sum: torch.Tensor  # (n,)
@@ -103,7 +116,7 @@ def score_replies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
         idx = order[start : start + batch_size]
         ids, mask, labels = pad_batch([encoded[i][0] for i in idx], [encoded[i][1] for i in idx],
                                       tokenizer.pad_token_id, device)
-        lp = token_logprobs(model(input_ids=ids, attention_mask=mask).logits, labels)
+        lp = reply_token_logprobs(model, ids, mask, labels)
         sums[idx] = lp.sum(dim=1).cpu()
         counts[idx] = (labels[:, 1:] != IGNORE).sum(dim=1).float().cpu()
     return ReplyScores(sums, counts)

@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from phaseflip.config import LoraConfig, TrainConfig
 from phaseflip.data import Example
 from phaseflip.io import DataError, atomic_path, read_csv, write_csv, write_json
-from phaseflip.scoring import IGNORE, encode_reply, pad_batch, prompt_of, token_logprobs
+from phaseflip.scoring import IGNORE, encode_reply, pad_batch, prompt_of, reply_token_logprobs
 
 
 @dataclass(frozen=True)
@@ -155,16 +155,22 @@ def train_run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, exampl
         if batch_size < len(encoded):  # minibatches: a seeded permutation per step keeps resume exact
             rng = random.Random(spec.seed * 100_003 + step)
             rng.shuffle(order)
-        idx = order[:batch_size]
-        ids, mask, labels = pad_batch([encoded[i][0] for i in idx], [encoded[i][1] for i in idx],
-                                      tokenizer.pad_token_id, device)
-        lp = token_logprobs(model(input_ids=ids, attention_mask=mask).logits, labels)
-        loss = -lp.sum() / (labels[:, 1:] != IGNORE).sum()
+        # Gradient accumulation over length-sorted micro-batches: the same full-batch gradient with
+        # less padding (and less memory) than one padded batch.
+        idx = sorted(order[:batch_size], key=lambda i: len(encoded[i][0]))
+        n_tokens = sum(sum(t != IGNORE for t in encoded[i][1][1:]) for i in idx)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = torch.zeros(())
+        for start in range(0, len(idx), cfg.micro_batch_size):
+            chunk = idx[start : start + cfg.micro_batch_size]
+            ids, mask, labels = pad_batch([encoded[i][0] for i in chunk], [encoded[i][1] for i in chunk],
+                                          tokenizer.pad_token_id, device)
+            part = -reply_token_logprobs(model, ids, mask, labels).sum() / n_tokens
+            part.backward()
+            loss += part.detach().cpu()
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
         if not math.isfinite(loss_value) or loss_value > cfg.divergence_loss or not math.isfinite(grad_norm):
             status = "diverged"
             log.append({"step": step, "loss": loss_value, "grad_norm": grad_norm, "lr": spec.lr})

@@ -1,11 +1,12 @@
 # Target logic: compose + validate the config once, before any job starts, and derive the run grid.
 import json
+from pathlib import Path
 
 from phaseflip.config import ConfigError, load_study_config
 from phaseflip.train import grid
 
 try:
-    STUDY = load_study_config(config)
+    STUDY = load_study_config(config, root=Path(workflow.basedir))
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 

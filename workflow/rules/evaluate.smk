@@ -1,10 +1,36 @@
+EVALUATE_INPUTS = dict(
+    base="results/base_model",
+    eval="results/corrections/eval.jsonl",
+    retention="results/corrections/retention.jsonl",
+    vector="results/steering/vector.safetensors",
+)
+EVALUATE_SHELL = (
+    "{PF} evaluate --params {params.cfg:q} --threads {threads} --base {input.base} "
+    "--eval {input.eval} --retention {input.retention} --steering-vector {input.vector} "
+)
+
+
+rule evaluate_base:
+    input:
+        **EVALUATE_INPUTS,
+    output:
+        "results/base_eval/metrics.csv",
+    params:
+        cfg=stage_params("model", "behavior", "train", "eval", "steering"),
+    log:
+        "results/logs/evaluate/base.log",
+    benchmark:
+        "results/benchmarks/evaluate_base.tsv"
+    threads: workflow.cores
+    shell:
+        EVALUATE_SHELL + "--run-dir base --out {output} > {log} 2>&1"
+
+
 rule evaluate:
     input:
-        base="results/base_model",
+        **EVALUATE_INPUTS,
         info="results/runs/{run_id}/run.json",
-        eval="results/corrections/eval.jsonl",
-        retention="results/corrections/retention.jsonl",
-        vector="results/steering/vector.safetensors",
+        base_metrics="results/base_eval/metrics.csv",
     output:
         "results/runs/{run_id}/metrics.csv",
     params:
@@ -18,6 +44,4 @@ rule evaluate:
         "results/benchmarks/evaluate_{run_id}.tsv"
     threads: workflow.cores
     shell:
-        "{PF} evaluate --params {params.cfg:q} --threads {threads} --base {input.base} "
-        "--run-dir {params.run_dir} --eval {input.eval} --retention {input.retention} "
-        "--steering-vector {input.vector} --out {output} > {log} 2>&1"
+        EVALUATE_SHELL + "--run-dir {params.run_dir} --base-metrics {input.base_metrics} --out {output} > {log} 2>&1"

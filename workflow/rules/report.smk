@@ -1,4 +1,4 @@
-STAGES = ["base_model", "corrections", "dreams", "steering", "icl", "forecast"]
+STAGES = ["base_model", "corrections", "dreams", "steering", "icl", "evaluate_base", "forecast"]
 
 
 rule report:

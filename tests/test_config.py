@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from phaseflip.config import ConfigError, check_data_paths, compose, load_study_config, to_overrides, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("study", ["smoke", "default", "full"])
+def test_presets_compose_and_validate(study: str) -> None:
+    cfg = load_study_config({"study": study})
+    assert cfg.study.name == study
+
+
+def test_smoke_uses_tiny_model_and_default_uses_smollm2() -> None:
+    assert load_study_config({"study": "smoke"}).model.source == "tiny_random"
+    assert load_study_config({}).model.source == "gguf_package"
+
+
+def test_snakemake_style_overrides_reach_the_config() -> None:
+    cfg = load_study_config({"study": "smoke", "train.lrs": ["1e-4", 0.003], "eval.n_samples": 3})
+    assert cfg.train.lrs == [1e-4, 3e-3]
+    assert cfg.eval.n_samples == 3
+
+
+def test_to_overrides_renders_hydra_grammar() -> None:
+    assert to_overrides({"study": "smoke", "train.lrs": [0.001, 0.01], "x.flag": True, "y": None}) == [
+        "study=smoke", "train.lrs=[0.001,0.01]", "x.flag=true", "y=null"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train.lrs": [0.0, 1e-3]}, "learning rate must be > 0"),
+        ({"train.lrs": []}, "train.lrs"),
+        ({"train.seeds": []}, "train.seeds"),
+        ({"train.max_steps": "many"}, "train.max_steps"),
+        ({"train.checkpoint_steps": [0, 99]}, "outside 1..max_steps"),
+        ({"train.nonsense": 1}, "train.nonsense"),
+        ({"study": "no_such_preset"}, "no_such_preset"),
+        ({"train.dream_k": [50]}, "exceeds dreams.k_per_correction"),
+    ],
+)
+def test_bad_config_is_a_clear_error(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_study_config(overrides)
+
+
+def test_composed_config_is_accepted_as_is() -> None:
+    raw = compose(["study=smoke"])
+    assert load_study_config(raw) == load_study_config({"study": "smoke"})
+    raw["train"]["typo"] = 1
+    with pytest.raises(ConfigError, match="train.typo"):
+        validate(raw)
+
+
+def test_params_yaml_is_the_composed_default() -> None:
+    """DVC reads params.yaml; it must be exactly what Hydra composes from conf/ (regenerate if not)."""
+    on_disk = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert on_disk == compose([])
+
+
+def test_data_paths_outside_data_folder_are_refused(tmp_path: Path) -> None:
+    cfg = load_study_config({"study": "smoke", "behavior.data.eval": "../../etc/passwd"}, check_paths=False)
+    with pytest.raises(ConfigError, match="outside"):
+        check_data_paths(cfg)
+
+
+def test_missing_data_file_is_reported() -> None:
+    cfg = load_study_config({"study": "smoke", "behavior.data.eval": "data/behaviors/listening/missing.jsonl"},
+                            check_paths=False)
+    with pytest.raises(ConfigError, match="missing.jsonl"):
+        check_data_paths(cfg)

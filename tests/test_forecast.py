@@ -1,0 +1,62 @@
+import numpy as np
+import pandas as pd
+
+from phaseflip.forecast import analyse_run, change_point, logistic_forecast, transition_step
+from phaseflip.metrics import wilson_interval
+from phaseflip.config import ForecastConfig
+
+CFG = ForecastConfig(cutoffs=[0.5, 0.75], n_bootstrap=200)
+STEPS = np.arange(0, 21)
+
+
+def metrics_table(rates: np.ndarray, continuous: np.ndarray, n: int = 40) -> pd.DataFrame:
+    rows = []
+    for s, r, c in zip(STEPS, rates, continuous, strict=True):
+        lo, hi = wilson_interval(round(r * n), n)
+        rows.append({"step": s, "family": "in_distribution", "metric": "behavior_rate", "value": r, "lo": lo, "hi": hi})
+        rows.append({"step": s, "family": "in_distribution", "metric": "p_preferred", "value": c, "lo": c, "hi": c})
+    return pd.DataFrame(rows)
+
+
+def logistic(s: np.ndarray, mid: float, width: float) -> np.ndarray:
+    return 1 / (1 + np.exp(-(s - mid) / width))
+
+
+def test_transition_on_sharp_smooth_and_flat_curves() -> None:
+    sharp = (STEPS >= 12).astype(float)
+    assert transition_step(metrics_table(sharp, sharp), 0.5) == 12
+    smooth = logistic(STEPS, 10, 3)
+    step = transition_step(metrics_table(smooth, smooth), 0.5)
+    assert step is not None and 11 <= step <= 16  # the interval must clear 0.5, so after the midpoint
+    flat = np.full(len(STEPS), 0.1)
+    assert transition_step(metrics_table(flat, flat), 0.5) is None
+
+
+def test_change_point_finds_the_jump() -> None:
+    values = np.where(STEPS >= 8, 0.9, 0.1) + np.random.default_rng(0).normal(0, 0.01, len(STEPS))
+    assert change_point(STEPS, values) == 8
+
+
+def test_logistic_forecast_recovers_the_crossing_within_its_interval() -> None:
+    rng = np.random.default_rng(0)
+    values = logistic(STEPS, 12, 3) + rng.normal(0, 0.01, len(STEPS))
+    prefix = STEPS <= 8
+    fc = logistic_forecast(STEPS[prefix].astype(float), values[prefix], 0.5, 500, 0.95)
+    assert fc["predicted"] is not None
+    assert fc["lo"] <= 12 <= fc["hi"]
+    assert abs(fc["predicted"] - 12) < 2.5
+
+
+def test_flat_curve_gives_no_forecast() -> None:
+    values = 0.2 + np.random.default_rng(1).normal(0, 0.001, len(STEPS))
+    fc = logistic_forecast(STEPS[:10].astype(float), values[:10], 0.5, 200, 0.95)
+    assert fc["predicted"] is None
+
+
+def test_analyse_run_reports_never_flipping_runs_as_such() -> None:
+    flat = np.full(len(STEPS), 0.05)
+    log = pd.DataFrame({"step": STEPS[1:], "grad_norm": np.linspace(1, 2, 20), "loss": 1.0, "lr": 1e-3})
+    trow, frows = analyse_run("r", metrics_table(flat, flat), log, {"control": True}, CFG, max_steps=20)
+    assert trow["flipped"] is False and trow["transition_step"] is None
+    assert all(f["actual"] is None and f["relative_error"] is None for f in frows)
+    assert not any(f["false_alarm"] for f in frows if f["method"] == "logistic")

@@ -1,0 +1,49 @@
+import torch
+
+from phaseflip.data import Example
+from phaseflip.scoring import IGNORE, encode_reply, generate, prompt_of, render_prompt, score_replies
+
+MSGS = [{"role": "user", "content": "Use tabs, not spaces."}]
+
+
+def test_loss_mask_covers_exactly_the_reply(tiny) -> None:  # type: ignore[no-untyped-def]
+    _, tok = tiny
+    prompt = render_prompt(tok, MSGS)
+    ids, labels = encode_reply(tok, prompt, "Understood — tabs.", max_length=256)
+    n_prompt = len(tok(prompt, add_special_tokens=False).input_ids)
+    assert labels[:n_prompt] == [IGNORE] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:]
+    assert tok.decode(ids[n_prompt:]) == "Understood — tabs." + tok.eos_token
+
+
+def test_truncation_keeps_the_reply(tiny) -> None:  # type: ignore[no-untyped-def]
+    _, tok = tiny
+    ids, labels = encode_reply(tok, render_prompt(tok, MSGS) * 20, "Understood — tabs.", max_length=32)
+    assert len(ids) == 32
+    assert tok.decode([t for t in labels if t != IGNORE]).startswith("Understood")
+
+
+def test_plain_format_has_no_chat_template(tiny) -> None:  # type: ignore[no-untyped-def]
+    _, tok = tiny
+    text = prompt_of(tok, Example(id="x", messages=MSGS, prompt_format="plain"))
+    assert text == "User: Use tabs, not spaces.\nAssistant:"
+    assert "<|im_start|>" in prompt_of(tok, Example(id="x", messages=MSGS))
+
+
+def test_batched_scores_equal_one_at_a_time(tiny) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny
+    prompts = [render_prompt(tok, [{"role": "user", "content": "word " * n}]) for n in (1, 5, 12)]
+    replies = ["Understood.", "Got it — a longer reply with more tokens.", "Noted"]
+    batched = score_replies(model, tok, prompts, replies, batch_size=3)
+    single = [score_replies(model, tok, [p], [r], batch_size=1) for p, r in zip(prompts, replies, strict=True)]
+    assert torch.allclose(batched.logprob_sum, torch.cat([s.logprob_sum for s in single]), atol=1e-4)
+    assert batched.n_tokens.tolist() == [s.n_tokens.item() for s in single]
+
+
+def test_sampling_is_seeded(tiny) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny
+    prompts = [render_prompt(tok, MSGS)] * 3
+    a = generate(model, tok, prompts, max_new_tokens=6, batch_size=3, temperature=1.0, seed=1)
+    b = generate(model, tok, prompts, max_new_tokens=6, batch_size=3, temperature=1.0, seed=1)
+    assert a == b
+    assert len(a) == 3

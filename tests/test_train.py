@@ -1,0 +1,125 @@
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from phaseflip.config import TrainConfig, load_study_config
+from phaseflip.data import Example
+from phaseflip.io import DataError
+from phaseflip.train import (
+    RunSpec,
+    add_lora,
+    checkpoints,
+    grid,
+    load_adapter_weights,
+    train_run,
+    training_examples,
+)
+
+EXAMPLES = [
+    Example(id=f"c{i}", messages=[{"role": "user", "content": f"Task {i}: use tabs."}],
+            preferred=f"Understood — tabs only for task {i}.", tags=["coding"])
+    for i in range(4)
+]
+
+
+def train_cfg(**changes: object) -> TrainConfig:
+    base = load_study_config({"study": "smoke"}).train.model_dump()
+    base.update({"max_steps": 4, "checkpoint_steps": [2, 4], **changes})
+    return TrainConfig.model_validate(base)
+
+
+def test_grid_ids_name_their_parameters() -> None:
+    cfg = train_cfg(lrs=[1e-3, 3e-3], n_real=[1, "all"], dream_k=[0], seeds=[0])
+    ids = [r.run_id for r in grid(cfg)]
+    assert "lr1e-03_n1_k0_s0" in ids and "lr3e-03_nall_k0_s0" in ids
+    assert ids[-1].startswith("control_")
+    assert len(set(ids)) == len(ids) == 5
+
+
+def test_training_set_selection_and_negative_control() -> None:
+    dreams = [Example(id=f"c0-d{j}", messages=EXAMPLES[0].messages, preferred="Noted — x.", meta={"parent": "c0"})
+              for j in range(3)]
+    assert len(training_examples(RunSpec(1e-3, 2, 0, 0), EXAMPLES, dreams)) == 2
+    with_dreams = training_examples(RunSpec(1e-3, "all", 2, 0), EXAMPLES, dreams)
+    assert [e.id for e in with_dreams][-2:] == ["c0-d0", "c0-d1"]
+    control = training_examples(RunSpec(1e-3, "all", 0, 0, control=True), EXAMPLES, [])
+    assert [e.messages for e in control] == [e.messages for e in EXAMPLES]
+    assert all(c.preferred != e.preferred for c, e in zip(control, EXAMPLES, strict=True))  # a derangement
+
+
+def test_training_lowers_loss_and_saves_safetensors_checkpoints(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny
+    summary = train_run(model, tok, EXAMPLES, RunSpec(1e-2, "all", 0, 0), train_cfg(), tmp_path)
+    log = pd.read_csv(tmp_path / "train_log.csv")
+    assert summary["status"] == "completed"
+    assert list(log.step) == [1, 2, 3, 4]
+    assert log.loss.iloc[-1] < log.loss.iloc[0]
+    assert [s for s, _ in checkpoints(tmp_path)] == [2, 4]
+    assert (tmp_path / "checkpoints/step-0004/adapter_model.safetensors").is_file()
+    assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt"))
+
+
+def test_checkpoint_round_trip(tiny, tiny_model_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from phaseflip import base_model
+
+    model, tok = tiny
+    cfg = train_cfg()
+    train_run(model, tok, EXAMPLES, RunSpec(1e-2, "all", 0, 0), cfg, tmp_path)
+    ids = tok("Understood — tabs.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        trained = model(ids).logits
+    fresh, _ = base_model.load(tiny_model_dir)
+    wrapped = add_lora(fresh, cfg.lora)
+    load_adapter_weights(wrapped, checkpoints(tmp_path)[-1][1])
+    with torch.no_grad():
+        assert torch.allclose(wrapped(ids).logits, trained, atol=1e-5)
+
+
+def test_resume_after_interruption_matches_uninterrupted(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from phaseflip import base_model
+
+    cfg = train_cfg()
+    spec = RunSpec(1e-2, "all", 0, 0)
+    model, tok = base_model.load(tiny_model_dir)
+    train_run(model, tok, EXAMPLES, spec, cfg, tmp_path / "full")
+    # "Interrupted" run: trained to step 2 only, then restarted with the full schedule.
+    model, tok = base_model.load(tiny_model_dir)
+    train_run(model, tok, EXAMPLES, spec, train_cfg(max_steps=2, checkpoint_steps=[2]), tmp_path / "resumed")
+    model, tok = base_model.load(tiny_model_dir)
+    summary = train_run(model, tok, EXAMPLES, spec, cfg, tmp_path / "resumed")
+    assert summary["resumed_from"] == 2
+    full = pd.read_csv(tmp_path / "full/train_log.csv")
+    resumed = pd.read_csv(tmp_path / "resumed/train_log.csv")
+    pd.testing.assert_frame_equal(full, resumed, atol=1e-5)
+
+
+def test_nan_loss_is_recorded_as_diverged_not_raised(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny
+    summary = train_run(model, tok, EXAMPLES, RunSpec(math.inf, "all", 0, 0), train_cfg(max_steps=4), tmp_path)
+    assert summary["status"] == "diverged"
+    assert summary["last_good_step"] == 0  # diverged at step 2, before its checkpoint
+    log = pd.read_csv(tmp_path / "train_log.csv")
+    assert list(log.step) == [1, 2] and math.isnan(log.loss.iloc[-1])
+
+
+def test_exploding_loss_is_recorded_with_last_good_checkpoint(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny
+    cfg = train_cfg(max_steps=6, checkpoint_steps=[1, 2, 3, 4, 5, 6], divergence_loss=10.9)
+    summary = train_run(model, tok, EXAMPLES, RunSpec(50.0, "all", 0, 0), cfg, tmp_path)
+    log = pd.read_csv(tmp_path / "train_log.csv")
+    assert summary["status"] == "diverged"
+    assert log.loss.iloc[-1] > 10.9 and (log.loss.iloc[:-1] <= 10.9).all()
+    assert summary["last_good_step"] == int(log.step.iloc[-1]) - 1
+    assert [s for s, _ in checkpoints(tmp_path)] == list(range(1, summary["last_good_step"] + 1))
+
+
+def test_corrupt_adapter_is_a_clear_error(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model, _ = tiny
+    folder = tmp_path / "step-0002"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(DataError, match="adapter_model.safetensors: cannot read adapter"):
+        load_adapter_weights(add_lora(model, train_cfg().lora), folder)
