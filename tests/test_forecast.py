@@ -1,9 +1,9 @@
 import numpy as np
 import pandas as pd
 
+from phaseflip.config import ForecastConfig
 from phaseflip.forecast import analyse_run, change_point, logistic_forecast, transition_step
 from phaseflip.metrics import wilson_interval
-from phaseflip.config import ForecastConfig
 
 CFG = ForecastConfig(cutoffs=[0.5, 0.75], n_bootstrap=200)
 STEPS = np.arange(0, 21)

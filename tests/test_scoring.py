@@ -1,7 +1,15 @@
 import torch
 
 from phaseflip.data import Example
-from phaseflip.scoring import IGNORE, encode_reply, generate, prompt_of, render_prompt, score_replies
+from phaseflip.scoring import (
+    IGNORE,
+    encode_reply,
+    generate,
+    prompt_of,
+    render_prompt,
+    score_replies,
+    score_reply_pairs,
+)
 
 MSGS = [{"role": "user", "content": "Use tabs, not spaces."}]
 
@@ -47,3 +55,16 @@ def test_sampling_is_seeded(tiny) -> None:  # type: ignore[no-untyped-def]
     b = generate(model, tok, prompts, max_new_tokens=6, batch_size=3, temperature=1.0, seed=1)
     assert a == b
     assert len(a) == 3
+
+
+def test_shared_prompt_pair_scoring_equals_separate_scoring(tiny) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny
+    prompts = [render_prompt(tok, [{"role": "user", "content": "word " * n}]) for n in (1, 5, 12)] + ["User: hi\nAssistant:"]
+    formats = ["chat", "chat", "chat", "plain"]
+    pref = ["Understood.", "Got it — a longer reply with more tokens.", "Noted", "Will do."]
+    rej = ["Sure! Alternatively use spaces, which many prefer.", "No.", "Here you go", "Okay then"]
+    shared = score_reply_pairs(model, tok, prompts, [pref, rej], batch_size=3, prompt_formats=formats)
+    for got, replies in zip(shared, [pref, rej], strict=True):
+        want = score_replies(model, tok, prompts, replies, batch_size=1, prompt_formats=formats)
+        assert torch.allclose(got.logprob_sum, want.logprob_sum, atol=1e-3)
+        assert torch.equal(got.n_tokens, want.n_tokens)

@@ -123,3 +123,15 @@ def test_corrupt_adapter_is_a_clear_error(tiny, tmp_path: Path) -> None:  # type
     (folder / "adapter_model.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(DataError, match="adapter_model.safetensors: cannot read adapter"):
         load_adapter_weights(add_lora(model, train_cfg().lora), folder)
+
+
+def test_checkpoints_of_another_configuration_are_not_resumed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from phaseflip import base_model
+
+    spec = RunSpec(1e-2, "all", 0, 0)
+    model, tok = base_model.load(tiny_model_dir)
+    train_run(model, tok, EXAMPLES, spec, train_cfg(), tmp_path, base_fingerprint="model-A")
+    model, tok = base_model.load(tiny_model_dir)
+    summary = train_run(model, tok, EXAMPLES, spec, train_cfg(), tmp_path, base_fingerprint="model-B")
+    assert summary["resumed_from"] == 0
+    assert [s for s, _ in checkpoints(tmp_path)] == [2, 4]

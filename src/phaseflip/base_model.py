@@ -163,6 +163,6 @@ def load(model_dir: str | Path, device: torch.device | str = "cpu",
         )
     except (OSError, ValueError, RuntimeError) as err:
         raise DataError(f"{model_dir}: cannot load model weights ({err}); rerun rule base_model") from err
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model, tokenizer

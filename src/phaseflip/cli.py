@@ -162,13 +162,17 @@ def cmd_icl(args: argparse.Namespace) -> None:
     corrections = load_examples(args.corrections, "corrections")
     scenarios, retention, eval_cfg = _eval_set(args, params)
     evaluator = Evaluator(tok, scenarios, retention, _judge(params), eval_cfg, seed=int(params["seed"]))
-    rows, shots_used = [], {}
+    rows: list[dict[str, Any]] = []
+    shots_used: dict[int, list[str]] = {}
     for k in sorted(set(cfg.ks) | {0}):  # k=0 first: it is the base model and sets the references
         shots = choose_shots(corrections, k, int(params["seed"]))
         shots_used[k] = [s.id for s in shots]
         evaluator.previous = None
-        result = evaluator.evaluate(model, step=0, prompt_fn=lambda ex, s=shots: icl_prompt(tok, s, ex),
-                                    is_base=k == 0)
+
+        def prompt_fn(ex: Example, shots: list[Example] = shots) -> str:
+            return icl_prompt(tok, shots, ex)
+
+        result = evaluator.evaluate(model, step=0, prompt_fn=prompt_fn, is_base=k == 0)
         rows += [dict(r, k=k) for r in result if k in cfg.ks]
     out = Path(args.out)
     write_csv(out / "icl_metrics.csv", pd.DataFrame(rows))
@@ -185,7 +189,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     examples = training_examples(spec, load_examples(args.corrections, "corrections"),
                                  load_examples(args.dreams, "corrections") if Path(args.dreams).stat().st_size else [])
     model, tok = _model(args, params)
-    summary = train_run(model, tok, examples, spec, cfg, args.out)
+    base_sha = read_json(Path(args.base) / "manifest.json")["files"]["model.safetensors"]
+    summary = train_run(model, tok, examples, spec, cfg, args.out, base_fingerprint=base_sha)
     print(f"train {spec.run_id}: {summary['status']} after step {summary['last_good_step']} "
           f"({summary['seconds']}s, {summary['reply_tokens_per_s']} reply tokens/s)")
 
@@ -221,7 +226,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     peft_model.eval()
     for step, folder in tqdm(checkpoints(run_dir), desc=f"evaluate {info['run_id']}", unit="ckpt"):
         load_adapter_weights(peft_model, folder)
-        rows += evaluator.evaluate(peft_model, step=step)
+        rows += evaluator.evaluate(peft_model, step=step)  # type: ignore[arg-type]
     table = pd.DataFrame(rows)
     table.insert(0, "run_id", info["run_id"])
     for key in RUN_METADATA:

@@ -132,7 +132,7 @@ class IclConfig(Strict):
 
 class LoraConfig(Strict):
     r: int = Field(8, gt=0)
-    alpha: float = Field(16, gt=0)
+    alpha: int = Field(16, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(min_length=1)
 

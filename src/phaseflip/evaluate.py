@@ -22,7 +22,7 @@ from phaseflip.config import EvalConfig
 from phaseflip.data import Example
 from phaseflip.judge import RubricJudge
 from phaseflip.metrics import cosine, js_divergence, kl_divergence, wilson_interval
-from phaseflip.scoring import generate, probe, prompt_of, score_replies, text_logprobs
+from phaseflip.scoring import generate, probe, prompt_of, score_reply_pairs, text_logprobs
 
 Row = dict[str, Any]
 PromptFn = Callable[[Example], str]
@@ -88,10 +88,10 @@ class Evaluator:
         if not idx:
             return
         fmts = [self.scenarios[i].prompt_format for i in idx]
-        pref = score_replies(model, self.tok, [prompts[i] for i in idx],
-                             [self.scenarios[i].preferred or "" for i in idx], self.cfg.batch_size, prompt_formats=fmts)
-        rej = score_replies(model, self.tok, [prompts[i] for i in idx],
-                            [self.scenarios[i].rejected or "" for i in idx], self.cfg.batch_size, prompt_formats=fmts)
+        pref, rej = score_reply_pairs(
+            model, self.tok, [prompts[i] for i in idx],
+            [[self.scenarios[i].preferred or "" for i in idx], [self.scenarios[i].rejected or "" for i in idx]],
+            self.cfg.batch_size, prompt_formats=fmts)
         margin = pref.logprob_mean - rej.logprob_mean
         for j, i in enumerate(idx):
             out["margin"][i] = float(margin[j])

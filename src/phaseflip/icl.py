@@ -25,8 +25,10 @@ def choose_shots(corrections: list[Example], k: int, seed: int) -> list[Example]
 def icl_messages(shots: list[Example], scenario: Example) -> list[dict[str, str]]:
     system = [m for m in scenario.messages[:1] if m["role"] == "system"]
     rest = scenario.messages[len(system):]
-    context = [turn for shot in shots for turn in
-               [*(m for m in shot.messages if m["role"] != "system"), {"role": "assistant", "content": shot.preferred or ""}]]
+    context: list[dict[str, str]] = []
+    for shot in shots:
+        context += [m for m in shot.messages if m["role"] != "system"]
+        context.append({"role": "assistant", "content": shot.preferred or ""})
     return system + context + rest
 
 

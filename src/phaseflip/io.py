@@ -89,8 +89,8 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
-        line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {err.start}); save the file as UTF-8") from None
+        bad_line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{bad_line}: not valid UTF-8 (byte {err.start}); save the file as UTF-8") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
     records = []

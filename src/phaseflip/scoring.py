@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -63,10 +64,10 @@ def pad_batch(seqs: Sequence[list[int]], labels: Sequence[list[int]], pad_id: in
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     lab = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (s, l) in enumerate(zip(seqs, labels, strict=True)):
-        ids[i, : len(s)] = torch.tensor(s)
-        lab[i, : len(l)] = torch.tensor(l)
-        mask[i, : len(s)] = 1
+    for i, (seq, seq_labels) in enumerate(zip(seqs, labels, strict=True)):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        lab[i, : len(seq_labels)] = torch.tensor(seq_labels)
+        mask[i, : len(seq)] = 1
     return ids.to(device), mask.to(device), lab.to(device)
 
 
@@ -122,6 +123,49 @@ def score_replies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
     return ReplyScores(sums, counts)
 
 
+@torch.no_grad()
+def score_reply_pairs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                      replies: Sequence[Sequence[str]], batch_size: int,
+                      prompt_formats: Sequence[str] | None = None) -> list[ReplyScores]:
+    """Score several replies per prompt, encoding each prompt once and reusing its KV cache.
+
+    `replies[j][i]` is the j-th reply to prompt i. Equal to `score_replies` per reply list, at a fraction
+    of the cost when prompts are long (in-context examples) or several replies share a prompt.
+    """
+    formats = list(prompt_formats) if prompt_formats else ["chat"] * len(prompts)
+    device = next(model.parameters()).device
+    out = [ReplyScores(torch.zeros(len(prompts)), torch.zeros(len(prompts))) for _ in replies]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        prompt_ids = [tokenizer(prompts[i], add_special_tokens=False).input_ids for i in idx]
+        width = max(len(p) for p in prompt_ids)
+        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, p in enumerate(prompt_ids):  # left padding: every prompt ends at the same column
+            ids[row, width - len(p):] = torch.tensor(p)
+            mask[row, width - len(p):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        prompt_out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                           use_cache=True, logits_to_keep=1)
+        cache, last_logp = prompt_out.past_key_values, torch.log_softmax(prompt_out.logits[:, -1].float(), -1)
+        lengths = mask.sum(dim=1, keepdim=True)
+        for j, reply_list in enumerate(replies):
+            sep = [("" if formats[i] == "chat" else " ") for i in idx]
+            reply_ids = [tokenizer(s + reply_list[i] + reply_suffix(tokenizer, formats[i]),
+                                   add_special_tokens=False).input_ids for s, i in zip(sep, idx, strict=True)]
+            r_ids, r_mask, r_labels = pad_batch(reply_ids, reply_ids, tokenizer.pad_token_id, device)
+            positions = lengths + torch.arange(r_ids.shape[1], device=device)[None, :]
+            logits = model(input_ids=r_ids, attention_mask=torch.cat([mask, r_mask], dim=1), position_ids=positions,
+                           past_key_values=cache, use_cache=True).logits
+            cache.crop(width)  # back to the prompt-only cache for the next reply list
+            first = last_logp.gather(1, r_ids[:, :1]).squeeze(1)  # the first reply token, from the prompt
+            rest = token_logprobs(logits, r_labels).sum(dim=1)
+            out[j].logprob_sum[idx] = (first + rest).cpu()
+            out[j].n_tokens[idx] = r_mask.sum(dim=1).float().cpu()
+    return out
+
+
 def _left_pad(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
               device: torch.device) -> dict[str, torch.Tensor]:
     tokenizer.padding_side = "left"
@@ -141,7 +185,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
         batch = _left_pad(tokenizer, prompts[start : start + batch_size], device)
         torch.manual_seed(generator_seed + start)  # same seed per batch position: common random numbers
         kwargs = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature else {"do_sample": False}
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+        out = cast(Any, model).generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.eos_token_id, **kwargs)
         new = out[:, batch["input_ids"].shape[1]:]
         replies += tokenizer.batch_decode(new, skip_special_tokens=True)

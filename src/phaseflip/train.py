@@ -12,10 +12,13 @@ checkpoints from an interrupted attempt resumes from the last one (adapter + opt
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +92,7 @@ def training_examples(spec: RunSpec, corrections: list[Example], dreams: list[Ex
 def add_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, peft_cfg)  # type: ignore[return-value]
+    return get_peft_model(model, peft_cfg)  # type: ignore[arg-type,return-value]
 
 
 def checkpoint_dir(out: Path, step: int) -> Path:
@@ -113,7 +116,25 @@ def _save_checkpoint(model: PeftModel, optimizer: torch.optim.Optimizer, out: Pa
     tmp.rename(final)
 
 
-def _resume(model: PeftModel, optimizer: torch.optim.Optimizer, out: Path) -> tuple[int, list[dict[str, Any]]]:
+def _fingerprint(spec: RunSpec, cfg: TrainConfig, examples: list[Example], base: str) -> str:
+    """What a checkpoint depends on: a resume only continues checkpoints with the same fingerprint."""
+    # Not the grid lists or the schedule length: adding a grid point or extending max_steps keeps a run valid.
+    recipe = cfg.model_dump(mode="json", include={"batch_size", "micro_batch_size", "max_grad_norm", "weight_decay",
+                                                  "max_length", "lora"})
+    payload = json.dumps({"spec": asdict(spec), "train": recipe, "base": base,
+                          "examples": [e.to_json() for e in examples]}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _resume(model: PeftModel, optimizer: torch.optim.Optimizer, out: Path,
+            fingerprint: str) -> tuple[int, list[dict[str, Any]]]:
+    stamp = out / "checkpoints" / "fingerprint.txt"
+    if stamp.is_file() and stamp.read_text().strip() != fingerprint:
+        # Checkpoints of another configuration (e.g. another study in the same results/): start over.
+        print(f"{out}: existing checkpoints belong to another configuration; starting from step 0")
+        shutil.rmtree(out / "checkpoints")
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint + "\n")
     done = sorted((out / "checkpoints").glob("step-[0-9][0-9][0-9][0-9]"))
     if not done:
         return 0, []
@@ -132,11 +153,15 @@ def _resume(model: PeftModel, optimizer: torch.optim.Optimizer, out: Path) -> tu
 
 
 def train_run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
-              spec: RunSpec, cfg: TrainConfig, out: str | Path) -> dict[str, Any]:
-    """Train one run; writes checkpoints/, train_log.csv and run.json under `out`."""
+              spec: RunSpec, cfg: TrainConfig, out: str | Path, base_fingerprint: str = "") -> dict[str, Any]:
+    """Train one run; writes checkpoints/, train_log.csv and run.json under `out`.
+
+    `base_fingerprint` identifies the base model (its weights' sha256), so a resume never continues
+    checkpoints trained from another model.
+    """
     out = Path(out)
     torch.manual_seed(spec.seed)
-    model = add_lora(model, cfg.lora)
+    model = add_lora(model, cfg.lora)  # type: ignore[assignment]
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.lr,
                                   weight_decay=cfg.weight_decay)
@@ -145,7 +170,8 @@ def train_run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, exampl
     n_reply_tokens = sum(sum(t != IGNORE for t in labels) for _, labels in encoded)
     batch_size = cfg.batch_size or len(encoded)
     device = next(model.parameters()).device
-    start_step, log = _resume(model, optimizer, out)
+    fingerprint = _fingerprint(spec, cfg, examples, base_fingerprint)
+    start_step, log = _resume(model, optimizer, out, fingerprint)  # type: ignore[arg-type]
     status, last_good = "completed", start_step
     started = time.time()
     rng = random.Random(spec.seed)
@@ -178,7 +204,7 @@ def train_run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, exampl
         optimizer.step()
         log.append({"step": step, "loss": loss_value, "grad_norm": grad_norm, "lr": spec.lr})
         if step in cfg.checkpoint_steps:
-            _save_checkpoint(model, optimizer, out, step, log)
+            _save_checkpoint(model, optimizer, out, step, log)  # type: ignore[arg-type]
             last_good = step
     seconds = time.time() - started
     steps_run = max(0, len(log) - start_step)

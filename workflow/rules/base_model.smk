@@ -3,10 +3,12 @@ rule base_model:
         directory("results/base_model"),
     params:
         cfg=stage_params("model"),
+    conda:
+        "../envs/phaseflip.yaml"
     log:
         "results/logs/base_model.log",
     benchmark:
         "results/benchmarks/base_model.tsv"
     threads: workflow.cores
     shell:
-        "{PF} base_model --params {params.cfg:q} --threads {threads} --out {output} > {log} 2>&1"
+        "python -m phaseflip.cli base_model --params {params.cfg:q} --threads {threads} --out {output} > {log} 2>&1"

@@ -11,13 +11,15 @@ rule steering:
     params:
         cfg=stage_params("model", "behavior", "steering", "eval"),
         out=subpath(output.vector, parent=True),
+    conda:
+        "../envs/phaseflip.yaml"
     log:
         "results/logs/steering.log",
     benchmark:
         "results/benchmarks/steering.tsv"
     threads: workflow.cores
     shell:
-        "{PF} steering --params {params.cfg:q} --threads {threads} --base {input.base} "
+        "python -m phaseflip.cli steering --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--corrections {input.corrections} --dreams {input.dreams} --eval {input.eval} "
         "--retention {input.retention} --out {params.out} > {log} 2>&1"
 
@@ -34,12 +36,14 @@ rule icl:
     params:
         cfg=stage_params("model", "behavior", "icl", "eval"),
         out=subpath(output.metrics, parent=True),
+    conda:
+        "../envs/phaseflip.yaml"
     log:
         "results/logs/icl.log",
     benchmark:
         "results/benchmarks/icl.tsv"
     threads: workflow.cores
     shell:
-        "{PF} icl --params {params.cfg:q} --threads {threads} --base {input.base} "
+        "python -m phaseflip.cli icl --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--corrections {input.corrections} --eval {input.eval} --retention {input.retention} "
         "--out {params.out} > {log} 2>&1"

@@ -12,7 +12,6 @@ except ConfigError as err:
 
 CFG = STUDY.model_dump(mode="json")
 RUN_IDS = [spec.run_id for spec in grid(STUDY.train)]
-PF = "python -m phaseflip.cli"
 
 
 def stage_params(*sections):

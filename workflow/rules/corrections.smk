@@ -12,11 +12,13 @@ rule corrections:
     params:
         cfg=stage_params("model", "behavior", "dreams"),
         out=subpath(output.train, parent=True),
+    conda:
+        "../envs/phaseflip.yaml"
     log:
         "results/logs/corrections.log",
     benchmark:
         "results/benchmarks/corrections.tsv"
     threads: workflow.cores
     shell:
-        "{PF} corrections --params {params.cfg:q} --threads {threads} --base {input.base} "
+        "python -m phaseflip.cli corrections --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--out {params.out} > {log} 2>&1"

@@ -9,10 +9,12 @@ rule dreams:
     params:
         cfg=stage_params("behavior", "dreams"),
         out=subpath(output.dreams, parent=True),
+    conda:
+        "../envs/phaseflip.yaml"
     log:
         "results/logs/dreams.log",
     benchmark:
         "results/benchmarks/dreams.tsv"
     shell:
-        "{PF} dreams --params {params.cfg:q} --corrections {input.corrections} --eval {input.eval} "
+        "python -m phaseflip.cli dreams --params {params.cfg:q} --corrections {input.corrections} --eval {input.eval} "
         "--out {params.out} > {log} 2>&1"

@@ -4,10 +4,6 @@ EVALUATE_INPUTS = dict(
     retention="results/corrections/retention.jsonl",
     vector="results/steering/vector.safetensors",
 )
-EVALUATE_SHELL = (
-    "{PF} evaluate --params {params.cfg:q} --threads {threads} --base {input.base} "
-    "--eval {input.eval} --retention {input.retention} --steering-vector {input.vector} "
-)
 
 
 rule evaluate_base:
@@ -17,13 +13,17 @@ rule evaluate_base:
         "results/base_eval/metrics.csv",
     params:
         cfg=stage_params("model", "behavior", "train", "eval", "steering"),
+    conda:
+        "../envs/phaseflip.yaml"
     log:
         "results/logs/evaluate/base.log",
     benchmark:
         "results/benchmarks/evaluate_base.tsv"
     threads: workflow.cores
     shell:
-        EVALUATE_SHELL + "--run-dir base --out {output} > {log} 2>&1"
+        "python -m phaseflip.cli evaluate --params {params.cfg:q} --threads {threads} --base {input.base} "
+        "--eval {input.eval} --retention {input.retention} --steering-vector {input.vector} "
+        "--run-dir base --out {output} > {log} 2>&1"
 
 
 rule evaluate:
@@ -38,10 +38,14 @@ rule evaluate:
         run_dir=subpath(input.info, parent=True),
     wildcard_constraints:
         run_id="[A-Za-z0-9_.+-]+",
+    conda:
+        "../envs/phaseflip.yaml"
     log:
         "results/logs/evaluate/{run_id}.log",
     benchmark:
         "results/benchmarks/evaluate_{run_id}.tsv"
     threads: workflow.cores
     shell:
-        EVALUATE_SHELL + "--run-dir {params.run_dir} --base-metrics {input.base_metrics} --out {output} > {log} 2>&1"
+        "python -m phaseflip.cli evaluate --params {params.cfg:q} --threads {threads} --base {input.base} "
+        "--eval {input.eval} --retention {input.retention} --steering-vector {input.vector} "
+        "--run-dir {params.run_dir} --base-metrics {input.base_metrics} --out {output} > {log} 2>&1"

@@ -10,10 +10,12 @@ rule forecast:
         cfg=stage_params("train", "forecast"),
         run_dirs=[f"results/runs/{r}" for r in RUN_IDS],
         out=subpath(output.transitions, parent=True),
+    conda:
+        "../envs/phaseflip.yaml"
     log:
         "results/logs/forecast.log",
     benchmark:
         "results/benchmarks/forecast.tsv"
     shell:
-        "{PF} forecast --params {params.cfg:q} --metrics {input.metrics} --run-dirs {params.run_dirs} "
+        "python -m phaseflip.cli forecast --params {params.cfg:q} --metrics {input.metrics} --run-dirs {params.run_dirs} "
         "--out {params.out} > {log} 2>&1"

@@ -23,9 +23,11 @@ rule report:
         cfg=stage_params("model", "behavior", "eval", "forecast", "train"),
         forecast=subpath(input.transitions, parent=True),
         out=subpath(output.summary, parent=True),
+    conda:
+        "../envs/phaseflip.yaml"
     log:
         "results/logs/report.log",
     shell:
-        "{PF} report --params {params.cfg:q} --metrics {input.metrics} --forecast {params.forecast} "
+        "python -m phaseflip.cli report --params {params.cfg:q} --metrics {input.metrics} --forecast {params.forecast} "
         "--steering {input.steering} --icl {input.icl} --dreams-report {input.dreams_report} "
         "--data-report {input.data_report} --benchmarks {input.benchmarks} --out {params.out} > {log} 2>&1"

@@ -11,12 +11,14 @@ rule train:
         out=subpath(output.info, parent=True),
     wildcard_constraints:
         run_id="[A-Za-z0-9_.+-]+",
+    conda:
+        "../envs/phaseflip.yaml"
     log:
         "results/logs/train/{run_id}.log",
     benchmark:
         "results/benchmarks/train_{run_id}.tsv"
     threads: workflow.cores
     shell:
-        "{PF} train --params {params.cfg:q} --threads {threads} --base {input.base} "
+        "python -m phaseflip.cli train --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--corrections {input.corrections} --dreams {input.dreams} --run-id {wildcards.run_id} "
         "--out {params.out} > {log} 2>&1"
