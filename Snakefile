@@ -2,7 +2,7 @@
 #
 #   snakemake --cores all                                  # the default study (SmolLM2-135M on CPU)
 #   snakemake --cores all --config study=smoke             # a preset
-#   snakemake --cores all --config 'train.lrs=[1e-4,1e-3]' # any Hydra override
+#   snakemake --cores all --config train__lrs=[1e-4,1e-3]  # any Hydra override (`__` stands for `.`)
 #   snakemake --cores all --configfile params.yaml         # a composed config (what `dvc repro` runs)
 
 include: "workflow/rules/common.smk"

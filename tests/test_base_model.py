@@ -44,3 +44,11 @@ def test_missing_package_and_unmaterialised_folder_are_clear_errors(tmp_path: Pa
 def test_source_needs_its_fields() -> None:
     with pytest.raises(ValueError, match="model.hub_id"):
         ModelConfig(name="x", source="hub")
+
+
+def test_local_folder_source_round_trips(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = ModelConfig(name="local", source="local", path=str(tiny_model_dir))
+    manifest = base_model.materialise(cfg, tmp_path / "copy")
+    assert manifest["source"] == {"kind": "local", "ref": str(tiny_model_dir)}
+    model, tok = base_model.load(tmp_path / "copy")
+    assert model.config.num_hidden_layers == 2 and tok.chat_template

@@ -20,14 +20,17 @@ def test_smoke_uses_tiny_model_and_default_uses_smollm2() -> None:
 
 
 def test_snakemake_style_overrides_reach_the_config() -> None:
-    cfg = load_study_config({"study": "smoke", "train.lrs": ["1e-4", 0.003], "eval.n_samples": 3})
+    # `--config study=smoke 'train={lrs: [1e-4, 0.003]}' 'eval={n_samples: 3}'`, as Snakemake parses it
+    cfg = load_study_config({"study": "smoke", "train": {"lrs": ["1e-4", "0.003"]}, "eval": {"n_samples": "3"}})
     assert cfg.train.lrs == [1e-4, 3e-3]
     assert cfg.eval.n_samples == 3
 
 
 def test_to_overrides_renders_hydra_grammar() -> None:
-    assert to_overrides({"study": "smoke", "train.lrs": [0.001, 0.01], "x.flag": True, "y": None}) == [
-        "study=smoke", "train.lrs=[0.001,0.01]", "x.flag=true", "y=null"]
+    assert to_overrides({"study": "smoke", "train": {"lrs": [0.001, 0.01], "lora": {"r": 4}}, "x": True,
+                         "y": None}) == ["study=smoke", "train.lrs=[0.001,0.01]", "train.lora.r=4", "x=true", "y=null"]
+    assert to_overrides({"model": "local", "model__path": "/m", "train__lrs": ["1e-4"]}) == [
+        "model=local", "model.path=/m", "train.lrs=[1e-4]"]
 
 
 @pytest.mark.parametrize(

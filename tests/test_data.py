@@ -79,3 +79,5 @@ def test_subset_per_family_is_deterministic_first_n() -> None:
     exs = [Example(id=str(i), messages=GOOD["messages"], family=f) for i, f in enumerate("aabbb")]
     assert [e.id for e in subset_per_family(exs, 1)] == ["0", "2"]
     assert len(subset_per_family(exs, None)) == 5
+    assert [e.id for e in subset_per_family(exs, {"b": 2, "default": 1})] == ["0", "2", "3"]
+    assert [e.id for e in subset_per_family(exs, {"b": 1})] == ["0", "1", "2"]

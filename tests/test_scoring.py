@@ -59,7 +59,8 @@ def test_sampling_is_seeded(tiny) -> None:  # type: ignore[no-untyped-def]
 
 def test_shared_prompt_pair_scoring_equals_separate_scoring(tiny) -> None:  # type: ignore[no-untyped-def]
     model, tok = tiny
-    prompts = [render_prompt(tok, [{"role": "user", "content": "word " * n}]) for n in (1, 5, 12)] + ["User: hi\nAssistant:"]
+    prompts = [render_prompt(tok, [{"role": "user", "content": "word " * n}]) for n in (1, 5, 12)]
+    prompts.append("User: hi\nAssistant:")
     formats = ["chat", "chat", "chat", "plain"]
     pref = ["Understood.", "Got it — a longer reply with more tokens.", "Noted", "Will do."]
     rej = ["Sure! Alternatively use spaces, which many prefer.", "No.", "Here you go", "Okay then"]

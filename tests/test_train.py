@@ -76,6 +76,10 @@ def test_checkpoint_round_trip(tiny, tiny_model_dir: Path, tmp_path: Path) -> No
     load_adapter_weights(wrapped, checkpoints(tmp_path)[-1][1])
     with torch.no_grad():
         assert torch.allclose(wrapped(ids).logits, trained, atol=1e-5)
+        wrapped.merge_adapter()  # how evaluate runs a checkpoint: merged, then unmerged before the next
+        assert torch.allclose(wrapped(ids).logits, trained, atol=1e-4)
+        wrapped.unmerge_adapter()
+        assert torch.allclose(wrapped(ids).logits, trained, atol=1e-5)
 
 
 def test_resume_after_interruption_matches_uninterrupted(tiny_model_dir: Path, tmp_path: Path) -> None:

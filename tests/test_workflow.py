@@ -45,7 +45,7 @@ def test_dry_run_lists_every_stage(project: Path) -> None:
 
 @pytest.mark.integration
 def test_bad_override_fails_before_any_job(project: Path) -> None:
-    proc = subprocess.run(["snakemake", "-n", "--config", "study=smoke", "train.lrs=[-1]"], cwd=project,
+    proc = subprocess.run(["snakemake", "-n", "--config", "study=smoke", "train__lrs=[-1]"], cwd=project,
                           capture_output=True, text=True)
     assert proc.returncode != 0
     assert "every learning rate must be > 0" in proc.stdout + proc.stderr

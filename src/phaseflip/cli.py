@@ -226,7 +226,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     peft_model.eval()
     for step, folder in tqdm(checkpoints(run_dir), desc=f"evaluate {info['run_id']}", unit="ckpt"):
         load_adapter_weights(peft_model, folder)
-        rows += evaluator.evaluate(peft_model, step=step)  # type: ignore[arg-type]
+        peft_model.merge_adapter()  # evaluate at base-model speed: W + BA in place, no LoRA branch per call
+        try:
+            rows += evaluator.evaluate(peft_model, step=step)  # type: ignore[arg-type]
+        finally:
+            peft_model.unmerge_adapter()
     table = pd.DataFrame(rows)
     table.insert(0, "run_id", info["run_id"])
     for key in RUN_METADATA:

@@ -3,7 +3,7 @@
 One configuration reaches every stage: Hydra composes `conf/` with overrides, pydantic validates the
 result. Two front doors feed it:
 
-    snakemake --cores all --config study=smoke train.lrs=[1e-4,1e-3]   # overrides
+    snakemake --cores all --config study=smoke train__lrs=[1e-4,1e-3]  # overrides (`__` = `.`)
     dvc exp run -S study=smoke                                         # DVC composes params.yaml
     snakemake --cores all --configfile params.yaml                     # a composed config
 
@@ -182,12 +182,22 @@ class TrainConfig(Strict):
 
 
 class EvalConfig(Strict):
-    max_scenarios_per_family: int | None = Field(None, gt=0)
+    # An int for every family, or per family with an optional "default": more in-distribution
+    # scenarios make the transition (Wilson interval above the threshold) detectable.
+    max_scenarios_per_family: int | dict[str, int] | None = None
     n_samples: int = Field(2, gt=0)
     temperature: float = Field(0.7, gt=0)
     max_new_tokens: int = Field(40, gt=0)
     batch_size: int = Field(16, gt=0)
     max_retention_prompts: int = Field(12, gt=0)
+
+    @field_validator("max_scenarios_per_family")
+    @classmethod
+    def _positive_counts(cls, value: int | dict[str, int] | None) -> int | dict[str, int] | None:
+        counts = value.values() if isinstance(value, dict) else [value] if value is not None else []
+        if any(c <= 0 for c in counts):
+            raise ValueError(f"scenario counts must be > 0, got {value}")
+        return value
 
 
 class ForecastConfig(Strict):
@@ -238,9 +248,20 @@ def _override_value(value: Any) -> str:
     return str(value)
 
 
-def to_overrides(snakemake_config: dict[str, Any]) -> list[str]:
-    """`{"study": "smoke", "train.lrs": [1e-4]}` -> `["study=smoke", "train.lrs=[0.0001]"]`."""
-    return [f"{key}={_override_value(value)}" for key, value in snakemake_config.items()]
+def to_overrides(snakemake_config: dict[str, Any], prefix: str = "") -> list[str]:
+    """Snakemake `--config` entries -> Hydra overrides.
+
+    Snakemake keys cannot contain dots, so `__` stands for `.`, and nested YAML values are flattened:
+    `study=smoke train__lrs=[1e-4,1e-3]` or `'train={lrs: [1e-4, 1e-3]}'` -> `train.lrs=[1e-4,1e-3]`.
+    """
+    overrides = []
+    for key, value in snakemake_config.items():
+        path = f"{prefix}{key}".replace("__", ".")
+        if isinstance(value, dict):
+            overrides += to_overrides(value, prefix=f"{path}.")
+        else:
+            overrides.append(f"{path}={_override_value(value)}")
+    return overrides
 
 
 def compose(overrides: list[str] | None = None, root: Path = PROJECT_ROOT) -> dict[str, Any]:

@@ -139,15 +139,20 @@ def load_retention(path: str | Path) -> list[dict[str, str]]:
     return prompts
 
 
-def subset_per_family(examples: list[Example], max_per_family: int | None) -> list[Example]:
-    """A deterministic subset: the first N scenarios of each family in file order."""
+def subset_per_family(examples: list[Example], max_per_family: int | dict[str, int] | None) -> list[Example]:
+    """A deterministic subset: the first N scenarios of each family in file order.
+
+    `max_per_family` is one N for all, or {family: N} with an optional "default" (absent: keep all).
+    """
     if max_per_family is None:
         return list(examples)
+    limits = max_per_family if isinstance(max_per_family, dict) else {"default": max_per_family}
     counts: dict[str, int] = {}
     kept = []
     for ex in examples:
         counts[ex.family] = counts.get(ex.family, 0) + 1
-        if counts[ex.family] <= max_per_family:
+        limit = limits.get(ex.family, limits.get("default"))
+        if limit is None or counts[ex.family] <= limit:
             kept.append(ex)
     return kept
 

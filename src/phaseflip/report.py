@@ -63,6 +63,7 @@ def curves_figure(study: pd.DataFrame, transitions: pd.DataFrame, forecasts: pd.
         ax.set_xlabel("training step")
         ax.set_title(f"{metric} ({ID})")
     axes[0].axhline(threshold, color="grey", lw=0.8)
+    axes[0].set_ylim(-0.02, 1.02)
     axes[-1].legend(fontsize=7)
     fig.suptitle("Dashed: transition (interval above threshold). x: forecast from the first 50% of steps.")
     _savefig(fig, path)
@@ -77,6 +78,7 @@ def steering_figure(steer: pd.DataFrame, path: Path) -> None:
             c = pd.concat([_pick(grp, metric), b.assign(multiplier=0.0)]).sort_values("multiplier")
             ax.plot(c.multiplier, c.value, marker="o", label=f"layer {layer}")
         ax.set_xlabel("multiplier")
+        ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"steering: {metric} ({ID})")
     axes[0].legend(fontsize=7)
     _savefig(fig, path)
@@ -88,6 +90,7 @@ def icl_figure(icl: pd.DataFrame, path: Path) -> None:
         c = _pick(icl, metric).sort_values("k")
         ax.plot(c.k, c.value, marker="o", label=metric)
     ax.set_xlabel("k real corrections in context")
+    ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"ICL baseline ({ID})")
     ax.legend(fontsize=7)
     _savefig(fig, path)
@@ -100,9 +103,12 @@ def family_figure(comparison: pd.DataFrame, path: Path) -> None:
     width = 0.8 / max(1, len(setups))
     for i, setup in enumerate(setups):
         c = comparison[comparison.setup == setup].set_index("family").reindex(families)
-        ax.bar([j + i * width for j in range(len(families))], c.behavior_rate, width, label=setup)
+        err = [(c.behavior_rate - c.lo).clip(lower=0), (c.hi - c.behavior_rate).clip(lower=0)]
+        ax.bar([j + i * width for j in range(len(families))], c.behavior_rate, width, yerr=err, capsize=2,
+               label=setup)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(families))], families, rotation=20)
-    ax.set_ylabel("behavior_rate")
+    ax.set_ylabel("behavior_rate (Wilson 95%)")
+    ax.set_ylim(0, 1.02)
     ax.set_title("behavior_rate per eval family")
     ax.legend(fontsize=7)
     _savefig(fig, path)

@@ -1,0 +1,180 @@
+"""Benchmark: phaseflip's training and evaluation throughput, measured side by side in one run.
+
+    python -m phaseflip.benchmark                 # the default study's model (SmolLM2-135M), a few minutes
+    python -m phaseflip.benchmark --tiny          # the tiny random Llama, seconds
+    python -m phaseflip.benchmark --model-dir results/base_model --steps 4
+
+Prints (and writes as JSON with --out):
+- LoRA training reply tokens/s: phaseflip's loop vs a plain peft + transformers.Trainer loop on the
+  identical examples, LoRA config, learning rate and effective batch: the ratio;
+- pair scoring (margin/p_preferred) scenarios/s: batched vs one scenario at a time: the ratio;
+- sampling new tokens/s for behavior_rate, batched;
+- achieved FLOP/s of training and scoring as a fraction of this machine's dense fp32 matmul peak,
+  measured in the same run (MFU; FLOPs counted as 2N per token forward, 4N per token for LoRA
+  training: forward plus input gradients, no base-weight gradients);
+- peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from phaseflip import base_model
+from phaseflip.config import load_study_config
+from phaseflip.data import Example, load_examples, subset_per_family
+from phaseflip.io import seed_everything, write_json
+from phaseflip.scoring import IGNORE, encode_reply, generate, prompt_of, score_reply_pairs
+from phaseflip.train import RunSpec, add_lora, train_run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def matmul_peak(threads: int, size: int = 1536, reps: int = 8) -> float:
+    """Dense fp32 matmul FLOP/s on this machine with `threads` threads (the MFU denominator)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm-up
+    start = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2 * size**3 * reps / (time.perf_counter() - start)
+
+
+def reference_trainer_loop(model: Any, tok: Any, examples: list[Example], lr: float, steps: int,
+                           micro_batch: int, lora: Any, max_length: int) -> float:
+    """Seconds per step of a plain peft + transformers.Trainer run on the same data and LoRA config."""
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+    encoded = [encode_reply(tok, prompt_of(tok, ex), ex.preferred or "", max_length, ex.prompt_format)
+               for ex in examples]
+    data = [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels} for ids, labels in encoded]
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):  # type: ignore[misc]
+        def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
+            times.append(time.perf_counter())
+
+        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+            times[-1] = time.perf_counter() - times[-1]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=micro_batch,
+            gradient_accumulation_steps=max(1, len(data) // micro_batch), learning_rate=lr, max_steps=steps,
+            lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, logging_strategy="no",
+            save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), seed=0,
+            dataloader_num_workers=0, disable_tqdm=True,
+        )
+        trainer = Trainer(model=add_lora(model, lora), args=args, train_dataset=data,  # type: ignore[arg-type]
+                          data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE),
+                          callbacks=[StepTimer()])
+        trainer.train()
+    return sum(times) / len(times)  # like phaseflip's figure, the first (warm-up) step included
+
+
+def run(model_dir: Path, steps: int, threads: int) -> dict[str, Any]:
+    seed_everything(0)
+    cfg = load_study_config({})
+    torch.set_num_threads(threads)
+    peak = matmul_peak(threads)
+    corrections = load_examples(ROOT / cfg.behavior.data.corrections, "corrections")
+    scenarios = [s for s in subset_per_family(load_examples(ROOT / cfg.behavior.data.eval, "eval"), 4)
+                 if s.preferred and s.rejected]
+    model, tok = base_model.load(model_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    encoded = [encode_reply(tok, prompt_of(tok, c), c.preferred or "", cfg.train.max_length) for c in corrections]
+    reply_tokens = sum(sum(t != IGNORE for t in labels) for _, labels in encoded)
+    all_tokens = sum(len(ids) for ids, _ in encoded)
+    figures: dict[str, Any] = {"model": str(model_dir), "n_parameters": n_params, "threads": threads,
+                               "matmul_peak_gflops": peak / 1e9, "train_examples": len(corrections),
+                               "reply_tokens_per_step": reply_tokens}
+
+    # Training: phaseflip's loop vs the reference Trainer loop on the identical configuration (same
+    # examples, LoRA, lr, one full batch per step); then phaseflip's default length-sorted micro-batches.
+    def ours(micro_batch: int) -> float:
+        nonlocal model, tok
+        model, tok = base_model.load(model_dir)
+        train_cfg = cfg.train.model_copy(update={"max_steps": steps + 1, "checkpoint_steps": [steps + 1],
+                                                 "micro_batch_size": micro_batch})
+        with tempfile.TemporaryDirectory() as tmp:
+            train_run(model, tok, corrections, RunSpec(1e-3, "all", 0, 0), train_cfg, tmp)
+            log = json.loads((Path(tmp) / "run.json").read_text())
+        return float(log["seconds"]) / (steps + 1)
+
+    full_batch = len(corrections)
+    model, tok = base_model.load(model_dir)
+    theirs = reference_trainer_loop(model, tok, corrections, 1e-3, steps + 1, full_batch, cfg.train.lora,
+                                    cfg.train.max_length)
+    ours_full, ours_micro = ours(full_batch), ours(cfg.train.micro_batch_size)
+    figures["reference_trainer_reply_tokens_per_s"] = reply_tokens / theirs
+    figures["train_reply_tokens_per_s_same_config"] = reply_tokens / ours_full
+    figures["train_speedup_vs_reference_same_config"] = theirs / ours_full
+    figures[f"train_reply_tokens_per_s_micro_batch_{cfg.train.micro_batch_size}"] = reply_tokens / ours_micro
+    figures["train_speedup_vs_reference_default_loop"] = theirs / ours_micro
+    figures["train_mfu_default_loop"] = 4 * n_params * all_tokens / ours_micro / peak
+
+    # Scoring: batched vs one scenario at a time (preferred + rejected per scenario).
+    model, tok = base_model.load(model_dir)
+    prompts = [prompt_of(tok, s) for s in scenarios]
+    pairs = [[s.preferred or "" for s in scenarios], [s.rejected or "" for s in scenarios]]
+    timings = {}
+    for batch in (cfg.eval.batch_size, 1):
+        start = time.perf_counter()
+        scores = score_reply_pairs(model, tok, prompts, pairs, batch_size=batch)
+        timings[batch] = time.perf_counter() - start
+    scored_tokens = sum(len(tok(p, add_special_tokens=False).input_ids) for p in prompts) + \
+        int(sum(s.n_tokens.sum() for s in scores))
+    figures["scoring_scenarios_per_s_batched"] = len(scenarios) / timings[cfg.eval.batch_size]
+    figures["scoring_scenarios_per_s_one_at_a_time"] = len(scenarios) / timings[1]
+    figures["scoring_batched_speedup"] = timings[1] / timings[cfg.eval.batch_size]
+    figures["scoring_mfu"] = 2 * n_params * scored_tokens / timings[cfg.eval.batch_size] / peak
+
+    # Sampling for behavior_rate, batched as the evaluator does it.
+    sample_prompts = [p for p in prompts for _ in range(cfg.eval.n_samples)]
+    start = time.perf_counter()
+    replies = generate(model, tok, sample_prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size,
+                       temperature=cfg.eval.temperature)
+    elapsed = time.perf_counter() - start
+    new_tokens = sum(len(tok(r, add_special_tokens=False).input_ids) for r in replies)
+    figures["sampling_new_tokens_per_s"] = new_tokens / elapsed
+    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="use the tiny random Llama (seconds)")
+    p.add_argument("--model-dir", type=Path, default=None, help="a materialised model (default: results/base_model)")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps (after one warm-up step)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model_dir
+        if args.tiny:
+            model_dir = Path(tmp) / "tiny"
+            base_model.materialise(load_study_config({"study": "smoke"}).model, model_dir)
+        elif model_dir is None:
+            model_dir = ROOT / "results" / "base_model"
+            if not (model_dir / "manifest.json").is_file():
+                print("materialising the default model into results/base_model (run `snakemake results/base_model`)")
+                base_model.materialise(load_study_config({}).model, model_dir)
+        figures = run(model_dir, args.steps, args.threads)
+    width = max(len(k) for k in figures)
+    for key, value in figures.items():
+        print(f"{key:<{width}}  {value:,.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    if args.out:
+        write_json(args.out, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
