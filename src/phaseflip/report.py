@@ -233,10 +233,15 @@ def _summary(params: dict[str, Any], study: pd.DataFrame, base: pd.DataFrame, tr
     L.append("Runs with dreams in this study: " + (", ".join(dream_runs.run_id) if len(dream_runs) else
              "none — the grid has dream_k=[0] only, so real vs dream examples cannot be compared from this study "
              "(run the `full` preset or `--config 'train.dream_k=[0,10]'`)."))
-    L += ["", "## Q4 — Steering and in-context examples vs LoRA", "", "| setup | family | behavior_rate |",
-          "|---|---|---|"]
-    for r in comp.itertuples():
-        L.append(f"| {r.setup} | {r.family} | {_fmt(r.behavior_rate, r.lo, r.hi)} |")
+    families = sorted(comp.family.unique(), key=lambda f: (f != ID, f != "all", f))
+    L += ["", "## Q4 — Steering and in-context examples vs LoRA", "",
+          "behavior_rate per family (Wilson 95%); each setup's best setting chosen on in_distribution:", "",
+          "| setup | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+    for setup, grp in comp.groupby("setup", sort=False):
+        cells = grp.set_index("family")
+        L.append(f"| {setup} | " + " | ".join(
+            _fmt(cells.behavior_rate[f], cells.lo[f], cells.hi[f]) if f in cells.index else "n/a" for f in families)
+            + " |")
     if best_icl is not None:
         rates = _pick(icl, "behavior_rate").sort_values("k")
         L.append("")
