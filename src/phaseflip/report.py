@@ -195,8 +195,8 @@ def _summary(params: dict[str, Any], study: pd.DataFrame, base: pd.DataFrame, tr
          f"Flip threshold (pre-registered): behavior_rate interval above {threshold}. "
          f"Data: {data['corrections']} corrections ({data['rejected_filled']} `rejected` filled from the base "
          f"model), {data['eval']} eval scenarios, {data['retention']} retention prompts; evaluation used up to "
-         f"{params['eval']['max_scenarios_per_family']} scenarios per family x {params['eval']['n_samples']} "
-         "samples. Intervals are Wilson 95% (rates) or ±1.96 s.e. (means).", "",
+         f"{_per_family(params['eval']['max_scenarios_per_family'])} scenarios per family x "
+         f"{params['eval']['n_samples']} samples. Intervals are Wilson 95% (rates) or ±1.96 s.e. (means).", "",
          "## Base model (step 0) per family", "", "| family | behavior_rate | p_preferred | coherence |",
          "|---|---|---|---|"]
     for family in sorted(base.family.unique()):
@@ -232,7 +232,7 @@ def _summary(params: dict[str, Any], study: pd.DataFrame, base: pd.DataFrame, tr
     dream_runs = transitions[(transitions.dream_k > 0) & ~transitions.control.astype(bool)]
     L.append("Runs with dreams in this study: " + (", ".join(dream_runs.run_id) if len(dream_runs) else
              "none — the grid has dream_k=[0] only, so real vs dream examples cannot be compared from this study "
-             "(run the `full` preset or `--config 'train.dream_k=[0,10]'`)."))
+             "(run the `full` preset or `--config train__dream_k=[0,10]`)."))
     families = sorted(comp.family.unique(), key=lambda f: (f != ID, f != "all", f))
     L += ["", "## Q4 — Steering and in-context examples vs LoRA", "",
           "behavior_rate per family (Wilson 95%); each setup's best setting chosen on in_distribution:", "",
@@ -272,6 +272,12 @@ def _summary(params: dict[str, Any], study: pd.DataFrame, base: pd.DataFrame, tr
     L += ["", "Figures: `curves.png`, `steering.png`, `icl.png`, `families.png`. Tables: `study_metrics.csv`, "
           "`comparison.csv`, `../forecast/*.csv`."]
     return "\n".join(L) + "\n"
+
+
+def _per_family(limit: Any) -> str:
+    if isinstance(limit, dict):
+        return ", ".join(f"{n} ({family})" for family, n in limit.items())
+    return "all" if limit is None else str(limit)
 
 
 def _int(value: Any) -> str:
