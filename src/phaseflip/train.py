@@ -32,7 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from phaseflip.config import LoraConfig, TrainConfig
 from phaseflip.data import Example
-from phaseflip.io import DataError, atomic_path, read_csv, write_csv, write_json
+from phaseflip.io import DataError, read_csv, write_csv, write_json
 from phaseflip.scoring import IGNORE, encode_reply, pad_batch, prompt_of, reply_token_logprobs
 
 
@@ -236,5 +236,3 @@ def load_adapter_weights(model: PeftModel, folder: Path) -> None:
         raise DataError(f"{path}: cannot read adapter ({err}); rerun rule train for this run") from err
     set_peft_model_state_dict(model, weights)
 
-
-__all__ = ["RunSpec", "grid", "train_run", "checkpoints", "load_adapter_weights", "atomic_path"]
