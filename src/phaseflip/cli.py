@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,7 @@ def cmd_corrections(args: argparse.Namespace) -> None:
         replies = generate(model, tok, [prompt_of(tok, c) for c in missing], max_new_tokens=64, batch_size=8)
         # An empty reply means the model ended its turn at once; record that token rather than nothing.
         filled = {c.id: r or tok.eos_token for c, r in zip(missing, replies, strict=True)}
-        corrections = [Example(**{**c.__dict__, "rejected": filled[c.id],
-                                  "meta": {**c.meta, "rejected_source": "base_model_greedy"}})
+        corrections = [replace(c, rejected=filled[c.id], meta={**c.meta, "rejected_source": "base_model_greedy"})
                        if c.id in filled else c for c in corrections]
     out = Path(args.out)
     write_jsonl(out / "train.jsonl", [c.to_json() for c in corrections])
@@ -212,7 +212,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     scenarios, retention, eval_cfg = _eval_set(args, params)
     evaluator = Evaluator(tok, scenarios, retention, _judge(params), eval_cfg, seed=int(params["seed"]),
                           steering=steering)
-    if args.run_dir == "base":  # the base model alone, step 0: shared by every run of the grid
+    if args.run_dir is None:  # the base model alone, step 0: shared by every run of the grid
         started = time.time()
         write_csv(args.out, pd.DataFrame(evaluator.evaluate(model, step=0, is_base=True)))
         print(f"evaluate base: {time.time() - started:.0f}s")
@@ -294,8 +294,9 @@ def parser() -> argparse.ArgumentParser:
     stage("steering", "base", "corrections", "dreams", "eval", "retention")
     stage("icl", "base", "corrections", "eval", "retention")
     stage("train", "base", "corrections", "dreams", "run_id")
-    ev = stage("evaluate", "base", "run_dir", "eval", "retention", "steering_vector")
-    ev.add_argument("--base-metrics", help="the base model's step-0 metrics (from --run-dir base)")
+    ev = stage("evaluate", "base", "eval", "retention", "steering_vector")
+    ev.add_argument("--run-dir", help="the run whose checkpoints to evaluate; omitted: the base model alone")
+    ev.add_argument("--base-metrics", help="the base model's step-0 metrics (written without --run-dir)")
     stage("forecast", multi=("metrics", "run_dirs"))
     stage("report", "forecast", "steering", "icl", "dreams_report", "data_report", multi=("metrics", "benchmarks"))
     return p

@@ -105,7 +105,6 @@ class Evaluator:
         replies = generate(model, self.tok, [p for p in prompts for _ in range(n)], self.cfg.max_new_tokens,
                            self.cfg.batch_size, temperature=self.cfg.temperature, seed=self.seed)
         out["behavior"], out["coherent"] = [], []
-        self.last_replies = replies
         for i, ex in enumerate(self.scenarios):
             verdicts = [self.judge(r, ex.family) for r in replies[i * n : (i + 1) * n]]
             out["behavior"].append(sum(v.behavior for v in verdicts))

@@ -180,10 +180,9 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     """Replies to each prompt: greedy when temperature is None, else sampled with a fixed seed."""
     device = next(model.parameters()).device
     replies: list[str] = []
-    generator_seed = seed
     for start in range(0, len(prompts), batch_size):
         batch = _left_pad(tokenizer, prompts[start : start + batch_size], device)
-        torch.manual_seed(generator_seed + start)  # same seed per batch position: common random numbers
+        torch.manual_seed(seed + start)  # same seed per batch position: common random numbers
         kwargs = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature else {"do_sample": False}
         out = cast(Any, model).generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.eos_token_id, **kwargs)

@@ -91,7 +91,6 @@ def sweep(model: PreTrainedModel, vector: SteeringVector, evaluator: Evaluator,
     return rows
 
 
-@torch.no_grad()
 def vector_for_layer(path: str | Path, layer: int) -> torch.Tensor:
     vector, _ = load_vector(path)
     if layer not in vector.layer_activations:

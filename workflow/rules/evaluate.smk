@@ -23,7 +23,7 @@ rule evaluate_base:
     shell:
         "python -m phaseflip.cli evaluate --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--eval {input.eval} --retention {input.retention} --steering-vector {input.vector} "
-        "--run-dir base --out {output} > {log} 2>&1"
+        "--out {output} > {log} 2>&1"
 
 
 rule evaluate:
