@@ -46,7 +46,9 @@ class ModelConfig(Strict):
     hub_id: str | None = None
     path: str | None = None
     tiny: TinyModel = TinyModel()
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    # Compute dtype when a stage loads the model (weights stay float32 on disk). auto: bfloat16 on a GPU
+    # that supports it, float32 otherwise (always on CPU).
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     trust_remote_code: bool = False
 
     @model_validator(mode="after")

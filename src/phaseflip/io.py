@@ -114,12 +114,41 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(requested: str = "auto") -> torch.device:
+    """`auto`: the GPU when CUDA is available, else the CPU; `cpu`/`cuda` as asked (cuda must exist)."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise DataError(f"device={requested!r} but CUDA is not available here; use device=auto or device=cpu")
     return torch.device(requested)
 
 
+# Thread pools a job may start besides torch's: OpenMP/BLAS (numpy, scipy, torch's MKL) and the Rust
+# tokenizers' rayon pool. Snakemake exports the first four for shell jobs; the CLI may also run alone.
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                   "RAYON_NUM_THREADS")
+
+
 def set_threads(threads: int | None) -> None:
-    """Torch threads follow the Snakemake job's `threads`, so parallel jobs do not oversubscribe."""
-    if threads:
-        torch.set_num_threads(threads)
+    """Every thread pool of this process follows the Snakemake job's `threads`.
+
+    Parallel jobs then do not oversubscribe the cores: `--cores 4` with 1-thread jobs runs 4 grid
+    points side by side, each with exactly one compute thread. Sets torch's intra-op and inter-op
+    threads, caps BLAS pools already loaded (numpy's) with threadpoolctl, and exports the variables
+    that pools started later (tokenizers, subprocesses) read. None or 0: leave the defaults.
+    """
+    if not threads:
+        return
+    if threads < 0:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    for var in THREAD_ENV_VARS:
+        os.environ[var] = str(threads)
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:
+        pass  # only settable before the first inter-op parallel work; a fresh CLI process sets it first
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scipy's stack but is optional
+        return
+    threadpool_limits(limits=threads)

@@ -17,7 +17,7 @@ rule steering:
         "results/logs/steering.log",
     benchmark:
         "results/benchmarks/steering.tsv"
-    threads: workflow.cores
+    threads: 8  # capped at --cores; on a cluster, set-threads in workflow/profiles/slurm
     shell:
         "python -m phaseflip.cli steering --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--corrections {input.corrections} --dreams {input.dreams} --eval {input.eval} "
@@ -42,7 +42,7 @@ rule icl:
         "results/logs/icl.log",
     benchmark:
         "results/benchmarks/icl.tsv"
-    threads: workflow.cores
+    threads: 8  # capped at --cores; on a cluster, set-threads in workflow/profiles/slurm
     shell:
         "python -m phaseflip.cli icl --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--corrections {input.corrections} --eval {input.eval} --retention {input.retention} "

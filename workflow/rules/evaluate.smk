@@ -19,7 +19,7 @@ rule evaluate_base:
         "results/logs/evaluate/base.log",
     benchmark:
         "results/benchmarks/evaluate_base.tsv"
-    threads: workflow.cores
+    threads: 8  # capped at --cores; on a cluster, set-threads in workflow/profiles/slurm
     shell:
         "python -m phaseflip.cli evaluate --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--eval {input.eval} --retention {input.retention} --steering-vector {input.vector} "
@@ -44,7 +44,7 @@ rule evaluate:
         "results/logs/evaluate/{run_id}.log",
     benchmark:
         "results/benchmarks/evaluate_{run_id}.tsv"
-    threads: workflow.cores
+    threads: 1  # per grid point: --cores N runs N side by side (measured faster); --set-threads evaluate=K
     shell:
         "python -m phaseflip.cli evaluate --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--eval {input.eval} --retention {input.retention} --steering-vector {input.vector} "

@@ -17,7 +17,7 @@ rule train:
         "results/logs/train/{run_id}.log",
     benchmark:
         "results/benchmarks/train_{run_id}.tsv"
-    threads: workflow.cores
+    threads: 1  # per grid point: --cores N runs N side by side (measured faster); --set-threads train=K
     shell:
         "python -m phaseflip.cli train --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--corrections {input.corrections} --dreams {input.dreams} --run-id {wildcards.run_id} "
