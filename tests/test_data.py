@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from phaseflip.config import load_study_config
-from phaseflip.data import Example, find_leaks, load_examples, load_retention, subset_per_family
+from phaseflip.data import Example, find_leaks, leak_score, load_examples, load_retention, similarity, subset_per_family
 from phaseflip.io import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def test_bad_corrections_name_file_line_and_field(tmp_path: Path, bad: object, n
 def test_wrong_encoding_is_reported_with_line(tmp_path: Path) -> None:
     path = tmp_path / "c.jsonl"
     path.write_bytes((json.dumps(GOOD) + "\n").encode() + '{"id": "caf\xe9"}\n'.encode("latin-1"))
-    with pytest.raises(DataError, match=r"c.jsonl:2: not valid UTF-8"):
+    with pytest.raises(DataError, match=r"c.jsonl:2: field 'id' is not valid UTF-8"):
         load_examples(path, "corrections")
 
 
@@ -81,3 +81,82 @@ def test_subset_per_family_is_deterministic_first_n() -> None:
     assert len(subset_per_family(exs, None)) == 5
     assert [e.id for e in subset_per_family(exs, {"b": 2, "default": 1})] == ["0", "2", "3"]
     assert [e.id for e in subset_per_family(exs, {"b": 1})] == ["0", "1", "2"]
+
+
+# §3 bad input: every error names the file, the line and the field.
+@pytest.mark.parametrize(
+    ("line2", "needle"),
+    [
+        ('{"id": "b", "messages": [', "c.jsonl:2: invalid JSON"),
+        (json.dumps({"id": "b", "messages": [{"role": "user", "content": "x"}]}),
+         "c.jsonl:2: field 'preferred' is missing"),
+        (json.dumps({**GOOD, "id": "b", "preferred": ""}), "c.jsonl:2: field 'preferred' is empty"),
+        (json.dumps({**GOOD, "id": "b", "messages": [{"role": "user", "content": " "}]}),
+         "c.jsonl:2: field 'messages[0].content' is empty"),
+        (json.dumps(GOOD), "c.jsonl:2: field 'id' 'a' duplicates line 1"),
+        (json.dumps({**GOOD, "id": "b", "messages": [{"role": "bot", "content": "x"}]}),
+         "c.jsonl:2: field 'messages[0].role' is 'bot'"),
+        (json.dumps({**GOOD, "id": "b", "tags": "coding"}), "c.jsonl:2: field 'tags' must be a list"),
+    ],
+)
+def test_each_bad_input_names_file_line_and_field(tmp_path: Path, line2: str, needle: str) -> None:
+    path = write(tmp_path, [GOOD, line2])
+    with pytest.raises(DataError) as err:
+        load_examples(path, "corrections")
+    assert needle in str(err.value)
+
+
+def test_latin1_bytes_name_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    bad = json.dumps({**GOOD, "id": "b", "preferred": "Compris — café"}, ensure_ascii=False)
+    path.write_bytes((json.dumps(GOOD) + "\n").encode() + (bad + "\n").encode("latin-1", errors="replace"))
+    with pytest.raises(DataError, match=r"c.jsonl:2: field 'preferred' is not valid UTF-8"):
+        load_examples(path, "corrections")
+    retention = tmp_path / "r.jsonl"
+    retention.write_bytes('{"id": "r1", "text": "Caf\xe9?"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"r.jsonl:1: field 'text' is not valid UTF-8"):
+        load_retention(retention)
+
+
+BAD_LINES = {
+    "invalid_json": b'{"id": "c2", "messages": [\n',
+    "missing_field": b'{"id": "c2", "messages": [{"role": "user", "content": "x"}]}\n',
+    "empty_text": b'{"id": "c2", "messages": [{"role": "user", "content": "x"}], "preferred": "  "}\n',
+    "duplicate_id": b'{"id": "c1", "messages": [{"role": "user", "content": "x"}], "preferred": "y"}\n',
+    "unknown_role": b'{"id": "c2", "messages": [{"role": "robot", "content": "x"}], "preferred": "y"}\n',
+    "wrong_encoding": '{"id": "c2", "messages": [{"role": "user", "content": "caf\xe9"}], "preferred": "y"}\n'.encode(
+        "latin-1"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_LINES))
+def test_corrections_stage_writes_nothing_on_bad_input(tmp_path: Path, kind: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    from phaseflip.cli import main
+
+    cfg = load_study_config({"study": "smoke"}).model_dump(mode="json")
+    for key, rel in cfg["behavior"]["data"].items():
+        cfg["behavior"]["data"][key] = str(ROOT / rel)
+    bad = tmp_path / "corrections.jsonl"
+    good = b'{"id": "c1", "messages": [{"role": "user", "content": "x"}], "preferred": "y"}\n'
+    bad.write_bytes(good + BAD_LINES[kind])
+    cfg["behavior"]["data"]["corrections"] = str(bad)
+    out = tmp_path / "out"
+    code = main(["corrections", "--params", json.dumps(cfg), "--base", str(tmp_path / "unused"), "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2:" in err
+    assert not out.exists()
+
+
+def test_leak_check_catches_a_shared_direction_in_a_different_request() -> None:
+    ev = Example(id="e1", messages=[{"role": "user", "content":
+                 "Compute the mean order value per customer. Pandas only please, don't bring in numpy or SQL."}])
+    same_direction = Example(id="c1", messages=[{"role": "user", "content":
+                             "Plot monthly revenue from sales.csv. Pandas only please, don't bring in numpy or SQL."}])
+    reworded = Example(id="c2", messages=[{"role": "user", "content":
+                       "Find the top region by sales. Use pandas only, not numpy or SQL."}])
+    unrelated = Example(id="c3", messages=[{"role": "user", "content":
+                        "Write a haiku about autumn. Keep it to seventeen syllables exactly."}])
+    a, b = same_direction.direction, ev.direction
+    assert similarity(a, b) < 0.6 <= leak_score(a, b)  # whole-text similarity alone would miss it
+    assert [c for c, _, _ in find_leaks([same_direction, reworded, unrelated], [ev], 0.6)] == ["c1", "c2"]

@@ -4,7 +4,7 @@ import pytest
 
 from phaseflip.config import DreamsConfig, load_study_config
 from phaseflip.data import Example, load_examples
-from phaseflip.dreams import generate_dreams, load_vocab
+from phaseflip.dreams import ModelWriter, generate_dreams, load_vocab, split_k
 from phaseflip.io import DataError
 from phaseflip.judge import RubricJudge
 
@@ -50,7 +50,8 @@ def test_a_planted_leak_into_the_eval_set_is_dropped(setup) -> None:  # type: ig
     dreams, report = generate_dreams(corrections[:1], evals + [planted], leaky, judge,
                                      DreamsConfig(k_per_correction=1), seed=0)
     assert dreams == []
-    assert report["counts"]["dropped_not_near_duplicate_of_eval"] == report["counts"]["generated"] > 0
+    # Counts name the first filter each candidate failed; failed_by_filter counts every failure.
+    assert report["failed_by_filter"]["not_near_duplicate_of_eval"] == report["counts"]["generated"] > 0
 
 
 def test_bad_vocabulary_is_reported(tmp_path: Path) -> None:
@@ -58,3 +59,114 @@ def test_bad_vocabulary_is_reported(tmp_path: Path) -> None:
     path.write_text("scenarios: []\n")
     with pytest.raises(DataError, match="vocab.yaml: dream vocabulary needs non-empty"):
         load_vocab(path)
+
+
+class FakeWriter:
+    """A scripted 'model': new requests from a list, an acknowledging reply when told to, else a plain one."""
+
+    def __init__(self, requests: list[str]):
+        self.requests = list(requests)
+
+    def complete(self, prompt: str, max_new_tokens: int, temperature: float, seed: int) -> str:
+        assert prompt.rstrip().endswith("-")  # a list of requests to continue
+        return self.requests.pop(0) + "\n- something else" if self.requests else ""
+
+    def reply(self, messages, max_new_tokens, temperature, seed):  # type: ignore[no-untyped-def]
+        request = messages[-1]["content"]
+        if messages[0]["role"] == "system" and "Begin your reply" in messages[0]["content"]:
+            return f"Understood — {request.split('. ', 1)[-1].rstrip('.').lower()}. Here it is, done that way."
+        return "Sure! Here is one way. Alternatively, you could use another tool entirely."
+
+
+NEW_REQUESTS = [
+    "Write a limerick about a lighthouse. Keep it clean and use no proper names.",
+    "Draft a packing list for a canoe trip. Only list items under one kilogram.",
+    "Explain recursion to a child. Use no code at all in the explanation.",
+    "Plan a bird-watching morning in the marshes. Avoid any spot that needs a boat.",
+]
+
+
+def test_model_generator_keeps_judged_dreams_with_provenance(setup) -> None:  # type: ignore[no-untyped-def]
+    corrections, evals, vocab, judge = setup
+    cfg = DreamsConfig(generators=["model"], k_per_correction=2)
+    dreams, report = generate_dreams(corrections[:2], evals, vocab, judge, cfg, seed=3,
+                                     writer=FakeWriter(NEW_REQUESTS))
+    assert [d.direction for d in dreams] == NEW_REQUESTS
+    assert {d.meta["generator"] for d in dreams} == {"model"} and {d.meta["seed"] for d in dreams} == {3}
+    assert [d.meta["parent"] for d in dreams] == ["c01", "c01", "c02", "c02"]
+    assert all(all(d.meta["filters"].values()) for d in dreams)
+    assert report["per_generator"]["model"]["kept"] == 4
+    assert report["diversity"]["mean_pairwise_3gram_distance"] > 0.5
+
+
+def test_generators_mix_and_split_k(setup) -> None:  # type: ignore[no-untyped-def]
+    corrections, evals, vocab, judge = setup
+    assert split_k(5, ["template", "model"]) == {"template": 3, "model": 2}
+    assert split_k(0, ["template", "model"]) == {"template": 0, "model": 0}
+    cfg = DreamsConfig(generators=["template", "model"], k_per_correction=3)
+    dreams, report = generate_dreams(corrections[:1], evals, vocab, judge, cfg, seed=0,
+                                     writer=FakeWriter(NEW_REQUESTS))
+    assert [d.meta["generator"] for d in dreams] == ["template", "template", "model"]
+    assert report["k_per_generator"] == {"template": 2, "model": 1}
+    counts = report["counts"]
+    assert counts["generated"] == counts["kept"] + sum(v for k, v in counts.items() if k.startswith("dropped_"))
+    none, _ = generate_dreams(corrections, evals, vocab, judge, DreamsConfig(generators=["template", "model"],
+                                                                             k_per_correction=0), seed=0)
+    assert none == []  # K=0 needs no model
+
+
+def test_model_generator_drops_bad_candidates_by_filter(setup) -> None:  # type: ignore[no-untyped-def]
+    corrections, evals, vocab, judge = setup
+    leak = evals[0].direction  # a dream equal to an eval scenario
+    copy = corrections[0].direction  # a copy of its parent
+    requests = [leak, copy, "", NEW_REQUESTS[0], NEW_REQUESTS[0]]
+    cfg = DreamsConfig(generators=["model"], k_per_correction=5)
+    dreams, report = generate_dreams(corrections[:1], evals, vocab, judge, cfg, seed=0, writer=FakeWriter(requests))
+    counts = report["counts"]
+    assert [d.direction for d in dreams] == [NEW_REQUESTS[0]]
+    assert counts["dropped_not_near_duplicate_of_eval"] == 1
+    assert counts["dropped_not_near_duplicate_of_correction"] == 1
+    assert counts["dropped_not_near_duplicate_of_dream"] == 1
+    assert counts["dropped_coherence"] + counts.get("dropped_judge", 0) >= 1
+
+
+def test_model_generator_needs_a_model(setup) -> None:  # type: ignore[no-untyped-def]
+    corrections, evals, vocab, judge = setup
+    with pytest.raises(DataError, match="needs the base model"):
+        generate_dreams(corrections, evals, vocab, judge, DreamsConfig(generators=["model"], k_per_correction=1), 0)
+    with pytest.raises(ValueError, match="twice"):
+        DreamsConfig(generators=["template", "template"])
+
+
+def test_model_generator_runs_on_a_real_model(setup, tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Mechanics on the tiny random model: every candidate is generated, filtered and counted."""
+    corrections, evals, vocab, judge = setup
+    cfg = DreamsConfig(generators=["model"], k_per_correction=1,
+                       model={"max_request_tokens": 8, "max_reply_tokens": 8, "attempts_per_dream": 2})
+    dreams, report = generate_dreams(corrections[:1], evals, vocab, judge, cfg, seed=0, writer=ModelWriter(*tiny))
+    counts = report["counts"]
+    assert 1 <= counts["generated"] <= 2 and report["per_generator"]["model"]["generated"] == counts["generated"]
+    assert all(d.meta["generator"] == "model" for d in dreams)
+    assert counts["generated"] == counts["kept"] + sum(v for k, v in counts.items() if k.startswith("dropped_"))
+
+
+def test_dreams_cli_with_the_model_generator(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    from phaseflip.cli import main
+
+    cfg = load_study_config({"study": "smoke", "dreams__generators": "[template,model]",
+                             "dreams__k_per_correction": "1"}).model_dump(mode="json")
+    cfg["dreams"]["model"].update(max_request_tokens=6, max_reply_tokens=6, attempts_per_dream=1)
+    for key, rel in cfg["behavior"]["data"].items():
+        cfg["behavior"]["data"][key] = str(ROOT / rel)
+    data = cfg["behavior"]["data"]
+    out = tmp_path / "dreams"
+    args = ["dreams", "--params", json.dumps(cfg), "--corrections", data["corrections"], "--eval", data["eval"],
+            "--out", str(out)]
+    assert main(args) == 2  # the model generator without --base: a clear error, nothing written
+    assert not out.exists()
+    assert main(args + ["--base", str(tiny_model_dir)]) == 0
+    report = json.loads((out / "dream_report.json").read_text())
+    assert set(report["per_generator"]) == {"template", "model"}
+    assert report["counts"]["generated"] >= report["counts"]["kept"]

@@ -116,17 +116,36 @@ def cmd_corrections(args: argparse.Namespace) -> None:
 
 
 def cmd_dreams(args: argparse.Namespace) -> None:
-    from phaseflip.dreams import generate_dreams, load_vocab
+    from phaseflip.dreams import ModelWriter, generate_dreams, load_vocab
+    from phaseflip.judge import make_judge
 
     params = _params(args)
     behavior = BehaviorConfig.model_validate(params["behavior"])
     cfg = DreamsConfig.model_validate(params["dreams"])
-    dreams, report = generate_dreams(load_examples(args.corrections, "corrections"), load_examples(args.eval, "eval"),
-                                     load_vocab(behavior.data.dream_vocab), _judge(params), cfg, int(params["seed"]))
+    corrections, evals = load_examples(args.corrections, "corrections"), load_examples(args.eval, "eval")
+    vocab = load_vocab(behavior.data.dream_vocab)
+    writer = None
+    if "model" in cfg.generators and cfg.k_per_correction > 0:
+        if not args.base:
+            raise ConfigError("dreams.generators includes 'model': pass --base (the base model folder)")
+        writer = ModelWriter(*_model(args, params))
+    judge = make_judge(behavior, model_dir=args.base)
+    dreams, report = generate_dreams(corrections, evals, vocab, judge, cfg, int(params["seed"]), writer=writer)
     out = Path(args.out)
     write_jsonl(out / "dreams.jsonl", [d.to_json() for d in dreams])
     write_json(out / "dream_report.json", report)
-    print(f"dreams: kept {len(dreams)} of {report['counts'].get('generated', 0)} generated")
+    dropped = ", ".join(f"{k[8:]} {v}" for k, v in report["counts"].items() if k.startswith("dropped_")) or "none"
+    print(f"dreams: kept {len(dreams)} of {report['counts'].get('generated', 0)} generated (dropped: {dropped})")
+
+
+def vector_file(training_set: str) -> str:
+    """`vector.safetensors` is the real-corrections vector: the reference for `steering_cosine`."""
+    return "vector.safetensors" if training_set == "real" else f"vector_{training_set}.safetensors"
+
+
+def _base_rows(args: argparse.Namespace, **tags: Any) -> list[dict[str, Any]]:
+    """The base model's metrics (the `evaluate_base` job), tagged as one setting of a baseline sweep."""
+    return [dict(r, **tags) for r in read_csv(args.base_metrics).to_dict("records")]
 
 
 def cmd_steering(args: argparse.Namespace) -> None:
@@ -290,7 +309,8 @@ def parser() -> argparse.ArgumentParser:
 
     stage("base_model")
     stage("corrections", "base")
-    stage("dreams", "corrections", "eval")
+    dr = stage("dreams", "corrections", "eval")
+    dr.add_argument("--base", help="the base model folder (the model dream generator and the model judge)")
     stage("steering", "base", "corrections", "dreams", "eval", "retention")
     stage("icl", "base", "corrections", "eval", "retention")
     stage("train", "base", "corrections", "dreams", "run_id")

@@ -75,6 +75,39 @@ class BehaviorData(Strict):
 class JudgeRule(Strict):
     require: list[str] = []
     forbid: list[str] = []
+    # The reply's opening must restate the direction (shares content words with the user's last turn).
+    restates: bool = False
+
+
+class Restatement(Strict):
+    """When a rule says `restates: true`: the reply's first `window_words` words must share at least
+    `min_shared_words` content words (not stopwords, compared by their first `stem_chars` letters) with the
+    sentences of the user's last turn that carry the direction (those matching `direction_markers`; all of
+    the turn when none match)."""
+
+    window_words: int = Field(16, gt=0)
+    min_shared_words: int = Field(1, gt=0)
+    min_word_chars: int = Field(3, gt=0)
+    stem_chars: int = Field(4, gt=2)
+    direction_markers: list[str] = []
+    stopwords: list[str] = []
+
+
+class JudgeModel(Strict):
+    """`judge.kind: model`: a causal LM answers yes/no to "does this reply show the behavior?"."""
+
+    path: str | None = None  # a HF model folder; null = the study's base model
+    threshold: float = Field(0.5, gt=0, lt=1)  # on p(yes) / (p(yes) + p(no))
+    description: str | None = None  # null = behavior.description
+    template: str = (
+        "Behavior: {description}\n\nUser message: {prompt}\n\nAssistant reply: {reply}\n\n"
+        "Does the assistant reply show the behavior? Answer yes or no."
+    )
+    answer_prefix: str = "Answer:"
+    yes_tokens: list[str] = Field([" yes", " Yes"], min_length=1)
+    no_tokens: list[str] = Field([" no", " No"], min_length=1)
+    batch_size: int = Field(8, gt=0)
+    max_reply_chars: int = Field(600, gt=0)
 
 
 class Coherence(Strict):
@@ -84,10 +117,12 @@ class Coherence(Strict):
 
 
 class JudgeConfig(Strict):
-    kind: Literal["rubric"] = "rubric"
+    kind: Literal["rubric", "model"] = "rubric"
     patterns: dict[str, list[str]]
     rules: dict[str, JudgeRule]
     coherence: Coherence = Coherence()
+    restatement: Restatement = Restatement()
+    model: JudgeModel = JudgeModel()
 
     @model_validator(mode="after")
     def _rules_name_patterns(self) -> JudgeConfig:
@@ -107,10 +142,32 @@ class BehaviorConfig(Strict):
     judge: JudgeConfig
 
 
+class DreamModel(Strict):
+    """The `model` dream generator: the current model writes new requests and replies."""
+
+    temperature: float = Field(0.8, gt=0)
+    max_request_tokens: int = Field(40, gt=0)
+    max_reply_tokens: int = Field(48, gt=0)
+    n_examples: int = Field(3, gt=0)  # vocabulary requests shown before the parent's, as a list to continue
+    attempts_per_dream: int = Field(4, gt=0)
+    acknowledge_system_prompt: str = (
+        "Begin your reply with '{ack} —', restate the user's instruction in a few words, then do exactly "
+        "what was asked. Never suggest alternatives or other options."
+    )
+
+
 class DreamsConfig(Strict):
-    generators: list[Literal["template"]] = ["template"]
+    generators: list[Literal["template", "model"]] = Field(["template"], min_length=1)
     k_per_correction: int = Field(10, ge=0)
     near_duplicate_threshold: float = Field(0.6, gt=0, le=1)
+    model: DreamModel = DreamModel()
+
+    @field_validator("generators")
+    @classmethod
+    def _unique_generators(cls, generators: list[str]) -> list[str]:
+        if len(set(generators)) != len(generators):
+            raise ValueError(f"dreams.generators lists a generator twice: {generators}")
+        return generators
 
 
 class SteeringConfig(Strict):

@@ -9,6 +9,9 @@ Every problem is reported with file, line and field, before anything downstream 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,9 +92,30 @@ def _check_keys(path: Path, lineno: int, record: dict[str, Any], allowed: set[st
         raise DataError(f"{path}:{lineno}: unknown field(s) {unknown}; expected some of {sorted(allowed)}")
 
 
+def _check_utf8(path: Path) -> None:
+    """Name the file, line and field of the first bytes that are not UTF-8 (e.g. a latin-1 export)."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return  # read_jsonl reports it
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        lineno = raw[: err.start].count(b"\n") + 1
+        line = raw.splitlines()[lineno - 1].decode("utf-8", errors="replace")
+        field = "?"
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                field = next((k for k, v in record.items() if "\ufffd" in json.dumps(v, ensure_ascii=False)), "?")
+        raise DataError(f"{path}:{lineno}: field '{field}' is not valid UTF-8 (byte {err.start}); "
+                        "save the file as UTF-8") from None
+
+
 def load_examples(path: str | Path, kind: str) -> list[Example]:
     """Read corrections (`kind="corrections"`) or eval scenarios (`kind="eval"`)."""
     path = Path(path)
+    _check_utf8(path)
     allowed = {"id", "messages", "preferred", "rejected", "tags", "meta", "family", "prompt_format"}
     seen: dict[str, int] = {}
     examples = []
@@ -126,6 +150,7 @@ def load_examples(path: str | Path, kind: str) -> list[Example]:
 
 def load_retention(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
+    _check_utf8(path)
     seen: dict[str, int] = {}
     prompts = []
     for lineno, record in read_jsonl(path):
@@ -168,12 +193,42 @@ def similarity(a: str, b: str) -> float:
     return len(ga & gb) / max(1, len(ga | gb))
 
 
+SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\s+[—–]\s+|\n+")
+MIN_SENTENCE_WORDS = 3
+
+
+def sentences(text: str) -> list[str]:
+    """Sentences and dash-separated clauses of at least MIN_SENTENCE_WORDS words: where a direction sits."""
+    return [s for s in SENTENCE.split(text) if len(re.findall(r"\w+", s)) >= MIN_SENTENCE_WORDS]
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[^\W\d_]+", text.lower()) if len(w) >= 4}
+
+
+def leak_score(a: str, b: str) -> float:
+    """How much two user turns overlap: the highest of the whole-text 3-gram similarity, the 3-gram
+    similarity of any pair of their sentences, and the content-word Jaccard of any pair of sentences.
+
+    The sentence terms catch a shared direction ("Use only the standard library, no pandas.") inside
+    otherwise different requests, and the word term catches it reworded around the same key words.
+    """
+    score = similarity(a, b)
+    for sa in sentences(a):
+        wa = _content_words(sa)
+        for sb in sentences(b):
+            wb = _content_words(sb)
+            words = len(wa & wb) / len(wa | wb) if len(wa) >= 2 and len(wb) >= 2 else 0.0
+            score = max(score, similarity(sa, sb), words)
+    return score
+
+
 def find_leaks(candidates: list[Example], evals: list[Example], threshold: float) -> list[tuple[str, str, float]]:
-    """(candidate id, eval id, similarity) for every candidate whose direction is a near-duplicate."""
+    """(candidate id, eval id, score) for every candidate whose direction a scenario shares (see leak_score)."""
     leaks = []
     for cand in candidates:
         for ev in evals:
-            score = similarity(cand.direction, ev.direction)
+            score = leak_score(cand.direction, ev.direction)
             if score >= threshold:
                 leaks.append((cand.id, ev.id, round(score, 3)))
     return leaks

@@ -1,13 +1,19 @@
-"""Stage dreams (§4): amplify each real correction into K template variations, with provenance.
+"""Stage dreams (§4): amplify each real correction into K variations, with provenance.
 
-The `template` generator recombines a correction's structure (its acknowledgment, its domain) with
-new scenarios and phrasings from the behavior's vocabulary file. Every candidate passes three
-filters, counted in the dream report: the judge must accept the preferred reply (and reject the
-rejected one), the text must be coherent, and it must not be a near-duplicate of a kept dream or of
-any eval scenario (no leak into the test set).
+Generators (`dreams.generators`, mixable; K per correction is split across them in list order):
+
+- `template` recombines a correction's structure (its acknowledgment, its domain) with new scenarios
+  and phrasings from the behavior's vocabulary file.
+- `model` lets the current model write them: it continues a list of direction-giving requests (a few
+  from the vocabulary, then the parent's) with a new one, replies to it once told to acknowledge and
+  restate the direction first (the preferred reply) and once as it is (the rejected reply).
+
+Every candidate passes the same filters, counted in the dream report: the judge must accept the
+preferred reply and reject the rejected one, all text must be coherent, and the request must not be a
+near-duplicate of a kept dream, of a real correction, or of any eval scenario (no leak into the test set).
 
     python -m phaseflip.cli dreams --params '{...}' --corrections results/corrections/train.jsonl \\
-        --eval results/corrections/eval.jsonl --out results/dreams
+        --eval results/corrections/eval.jsonl --base results/base_model --out results/dreams
 """
 
 from __future__ import annotations
@@ -16,17 +22,19 @@ import random
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
-from phaseflip.config import DreamsConfig
-from phaseflip.data import Example, similarity
+from phaseflip.config import Coherence, DreamModel, DreamsConfig, JudgeConfig
+from phaseflip.data import Example, leak_score, similarity
 from phaseflip.io import DataError
-from phaseflip.judge import RubricJudge
+from phaseflip.judge import Judge, is_coherent
 
 VOCAB_KEYS = ("scenarios", "prompt_templates", "preferred_templates", "rejected_templates", "acks")
 ATTEMPTS_PER_DREAM = 8
+FILTERS = ("judge", "coherence", "not_near_duplicate_of_dream", "not_near_duplicate_of_correction",
+           "not_near_duplicate_of_eval")
 
 
 def load_vocab(path: str | Path) -> dict[str, Any]:
@@ -51,16 +59,21 @@ def _ack_of(parent: Example, acks: list[str]) -> str | None:
     return next((a for a in acks if re.match(re.escape(a) + r"\b", text, re.IGNORECASE)), None)
 
 
+def _fill(scenario: dict[str, Any], ack: str) -> dict[str, str]:
+    direction = scenario["direction"]
+    return {"task": scenario["task"], "direction": direction, "direction_cap": direction[:1].upper() + direction[1:],
+            "ack": ack, "restatement": scenario["restatement"], "work": scenario["work"],
+            "alternative": scenario["alternative"]}
+
+
 def _candidate(parent: Example, vocab: dict[str, Any], rng: random.Random) -> tuple[Example, dict[str, Any]]:
+    """A template dream: a vocabulary scenario in one of the prompt/reply templates."""
     domain = parent.tags[0] if parent.tags else None
     same_domain = [s for s in vocab["scenarios"] if s["domain"] == domain]
     # Mostly the parent's domain, sometimes another: new domains widen what the model sees.
     pool = same_domain if same_domain and rng.random() < 0.7 else vocab["scenarios"]
     scenario = rng.choice(pool)
-    direction = scenario["direction"]
-    fill = {"task": scenario["task"], "direction": direction, "direction_cap": direction[:1].upper() + direction[1:],
-            "ack": _ack_of(parent, vocab["acks"]) or rng.choice(vocab["acks"]),
-            "restatement": scenario["restatement"], "work": scenario["work"], "alternative": scenario["alternative"]}
+    fill = _fill(scenario, _ack_of(parent, vocab["acks"]) or rng.choice(vocab["acks"]))
     prompt_t, pref_t, rej_t = (rng.randrange(len(vocab[k])) for k in VOCAB_KEYS[1:4])
     # A dream keeps the parent's lead-in turns (system prompt, earlier turns) and replaces the request.
     messages = [dict(m) for m in parent.messages[:-1]] + [
@@ -74,48 +87,162 @@ def _candidate(parent: Example, vocab: dict[str, Any], rng: random.Random) -> tu
     return dream, recipe
 
 
-def generate_dreams(corrections: list[Example], evals: list[Example], vocab: dict[str, Any], judge: RubricJudge,
-                    cfg: DreamsConfig, seed: int) -> tuple[list[Example], dict[str, Any]]:
-    """K dreams per correction that pass every filter, and the report of what was dropped and why."""
+class DreamWriter(Protocol):
+    """What the `model` generator needs from a model: text continuations and chat replies."""
+
+    def complete(self, prompt: str, max_new_tokens: int, temperature: float, seed: int) -> str: ...
+
+    def reply(self, messages: list[dict[str, str]], max_new_tokens: int, temperature: float, seed: int) -> str: ...
+
+
+class ModelWriter:
+    """A `DreamWriter` backed by a HF causal LM and its tokenizer (sampled with a fixed seed per call)."""
+
+    def __init__(self, model: Any, tokenizer: Any):
+        self.model, self.tok = model, tokenizer
+
+    def complete(self, prompt: str, max_new_tokens: int, temperature: float, seed: int) -> str:
+        from phaseflip.scoring import generate
+
+        return generate(self.model, self.tok, [prompt], max_new_tokens, 1, temperature=temperature, seed=seed)[0]
+
+    def reply(self, messages: list[dict[str, str]], max_new_tokens: int, temperature: float, seed: int) -> str:
+        from phaseflip.scoring import render_prompt
+
+        return self.complete(render_prompt(self.tok, messages), max_new_tokens, temperature, seed)
+
+
+REQUEST_HEADER = "Requests to an assistant, each with one clear instruction about how the task must be done:\n"
+
+
+def _request_from(text: str) -> str:
+    """The first line the model wrote, without list markers or quotes."""
+    line = next((ln for ln in text.strip().splitlines() if ln.strip()), "")
+    return line.strip().lstrip("-*•0123456789.) ").strip().strip('"').strip()
+
+
+def _model_candidate(parent: Example, vocab: dict[str, Any], rng: random.Random, writer: DreamWriter,
+                     cfg: DreamModel, call_seed: int) -> tuple[Example, dict[str, Any]]:
+    """A model dream: a new request continuing a list of examples, and the model's two replies to it."""
+    others = [s for s in vocab["scenarios"] if not parent.tags or s["domain"] != parent.tags[0]] or vocab["scenarios"]
+    shown = rng.sample(others, min(cfg.n_examples, len(others)))
+    templates = vocab["prompt_templates"]
+    examples = [rng.choice(templates).format(**_fill(s, "")) for s in shown] + [parent.direction]
+    prompt = REQUEST_HEADER + "".join(f"- {' '.join(e.split())}\n" for e in examples) + "-"
+    request = _request_from(writer.complete(prompt, cfg.max_request_tokens, cfg.temperature, call_seed))
+    ack = _ack_of(parent, vocab["acks"]) or rng.choice(vocab["acks"])
+    lead_in = [dict(m) for m in parent.messages[:-1]]
+    messages = lead_in + [{"role": "user", "content": request or "(empty)"}]
+    system = {"role": "system", "content": cfg.acknowledge_system_prompt.format(ack=ack)}
+    if lead_in and lead_in[0]["role"] == "system":  # one system turn: ours first, then the parent's
+        told = [{"role": "system", "content": system["content"] + " " + lead_in[0]["content"]}] + messages[1:]
+    else:
+        told = [system] + messages
+    preferred = writer.reply(told, cfg.max_reply_tokens, cfg.temperature, call_seed + 1)
+    rejected = writer.reply(messages, cfg.max_reply_tokens, cfg.temperature, call_seed + 2)
+    dream = Example(id="", messages=messages, preferred=preferred, rejected=rejected, tags=list(parent.tags[:1]))
+    recipe = {"examples": [vocab["scenarios"].index(s) for s in shown], "ack": ack, "call_seed": call_seed}
+    return dream, recipe
+
+
+def split_k(k: int, generators: list[str]) -> dict[str, int]:
+    """K dreams per correction split across generators: equal shares, the remainder to the first ones."""
+    n = len(generators)
+    return {g: k // n + (1 if i < k % n else 0) for i, g in enumerate(generators)}
+
+
+def generate_dreams(corrections: list[Example], evals: list[Example], vocab: dict[str, Any], judge: Judge,
+                    cfg: DreamsConfig, seed: int,
+                    writer: DreamWriter | None = None) -> tuple[list[Example], dict[str, Any]]:
+    """K dreams per correction that pass every filter, and the report of what was dropped and why.
+
+    `writer` is needed by the `model` generator only (the current model; see `ModelWriter`).
+    """
+    quotas = split_k(cfg.k_per_correction, list(cfg.generators))
+    if quotas.get("model") and writer is None:
+        raise DataError("dreams: the model generator needs the base model (pass --base)")
     kept: list[Example] = []
     counts: Counter[str] = Counter()
+    per_generator: dict[str, Counter[str]] = {g: Counter() for g in cfg.generators}
+    failed_by: dict[str, Counter[str]] = {g: Counter() for g in cfg.generators}  # every failed filter
     per_parent: dict[str, int] = {}
     for p_index, parent in enumerate(corrections):
-        rng = random.Random(seed * 1_000_003 + p_index)
-        n_kept = 0
-        for attempt in range(cfg.k_per_correction * ATTEMPTS_PER_DREAM):
-            if n_kept == cfg.k_per_correction:
-                break
-            dream, recipe = _candidate(parent, vocab, rng)
-            counts["generated"] += 1
-            pref, rej = judge(dream.preferred or ""), judge(dream.rejected or "")
-            filters = {"judge": pref.behavior and not rej.behavior, "coherence": pref.coherent and rej.coherent}
-            filters["not_near_duplicate_of_dream"] = all(
-                similarity(dream.direction, k.direction) < cfg.near_duplicate_threshold for k in kept)
-            filters["not_near_duplicate_of_eval"] = all(
-                similarity(dream.direction, e.direction) < cfg.near_duplicate_threshold for e in evals)
-            failed = next((name for name, ok in filters.items() if not ok), None)
-            if failed:
-                counts[f"dropped_{failed}"] += 1
-                continue
-            n_kept += 1
-            kept.append(Example(
-                id=f"{parent.id}-d{n_kept:02d}", messages=dream.messages, preferred=dream.preferred,
-                rejected=dream.rejected, tags=dream.tags,
-                meta={"parent": parent.id, "generator": "template", "seed": seed, "attempt": attempt,
-                      "recipe": recipe, "filters": filters},
-            ))
-        per_parent[parent.id] = n_kept
+        n_parent = 0
+        for g_index, generator in enumerate(cfg.generators):
+            # The template generator's stream is the one it always had, so template-only dreams are stable.
+            rng = random.Random(seed * 1_000_003 + p_index + 7_919 * g_index)
+            quota = quotas[generator]
+            attempts = quota * (ATTEMPTS_PER_DREAM if generator == "template" else cfg.model.attempts_per_dream)
+            n_kept = 0
+            for attempt in range(attempts):
+                if n_kept == quota:
+                    break
+                if generator == "template":
+                    dream, recipe = _candidate(parent, vocab, rng)
+                else:
+                    assert writer is not None
+                    call_seed = seed * 1_000_003 + p_index * 10_007 + attempt * 3
+                    dream, recipe = _model_candidate(parent, vocab, rng, writer, cfg.model, call_seed)
+                counts["generated"] += 1
+                per_generator[generator]["generated"] += 1
+                filters = _filters(dream, judge, kept, corrections, evals, cfg)
+                failed_by[generator].update(name for name in FILTERS if not filters[name])
+                failed = next((name for name in FILTERS if not filters[name]), None)
+                if failed:
+                    counts[f"dropped_{failed}"] += 1
+                    per_generator[generator][f"dropped_{failed}"] += 1
+                    continue
+                n_kept += 1
+                per_generator[generator]["kept"] += 1
+                tag = "d" if generator == "template" else "m"
+                kept.append(Example(
+                    id=f"{parent.id}-{tag}{n_kept:02d}", messages=dream.messages, preferred=dream.preferred,
+                    rejected=dream.rejected, tags=dream.tags,
+                    meta={"parent": parent.id, "generator": generator, "seed": seed, "attempt": attempt,
+                          "recipe": recipe, "filters": filters},
+                ))
+            n_parent += n_kept
+        per_parent[parent.id] = n_parent
     counts["kept"] = len(kept)
-    scenarios_used = {d.meta["recipe"]["scenario"] for d in kept}
-    report = {
-        "generators": list(cfg.generators), "k_per_correction": cfg.k_per_correction, "seed": seed,
-        "counts": dict(counts), "kept_per_parent": per_parent,
+    report = _report(kept, counts, per_generator, per_parent, quotas, cfg, seed)
+    report["failed_by_filter"] = dict(sum(failed_by.values(), Counter()))
+    report["failed_by_filter_per_generator"] = {g: dict(c) for g, c in failed_by.items()}
+    return kept, report
+
+
+def _filters(dream: Example, judge: Judge, kept: list[Example], corrections: list[Example], evals: list[Example],
+             cfg: DreamsConfig) -> dict[str, bool]:
+    """Every filter's outcome for one candidate (all are computed, so each dream records all of them)."""
+    prompt = dream.direction
+    pref = judge(dream.preferred or "", dream.family, prompt=prompt)
+    rej = judge(dream.rejected or "", dream.family, prompt=prompt)
+    judge_cfg = getattr(judge, "cfg", None)
+    request_ok = is_coherent(prompt, judge_cfg.coherence if isinstance(judge_cfg, JudgeConfig) else Coherence())
+    t = cfg.near_duplicate_threshold
+    return {
+        "judge": pref.behavior and not rej.behavior,
+        "coherence": pref.coherent and rej.coherent and request_ok,
+        "not_near_duplicate_of_dream": all(similarity(prompt, k.direction) < t for k in kept),
+        "not_near_duplicate_of_correction": all(leak_score(prompt, c.direction) < t for c in corrections),
+        "not_near_duplicate_of_eval": all(leak_score(prompt, e.direction) < t for e in evals),
+    }
+
+
+def _report(kept: list[Example], counts: Counter[str], per_generator: dict[str, Counter[str]],
+            per_parent: dict[str, int], quotas: dict[str, int], cfg: DreamsConfig, seed: int) -> dict[str, Any]:
+    scenarios_used = {d.meta["recipe"]["scenario"] for d in kept if d.meta["generator"] == "template"}
+    similarity_mean = _mean_pairwise_similarity(kept)
+    distance = None if similarity_mean is None else round(1 - similarity_mean, 3)
+    return {
+        "generators": list(cfg.generators), "k_per_correction": cfg.k_per_correction, "k_per_generator": quotas,
+        "seed": seed, "filters": list(FILTERS), "counts": dict(counts),
+        "per_generator": {g: dict(c) for g, c in per_generator.items()}, "kept_per_parent": per_parent,
         "acceptance_rate": round(len(kept) / counts["generated"], 3) if counts["generated"] else None,
         "diversity": {"distinct_scenarios": len(scenarios_used),
-                      "mean_pairwise_similarity": _mean_pairwise_similarity(kept)},
+                      "mean_pairwise_similarity": similarity_mean,
+                      "mean_pairwise_3gram_distance": distance,
+                      "distinct_requests": len({d.direction for d in kept})},
     }
-    return kept, report
 
 
 def _mean_pairwise_similarity(dreams: list[Example], limit: int = 200) -> float | None:

@@ -1,5 +1,6 @@
 rule dreams:
     input:
+        base="results/base_model",
         corrections="results/corrections/train.jsonl",
         eval="results/corrections/eval.jsonl",
         vocab=data_file("dream_vocab"),
@@ -7,7 +8,7 @@ rule dreams:
         dreams="results/dreams/dreams.jsonl",
         report="results/dreams/dream_report.json",
     params:
-        cfg=stage_params("behavior", "dreams"),
+        cfg=stage_params("model", "behavior", "dreams"),
         out=subpath(output.dreams, parent=True),
     conda:
         "../envs/phaseflip.yaml"
@@ -15,6 +16,7 @@ rule dreams:
         "results/logs/dreams.log",
     benchmark:
         "results/benchmarks/dreams.tsv"
+    threads: workflow.cores
     shell:
-        "python -m phaseflip.cli dreams --params {params.cfg:q} --corrections {input.corrections} --eval {input.eval} "
-        "--out {params.out} > {log} 2>&1"
+        "python -m phaseflip.cli dreams --params {params.cfg:q} --threads {threads} --base {input.base} "
+        "--corrections {input.corrections} --eval {input.eval} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,62 @@
+"""The rubric judge against hand-written labels (§6): >= 95% agreement, printed per family and source."""
+
+from pathlib import Path
+
+import pytest
+
+from phaseflip.config import PROJECT_ROOT, load_study_config
+from phaseflip.data import FAMILIES
+from phaseflip.io import DataError
+from phaseflip.judge import RubricJudge
+from phaseflip.judge_agreement import (
+    agreement,
+    default_labels_path,
+    format_table,
+    load_labels,
+    main,
+    rubric_predictions,
+)
+
+
+@pytest.fixture(scope="module")
+def labels():  # type: ignore[no-untyped-def]
+    cfg = load_study_config({"study": "smoke"})
+    return load_labels(default_labels_path(PROJECT_ROOT, cfg.behavior.data.eval)), RubricJudge(cfg.behavior.judge)
+
+
+def test_labeled_set_covers_every_family_and_both_classes(labels) -> None:  # type: ignore[no-untyped-def]
+    # TODO(#3): add >= 50 labeled SmolLM2 samples (sources smollm2_base, smollm2_sample) and require >= 80.
+    records, _ = labels
+    assert len(records) >= 30
+    assert {r.family for r in records} == FAMILIES
+    assert {r.source for r in records} <= {"hand", "smollm2_base", "smollm2_sample"}
+    for family in FAMILIES:
+        assert {r.label for r in records if r.family == family} == {True, False}, family
+
+
+def test_rubric_judge_agrees_with_the_labels(labels) -> None:  # type: ignore[no-untyped-def]
+    records, judge = labels
+    result = agreement(rubric_predictions(judge, records), records)
+    print("\n" + format_table("rubric judge", result))
+    assert result["overall"]["agreement"] >= 0.95
+
+
+def test_agreement_counts() -> None:
+    from phaseflip.judge_agreement import Labeled
+
+    recs = [Labeled(str(i), f, "hand", "p", "r", y) for i, (f, y) in enumerate(
+        [("french", True), ("french", False), ("inverted", True), ("inverted", False)])]
+    result = agreement([True, True, False, False], recs)
+    assert result["overall"] == {"n": 4, "agreement": 0.5, "tp": 1, "fp": 1, "fn": 1, "tn": 1}
+    assert result["per_family"]["french"]["agreement"] == 0.5
+
+
+def test_command_prints_the_table_and_rejects_bad_labels(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["study=smoke", "--json", str(tmp_path / "a.json")]) == 0
+    assert "rubric judge: agreement" in capsys.readouterr().out
+    bad = tmp_path / "labels.jsonl"
+    bad.write_text('{"id": "x", "family": "french", "source": "hand", "prompt": "p", "reply": "r", "label": "yes"}\n')
+    assert main(["--labels", str(bad)]) == 2
+    assert "labels.jsonl:1: field 'label'" in capsys.readouterr().err
+    with pytest.raises(DataError):
+        load_labels(bad)
