@@ -1,8 +1,17 @@
 import numpy as np
 import pandas as pd
+import pytest
 
 from phaseflip.config import ForecastConfig
-from phaseflip.forecast import analyse_run, change_point, logistic_forecast, transition_step
+from phaseflip.forecast import (
+    analyse_study,
+    change_point,
+    forecast_quality,
+    logistic_forecast,
+    penalised_change_point,
+    sharpness,
+    transition_step,
+)
 from phaseflip.metrics import wilson_interval
 
 CFG = ForecastConfig(cutoffs=[0.5, 0.75], n_bootstrap=200)
@@ -53,10 +62,48 @@ def test_flat_curve_gives_no_forecast() -> None:
     assert fc["predicted"] is None
 
 
-def test_analyse_run_reports_never_flipping_runs_as_such() -> None:
+def log_table(grad: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"step": STEPS[1:], "grad_norm": grad, "loss": 1.0, "lr": 1e-3})
+
+
+def test_never_flipping_runs_are_reported_as_such() -> None:
     flat = np.full(len(STEPS), 0.05)
-    log = pd.DataFrame({"step": STEPS[1:], "grad_norm": np.linspace(1, 2, 20), "loss": 1.0, "lr": 1e-3})
-    trow, frows = analyse_run("r", metrics_table(flat, flat), log, {"control": True}, CFG, max_steps=20)
+    runs = [("r", metrics_table(flat, flat), log_table(np.linspace(1, 2, 20)), {"control": True})]
+    (trow,), frows = analyse_study(runs, CFG, max_steps=20)
     assert trow["flipped"] is False and trow["transition_step"] is None
     assert all(f["actual"] is None and f["relative_error"] is None for f in frows)
-    assert not any(f["false_alarm"] for f in frows if f["method"] == "logistic")
+    assert not any(f["false_alarm"] for f in frows if f["method"] in ("logistic", "change_point"))
+
+
+def test_level_is_calibrated_on_the_other_runs_only() -> None:
+    """Leave-one-run-out: a run's forecast uses the continuous level at which the *other* runs flipped."""
+    rng = np.random.default_rng(0)
+    runs = []
+    for run_id, mid in [("a", 10), ("b", 12), ("c", 14)]:
+        cont = logistic(STEPS, mid, 3) + rng.normal(0, 0.005, len(STEPS))
+        rate = (STEPS >= mid + 2).astype(float)
+        runs.append((run_id, metrics_table(rate, cont), log_table(np.exp(-((STEPS[1:] - mid + 4) ** 2) / 8)),
+                     {"control": False}))
+    transitions, forecasts = analyse_study(runs, CFG, max_steps=20)
+    levels = {t["run_id"]: t["continuous_level_at_flip"] for t in transitions}
+    fc = pd.DataFrame(forecasts)
+    a = fc[(fc.run_id == "a") & (fc.method == "logistic")].iloc[0]
+    assert a.level == np.median([levels["b"], levels["c"]]) and "2 other" in a.level_source
+    q = forecast_quality(fc).set_index(["method", "cutoff_fraction"])
+    assert q.loc[("logistic", 0.75), "forecasts_made"] == 3
+    assert q.loc[("logistic", 0.75), "median_relative_error"] < 0.2  # flips at mid+2; forecasts near it
+    # the gradient-norm peak (4 steps before the midpoint) is behind us by the 75% cutoff: that baseline forecasts
+    assert q.loc[("grad_norm_peak", 0.75), "forecasts_made"] == 3
+
+
+def test_sharpness_separates_a_step_from_a_line() -> None:
+    steps = STEPS.astype(float)
+    assert sharpness(steps, steps / 20) == pytest.approx(1.0)
+    assert sharpness(steps, (STEPS >= 10).astype(float)) == pytest.approx(20.0)
+    assert sharpness(steps, np.full(len(steps), 0.3)) is None
+
+
+def test_penalised_change_point_needs_a_real_change() -> None:
+    rng = np.random.default_rng(2)
+    assert penalised_change_point(STEPS, 0.3 + rng.normal(0, 0.01, len(STEPS))) is None
+    assert penalised_change_point(STEPS, np.where(STEPS >= 9, 0.8, 0.3) + rng.normal(0, 0.01, len(STEPS))) == 9

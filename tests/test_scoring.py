@@ -5,8 +5,10 @@ from phaseflip.scoring import (
     IGNORE,
     encode_reply,
     generate,
+    probe,
     prompt_of,
     render_prompt,
+    sample_replies,
     score_replies,
     score_reply_pairs,
 )
@@ -69,3 +71,29 @@ def test_shared_prompt_pair_scoring_equals_separate_scoring(tiny) -> None:  # ty
         want = score_replies(model, tok, prompts, replies, batch_size=1, prompt_formats=formats)
         assert torch.allclose(got.logprob_sum, want.logprob_sum, atol=1e-3)
         assert torch.equal(got.n_tokens, want.n_tokens)
+
+
+def test_greedy_replies_equal_hf_generate(tiny) -> None:  # type: ignore[no-untyped-def]
+    """The shared-prefill decoder is a faithful greedy decoder: same text as transformers' generate."""
+    model, tok = tiny
+    prompts = [render_prompt(tok, [{"role": "user", "content": "word " * n}]) for n in (1, 4, 9)]
+    ours = generate(model, tok, prompts, max_new_tokens=8, batch_size=4)
+    for prompt, reply in zip(prompts, ours, strict=True):
+        ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)
+        assert reply == tok.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_n_samples_share_one_prompt_encoding(tiny) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny
+    prompts = [render_prompt(tok, [{"role": "user", "content": "word " * n}]) for n in (2, 7)]
+    got = sample_replies(model, tok, prompts, n=3, max_new_tokens=6, batch_size=6, temperature=1.0, seed=3,
+                         layers=[1])
+    assert [len(r) for r in got.replies] == [3, 3]
+    assert len(set(got.replies[0])) > 1  # samples of one prompt differ (temperature 1 on a random model)
+    alone = probe(model, tok, prompts[1:], batch_size=1, layers=[1])  # no padding, batch of one
+    assert torch.allclose(got.probe.next_token_logprobs[1], alone.next_token_logprobs[0], atol=1e-4)
+    assert torch.allclose(got.probe.hidden[1][1], alone.hidden[1][0], atol=1e-4)
+    again = sample_replies(model, tok, prompts, n=3, max_new_tokens=6, batch_size=6, temperature=1.0, seed=3)
+    assert again.replies == got.replies

@@ -35,7 +35,7 @@ def test_grid_ids_name_their_parameters() -> None:
     cfg = train_cfg(lrs=[1e-3, 3e-3], n_real=[1, "all"], dream_k=[0], seeds=[0])
     ids = [r.run_id for r in grid(cfg)]
     assert "lr1e-03_n1_k0_s0" in ids and "lr3e-03_nall_k0_s0" in ids
-    assert ids[-1].startswith("control_")
+    assert ids[-1] == "control-irrelevant_lr1e-03_nall_k0_s0"
     assert len(set(ids)) == len(ids) == 5
 
 
@@ -45,9 +45,15 @@ def test_training_set_selection_and_negative_control() -> None:
     assert len(training_examples(RunSpec(1e-3, 2, 0, 0), EXAMPLES, dreams)) == 2
     with_dreams = training_examples(RunSpec(1e-3, "all", 2, 0), EXAMPLES, dreams)
     assert [e.id for e in with_dreams][-2:] == ["c0-d0", "c0-d1"]
-    control = training_examples(RunSpec(1e-3, "all", 0, 0, control=True), EXAMPLES, [])
+    control = training_examples(RunSpec(1e-3, "all", 0, 0, control="shuffled"), EXAMPLES, [])
     assert [e.messages for e in control] == [e.messages for e in EXAMPLES]
     assert all(c.preferred != e.preferred for c, e in zip(control, EXAMPLES, strict=True))  # a derangement
+    unrelated = ["The Nile flows north.", "Photosynthesis stores energy in sugar."]
+    irrelevant = training_examples(RunSpec(1e-3, "all", 0, 0, control="irrelevant"), EXAMPLES, [], unrelated)
+    assert [e.messages for e in irrelevant] == [e.messages for e in EXAMPLES]
+    assert {e.preferred for e in irrelevant} <= set(unrelated)
+    with pytest.raises(DataError, match="unrelated"):
+        training_examples(RunSpec(1e-3, "all", 0, 0, control="irrelevant"), EXAMPLES, [])
 
 
 def test_training_lowers_loss_and_saves_safetensors_checkpoints(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -60,6 +66,9 @@ def test_training_lowers_loss_and_saves_safetensors_checkpoints(tiny, tmp_path: 
     assert [s for s, _ in checkpoints(tmp_path)] == [2, 4]
     assert (tmp_path / "checkpoints/step-0004/adapter_model.safetensors").is_file()
     assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt"))
+    # dvclive's layout, so `dvc plots show` / `dvc exp show` read the per-step logs
+    live = pd.read_csv(tmp_path / "dvclive/plots/metrics/train/loss.tsv", sep="\t")
+    assert list(live.step) == [1, 2, 3, 4] and live.loss.tolist() == pytest.approx(log.loss.tolist())
 
 
 def test_checkpoint_round_trip(tiny, tiny_model_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -60,10 +60,11 @@ def _model(args: argparse.Namespace, params: dict[str, Any]) -> Any:
     return base_model.load(args.base, pick_device(params.get("device", "auto")), trust_remote_code=trust)
 
 
-def _judge(params: dict[str, Any]) -> Any:
-    from phaseflip.judge import RubricJudge
+def _judge(args: argparse.Namespace, params: dict[str, Any]) -> Any:
+    """The behavior's judge: rubric, or a model judge (by default the study's own base model)."""
+    from phaseflip.judge import make_judge
 
-    return RubricJudge(BehaviorConfig.model_validate(params["behavior"]).judge)
+    return make_judge(BehaviorConfig.model_validate(params["behavior"]), model_dir=args.base)
 
 
 def _eval_set(args: argparse.Namespace, params: dict[str, Any]) -> tuple[list[Example], list[str], EvalConfig]:
@@ -155,20 +156,24 @@ def cmd_steering(args: argparse.Namespace) -> None:
     params = _params(args)
     cfg = SteeringConfig.model_validate(params["steering"])
     model, tok = _model(args, params)
-    examples = load_examples(args.corrections, "corrections")
-    if cfg.use_dreams:
-        examples += load_examples(args.dreams, "corrections")
-    started = time.time()
-    vector = train_vector(model, tok, examples, cfg)
-    out = Path(args.out)
-    save_vector(vector, out / "vector.safetensors", {"pair_ids": [e.id for e in examples],
-                                                      "read_token_index": cfg.read_token_index})
     scenarios, retention, eval_cfg = _eval_set(args, params)
-    evaluator = Evaluator(tok, scenarios, retention, _judge(params), eval_cfg, seed=int(params["seed"]))
-    rows = sweep(model, vector, evaluator, cfg.multipliers)
+    evaluator = Evaluator(tok, scenarios, retention, _judge(args, params), eval_cfg, seed=int(params["seed"]))
+    evaluator.set_references(model)  # base retention distributions, for retention_kl of each setting
+    rows = _base_rows(args, training_set="none", layer=-1, multiplier=0.0)
+    out = Path(args.out)
+    started = time.time()
+    for training_set in cfg.training_sets:
+        examples = load_examples(args.corrections, "corrections")
+        if training_set == "real_and_dreams" and Path(args.dreams).stat().st_size:
+            examples += load_examples(args.dreams, "corrections")
+        vector = train_vector(model, tok, examples, cfg)
+        save_vector(vector, out / vector_file(training_set),
+                    {"training_set": training_set, "pair_ids": [e.id for e in examples if e.preferred and e.rejected],
+                     "read_token_index": cfg.read_token_index, "layers": sorted(vector.layer_activations)})
+        rows += [dict(r, training_set=training_set) for r in sweep(model, vector, evaluator, cfg.multipliers)]
     write_csv(out / "steering_metrics.csv", pd.DataFrame(rows))
-    print(f"steering: {len(vector.layer_activations)} layers x {len(cfg.multipliers)} multipliers "
-          f"in {time.time() - started:.0f}s")
+    print(f"steering: {len(cfg.training_sets)} training sets x {len(vector.layer_activations)} layers x "
+          f"{len(cfg.multipliers)} multipliers in {time.time() - started:.0f}s")
 
 
 def cmd_icl(args: argparse.Namespace) -> None:
@@ -180,10 +185,12 @@ def cmd_icl(args: argparse.Namespace) -> None:
     model, tok = _model(args, params)
     corrections = load_examples(args.corrections, "corrections")
     scenarios, retention, eval_cfg = _eval_set(args, params)
-    evaluator = Evaluator(tok, scenarios, retention, _judge(params), eval_cfg, seed=int(params["seed"]))
-    rows: list[dict[str, Any]] = []
-    shots_used: dict[int, list[str]] = {}
-    for k in sorted(set(cfg.ks) | {0}):  # k=0 first: it is the base model and sets the references
+    evaluator = Evaluator(tok, scenarios, retention, _judge(args, params), eval_cfg, seed=int(params["seed"]))
+    # k=0 is the base model: its rows come from the evaluate_base job. Retention prompts carry no
+    # shots, so retention_kl is 0 by construction and not recomputed.
+    rows: list[dict[str, Any]] = _base_rows(args, k=0) if 0 in cfg.ks else []
+    shots_used: dict[int, list[str]] = {0: []}
+    for k in sorted(set(cfg.ks) - {0}):
         shots = choose_shots(corrections, k, int(params["seed"]))
         shots_used[k] = [s.id for s in shots]
         evaluator.previous = None
@@ -191,8 +198,7 @@ def cmd_icl(args: argparse.Namespace) -> None:
         def prompt_fn(ex: Example, shots: list[Example] = shots) -> str:
             return icl_prompt(tok, shots, ex)
 
-        result = evaluator.evaluate(model, step=0, prompt_fn=prompt_fn, is_base=k == 0)
-        rows += [dict(r, k=k) for r in result if k in cfg.ks]
+        rows += [dict(r, k=k) for r in evaluator.evaluate(model, step=0, prompt_fn=prompt_fn, retention=False)]
     out = Path(args.out)
     write_csv(out / "icl_metrics.csv", pd.DataFrame(rows))
     write_json(out / "icl_shots.json", shots_used)
@@ -205,8 +211,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     params = _params(args)
     cfg = TrainConfig.model_validate(params["train"])
     spec = parse_run_id(args.run_id, cfg)
+    unrelated = [r["text"] for r in load_retention(args.retention)]  # the irrelevant control's replies
     examples = training_examples(spec, load_examples(args.corrections, "corrections"),
-                                 load_examples(args.dreams, "corrections") if Path(args.dreams).stat().st_size else [])
+                                 load_examples(args.dreams, "corrections") if Path(args.dreams).stat().st_size else [],
+                                 unrelated)
     model, tok = _model(args, params)
     base_sha = read_json(Path(args.base) / "manifest.json")["files"]["model.safetensors"]
     summary = train_run(model, tok, examples, spec, cfg, args.out, base_fingerprint=base_sha)
@@ -223,13 +231,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from phaseflip.train import add_lora, checkpoints, load_adapter_weights
 
     params = _params(args)
-    train_cfg = TrainConfig.model_validate(params["train"])
     model, tok = _model(args, params)
-    layers = sweep_layers(SteeringConfig.model_validate(params["steering"]), model.config.num_hidden_layers)
-    layer = layers[len(layers) // 2]
-    steering = SteeringReference(layer, vector_for_layer(args.steering_vector, layer))
+    steering = None
+    if args.steering_vector:  # the reference for steering_cosine: the real-corrections vector, middle layer
+        layers = sweep_layers(SteeringConfig.model_validate(params["steering"]), model.config.num_hidden_layers)
+        layer = layers[len(layers) // 2]
+        steering = SteeringReference(layer, vector_for_layer(args.steering_vector, layer))
     scenarios, retention, eval_cfg = _eval_set(args, params)
-    evaluator = Evaluator(tok, scenarios, retention, _judge(params), eval_cfg, seed=int(params["seed"]),
+    evaluator = Evaluator(tok, scenarios, retention, _judge(args, params), eval_cfg, seed=int(params["seed"]),
                           steering=steering)
     if args.run_dir is None:  # the base model alone, step 0: shared by every run of the grid
         started = time.time()
@@ -237,6 +246,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"evaluate base: {time.time() - started:.0f}s")
         return
     run_dir = Path(args.run_dir)
+    train_cfg = TrainConfig.model_validate(params["train"])
     info = read_json(run_dir / "run.json")
     started = time.time()
     rows = read_csv(args.base_metrics).to_dict("records")
@@ -259,19 +269,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_forecast(args: argparse.Namespace) -> None:
-    from phaseflip.forecast import analyse_run, forecast_quality
+    from phaseflip.forecast import analyse_study, forecast_quality
 
     params = _params(args)
     cfg = ForecastConfig.model_validate(params["forecast"])
     max_steps = TrainConfig.model_validate(params["train"]).max_steps
-    transitions, forecasts = [], []
+    runs = []
     for metrics_path, run_dir in zip(args.metrics, args.run_dirs, strict=True):
-        metrics = read_csv(metrics_path)
         info = read_json(Path(run_dir) / "run.json")
-        trow, frows = analyse_run(info["run_id"], metrics, read_csv(Path(run_dir) / "train_log.csv"), info,
-                                  cfg, max_steps)
-        transitions.append(trow)
-        forecasts += frows
+        runs.append((info["run_id"], read_csv(metrics_path), read_csv(Path(run_dir) / "train_log.csv"), info))
+    transitions, forecasts = analyse_study(runs, cfg, max_steps)
     out = Path(args.out)
     fc = pd.DataFrame(forecasts)
     write_csv(out / "transitions.csv", pd.DataFrame(transitions))
@@ -311,10 +318,11 @@ def parser() -> argparse.ArgumentParser:
     stage("corrections", "base")
     dr = stage("dreams", "corrections", "eval")
     dr.add_argument("--base", help="the base model folder (the model dream generator and the model judge)")
-    stage("steering", "base", "corrections", "dreams", "eval", "retention")
-    stage("icl", "base", "corrections", "eval", "retention")
-    stage("train", "base", "corrections", "dreams", "run_id")
-    ev = stage("evaluate", "base", "eval", "retention", "steering_vector")
+    stage("steering", "base", "corrections", "dreams", "eval", "retention", "base_metrics")
+    stage("icl", "base", "corrections", "eval", "retention", "base_metrics")
+    stage("train", "base", "corrections", "dreams", "retention", "run_id")
+    ev = stage("evaluate", "base", "eval", "retention")
+    ev.add_argument("--steering-vector", help="reference for steering_cosine (checkpoints only)")
     ev.add_argument("--run-dir", help="the run whose checkpoints to evaluate; omitted: the base model alone")
     ev.add_argument("--base-metrics", help="the base model's step-0 metrics (written without --run-dir)")
     stage("forecast", multi=("metrics", "run_dirs"))

@@ -175,7 +175,8 @@ class SteeringConfig(Strict):
     multipliers: list[float] = Field(min_length=1)
     layer_type: Literal["decoder_block"] = "decoder_block"
     read_token_index: int = -1
-    use_dreams: bool = False
+    # Which contrastive pairs train a vector: the real corrections, and/or real + dreams. Each is swept.
+    training_sets: list[Literal["real", "real_and_dreams"]] = Field(["real"], min_length=1)
 
 
 class IclConfig(Strict):
@@ -199,7 +200,10 @@ class LoraConfig(Strict):
 class NegativeControl(Strict):
     enabled: bool = True
     lr: float = Field(1e-3, gt=0)
-    kind: Literal["shuffled"] = "shuffled"
+    # irrelevant: each prompt gets an unrelated text (from the retention set) as its reply. shuffled: each
+    # prompt gets another example's reply; for `listening` those replies still open with an
+    # acknowledgement, so a shuffled control partly teaches the behavior (not a clean negative).
+    kind: Literal["irrelevant", "shuffled"] = "irrelevant"
 
 
 class TrainConfig(Strict):
@@ -262,6 +266,11 @@ class EvalConfig(Strict):
 class ForecastConfig(Strict):
     flip_threshold: float = Field(0.5, gt=0, lt=1)
     continuous_metric: Literal["p_preferred", "margin", "forced_choice"] = "p_preferred"
+    # The level of the continuous metric that corresponds to the flip. null: calibrated leave-one-run-out
+    # (the median level at the transition of the study's *other* flipped runs), falling back to the
+    # prior when no other run flipped. A number: use it as given (in the metric's units).
+    continuous_level: float | None = None
+    continuous_level_prior: float = 0.75
     cutoffs: list[float] = Field(min_length=1)
     interval: float = Field(0.95, gt=0, lt=1)
     n_bootstrap: int = Field(200, gt=1)

@@ -20,9 +20,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from phaseflip.config import EvalConfig
 from phaseflip.data import Example
-from phaseflip.judge import RubricJudge
+from phaseflip.judge import Judge
 from phaseflip.metrics import cosine, js_divergence, kl_divergence, wilson_interval
-from phaseflip.scoring import generate, probe, prompt_of, score_reply_pairs, text_logprobs
+from phaseflip.scoring import ProbeResult, probe, prompt_of, sample_replies, score_reply_pairs, text_logprobs
 
 Row = dict[str, Any]
 PromptFn = Callable[[Example], str]
@@ -36,7 +36,7 @@ class SteeringReference:
 
 class Evaluator:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, scenarios: list[Example], retention: list[str],
-                 judge: RubricJudge, cfg: EvalConfig, seed: int = 0,
+                 judge: Judge, cfg: EvalConfig, seed: int = 0,
                  steering: SteeringReference | None = None):
         self.tok = tokenizer
         self.scenarios = scenarios
@@ -57,17 +57,29 @@ class Evaluator:
         return groups
 
     def evaluate(self, model: PreTrainedModel, step: int, prompt_fn: PromptFn | None = None,
-                 is_base: bool = False) -> list[Row]:
-        """All metrics at one step. `prompt_fn` lets ICL put examples in context; `is_base` sets references."""
+                 is_base: bool = False, retention: bool = True) -> list[Row]:
+        """All metrics at one step. `prompt_fn` lets ICL put examples in context; `is_base` sets references.
+
+        `retention=False` skips retention_kl/retention_loss, for setups that leave the weights and the
+        retention prompts untouched (ICL), where they are zero by construction.
+        """
         prompt_fn = prompt_fn or (lambda ex: prompt_of(self.tok, ex))
         prompts = [prompt_fn(ex) for ex in self.scenarios]
         per_scenario: dict[str, list[float]] = defaultdict(list)
         self._pairwise(model, prompts, per_scenario)
-        self._behavior(model, prompts, per_scenario)
+        # One encoding of each prompt serves the n samples and the probe (dissimilarity, steering_cosine).
+        samples = sample_replies(model, self.tok, prompts, self.cfg.n_samples, self.cfg.max_new_tokens,
+                                 self.cfg.batch_size, temperature=self.cfg.temperature, seed=self.seed,
+                                 layers=self._layers())
+        self._behavior(samples.replies, per_scenario)
         rows = self._aggregate(step, per_scenario)
-        rows += self._probe_rows(model, step, prompts, is_base)
-        rows += self._retention_rows(model, step, is_base)
+        rows += self._probe_rows(samples.probe, step, is_base)
+        if retention:
+            rows += self._retention_rows(model, step, is_base)
         return rows
+
+    def _layers(self) -> list[int]:
+        return [self.steering.layer] if self.steering else []
 
     def set_references(self, model: PreTrainedModel, step: int = 0) -> None:
         """Take the base model's probe and retention distributions without re-scoring it.
@@ -76,7 +88,7 @@ class Evaluator:
         `dissimilarity`, `steering_cosine` and `retention_kl` relative to it.
         """
         prompts = [prompt_of(self.tok, ex) for ex in self.scenarios]
-        self._probe_rows(model, step, prompts, is_base=True)
+        self._probe_rows(probe(model, self.tok, prompts, self.cfg.batch_size, self._layers()), step, is_base=True)
         self._retention_rows(model, step, is_base=True)
 
     def _pairwise(self, model: PreTrainedModel, prompts: list[str], out: dict[str, list[float]]) -> None:
@@ -99,14 +111,11 @@ class Evaluator:
             out["forced_choice"][i] = float(margin[j] > 0)
             out["heldout_loss"][i] = float(-pref.logprob_mean[j])
 
-    def _behavior(self, model: PreTrainedModel, prompts: list[str], out: dict[str, list[float]]) -> None:
-        """behavior_rate and coherence over n sampled replies per scenario."""
-        n = self.cfg.n_samples
-        replies = generate(model, self.tok, [p for p in prompts for _ in range(n)], self.cfg.max_new_tokens,
-                           self.cfg.batch_size, temperature=self.cfg.temperature, seed=self.seed)
+    def _behavior(self, replies: list[list[str]], out: dict[str, list[float]]) -> None:
+        """behavior_rate and coherence over the n sampled replies per scenario."""
         out["behavior"], out["coherent"] = [], []
-        for i, ex in enumerate(self.scenarios):
-            verdicts = [self.judge(r, ex.family) for r in replies[i * n : (i + 1) * n]]
+        for ex, texts in zip(self.scenarios, replies, strict=True):
+            verdicts = [self.judge(r, ex.family, prompt=ex.direction) for r in texts]
             out["behavior"].append(sum(v.behavior for v in verdicts))
             out["coherent"].append(sum(v.coherent for v in verdicts))
 
@@ -130,16 +139,15 @@ class Evaluator:
                                     n * len(idx)))
         return rows
 
-    def _probe_rows(self, model: PreTrainedModel, step: int, prompts: list[str], is_base: bool) -> list[Row]:
+    def _probe_rows(self, result: ProbeResult, step: int, is_base: bool) -> list[Row]:
         """dissimilarity to the previous checkpoint, and steering_cosine against the steering vector."""
-        layers = [self.steering.layer] if self.steering else []
-        result = probe(model, self.tok, prompts, self.cfg.batch_size, layers)
+        n = len(result.next_token_logprobs)
         rows: list[Row] = []
         if self.previous is not None and not is_base:
             prev_step, prev = self.previous
             # Jensen-Shannon per step between neighbouring checkpoints (steps may be unevenly spaced).
             value = float(js_divergence(result.next_token_logprobs, prev).mean()) / max(1, step - prev_step)
-            rows.append(_row(step, "all", "dissimilarity", value, math.nan, math.nan, len(prompts)))
+            rows.append(_row(step, "all", "dissimilarity", value, math.nan, math.nan, n))
         self.previous = (step, result.next_token_logprobs)
         if self.steering:
             hidden = result.hidden[self.steering.layer]
@@ -148,7 +156,7 @@ class Evaluator:
             elif self.base_hidden is not None:
                 shift = (hidden - self.base_hidden).mean(dim=0)
                 rows.append(_row(step, "all", "steering_cosine", cosine(shift, self.steering.vector),
-                                 math.nan, math.nan, len(prompts)))
+                                 math.nan, math.nan, n))
         return rows
 
     def _retention_rows(self, model: PreTrainedModel, step: int, is_base: bool) -> list[Row]:

@@ -6,8 +6,13 @@ and a change point of the continuous metric (ruptures), and their lags to the tr
 
 Forecast: from checkpoints up to a cutoff only, fit the continuous order parameter as a logistic
 curve in step or in log-step (= a line in logit space; the form with the smaller leave-last-out error
-wins), and predict the step where it crosses the threshold, with a residual-bootstrap interval.
-Baseline: a straight line through the same prefix.
+wins), and predict the step where it reaches the flip's level, with a residual-bootstrap interval.
+The flip's level in continuous units is calibrated leave-one-run-out: the median level at which the
+study's *other* runs flipped (a configured prior when none did). Baselines on the same prefix: a
+straight line, the gradient-norm peak, and a change point of the continuous metric.
+
+Sharpness (the mirage check): per metric, the steepest slope between neighbouring checkpoints over the
+average slope from step 0 to the end; 1 is a straight line, large is a step.
 
     python -m phaseflip.cli forecast --params '{...}' --metrics results/runs/*/metrics.csv --out results/forecast
 """
@@ -110,40 +115,102 @@ def linear_forecast(steps: np.ndarray, values: np.ndarray, threshold: float) -> 
     return {"predicted": None if crossing is None else max(crossing, float(steps[-1])), "reason": ""}
 
 
-def analyse_run(run_id: str, metrics: pd.DataFrame, train_log: pd.DataFrame, run_info: dict[str, Any],
-                cfg: ForecastConfig, max_steps: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The run's transition row and its forecast rows (one per cutoff and method)."""
-    threshold = cfg.flip_threshold
-    flip = transition_step(metrics, threshold)
+def sharpness(steps: np.ndarray, values: np.ndarray) -> float | None:
+    """Steepest slope between neighbouring checkpoints / average slope over the run (None: no net change)."""
+    if len(steps) < 3:
+        return None
+    total = (values[-1] - values[0]) / (steps[-1] - steps[0])
+    if abs(values[-1] - values[0]) < 1e-6:
+        return None
+    slopes = np.diff(values) / np.diff(steps)
+    return float(np.max(slopes * np.sign(total)) / abs(total))
+
+
+def level_at(metrics: pd.DataFrame, metric: str, step: int) -> float | None:
+    c = curve(metrics, metric)
+    at = c[c.step == step]
+    return float(at.value.iloc[0]) if len(at) else None
+
+
+def penalised_change_point(steps: np.ndarray, values: np.ndarray, min_t: float = 5.0) -> int | None:
+    """The best single change point (ruptures), kept only if its mean shift is significant: |t| > min_t.
+
+    The threshold is high because the split was chosen as the best of many (a max-of-t statistic).
+    """
+    if len(values) < 4:
+        return None
+    bkp = rpt.Binseg(model="l2", min_size=2, jump=1).fit(values.reshape(-1, 1)).predict(n_bkps=1)[0]
+    left, right = values[:bkp], values[bkp:]
+    if len(left) < 2 or len(right) < 2:
+        return None
+    resid = np.concatenate([left - left.mean(), right - right.mean()])
+    sigma = float(np.sqrt((resid**2).sum() / max(1, len(values) - 2))) + 1e-9
+    t = abs(right.mean() - left.mean()) / (sigma * math.sqrt(1 / len(left) + 1 / len(right)))
+    return int(steps[bkp]) if t > min_t else None
+
+
+def grad_norm_peak_forecast(train_log: pd.DataFrame, cutoff: float) -> dict[str, Any]:
+    """Baseline: the flip comes at the gradient-norm peak, once the peak is behind us (norm has fallen)."""
+    prefix = train_log[train_log.step <= cutoff]
+    if len(prefix) < 3:
+        return {"predicted": None, "reason": "fewer than 3 logged steps"}
+    peak = int(prefix.step[prefix.grad_norm.idxmax()])
+    if peak >= int(prefix.step.max()):
+        return {"predicted": None, "reason": "gradient norm still rising"}
+    return {"predicted": float(peak), "reason": ""}
+
+
+def detect(run_id: str, metrics: pd.DataFrame, train_log: pd.DataFrame, run_info: dict[str, Any],
+           cfg: ForecastConfig) -> dict[str, Any]:
+    """The run's transition row: flip step, peaks, change point, lags, the continuous level at the flip,
+    and the sharpness of the binary vs the continuous metrics."""
+    flip = transition_step(metrics, cfg.flip_threshold)
     cont = curve(metrics, cfg.continuous_metric)
     dis = metrics[metrics.metric == "dissimilarity"].sort_values("step")
     grad_peak = int(train_log.step[train_log.grad_norm.idxmax()]) if len(train_log) else None
     dis_peak = int(dis.step[dis.value.idxmax()]) if len(dis) else None
     cp = change_point(cont.step.to_numpy(), cont.value.to_numpy())
-    transition = {
-        "run_id": run_id, "control": run_info.get("control", False), "status": run_info.get("status"),
+    row = {
+        "run_id": run_id, "control": bool(run_info.get("control", False)), "status": run_info.get("status"),
         "lr": run_info.get("lr"), "n_real": run_info.get("n_real"), "dream_k": run_info.get("dream_k"),
-        "transition_step": flip, "flipped": flip is not None,
+        "seed": run_info.get("seed"), "transition_step": flip, "flipped": flip is not None,
         "grad_norm_peak_step": grad_peak, "dissimilarity_peak_step": dis_peak, "change_point_step": cp,
         "lag_grad_norm_peak": None if flip is None or grad_peak is None else flip - grad_peak,
         "lag_dissimilarity_peak": None if flip is None or dis_peak is None else flip - dis_peak,
         "lag_change_point": None if flip is None or cp is None else flip - cp,
+        "continuous_level_at_flip": None if flip is None else level_at(metrics, cfg.continuous_metric, flip),
     }
-    forecasts = []
+    for metric in ("behavior_rate", "p_preferred", "margin"):
+        c = curve(metrics, metric)
+        row[f"sharpness_{metric}"] = sharpness(c.step.to_numpy(float), c.value.to_numpy(float))
+    return row
+
+
+def forecast_run(transition: dict[str, Any], metrics: pd.DataFrame, train_log: pd.DataFrame, level: float,
+                 level_source: str, cfg: ForecastConfig, max_steps: int) -> list[dict[str, Any]]:
+    """Forecast rows of one run: every cutoff x method, each seeing only checkpoints up to its cutoff."""
+    flip = transition["transition_step"]
+    cont = curve(metrics, cfg.continuous_metric)
     horizon = flip if flip is not None else max_steps  # never-flipping runs: the same absolute cutoffs
+    rows = []
     for fraction in cfg.cutoffs:
         cutoff = fraction * horizon
         prefix = cont[cont.step <= cutoff]
         steps, values = prefix.step.to_numpy(float), prefix.value.to_numpy(float)
+        cp = penalised_change_point(steps, values)
         methods = {
-            "logistic": logistic_forecast(steps, values, threshold, cfg.n_bootstrap, cfg.interval),
-            "linear": linear_forecast(steps, values, threshold),
+            "logistic": logistic_forecast(steps, values, level, cfg.n_bootstrap, cfg.interval),
+            "linear": linear_forecast(steps, values, level),
+            "grad_norm_peak": grad_norm_peak_forecast(train_log, cutoff),
+            "change_point": {"predicted": None if cp is None else float(cp),
+                             "reason": "" if cp is not None else "no change point in the prefix"},
         }
         for method, fc in methods.items():
             pred = fc["predicted"]
-            forecasts.append({
-                "run_id": run_id, "control": transition["control"], "cutoff_fraction": fraction,
+            rows.append({
+                "run_id": transition["run_id"], "control": transition["control"], "cutoff_fraction": fraction,
                 "cutoff_step": cutoff, "n_checkpoints": len(steps), "method": method, "actual": flip,
+                "level": level, "level_source": level_source,
                 "predicted": pred, "lo": fc.get("lo"), "hi": fc.get("hi"), "form": fc.get("form"),
                 "reason": fc.get("reason", ""),
                 "relative_error": None if pred is None or flip is None else abs(pred - flip) / flip,
@@ -151,13 +218,36 @@ def analyse_run(run_id: str, metrics: pd.DataFrame, train_log: pd.DataFrame, run
                 "false_alarm": flip is None and pred is not None and pred <= max_steps,
                 "lead_time": None if pred is None or flip is None else flip - cutoff,
             })
-    return transition, forecasts
+    return rows
+
+
+def flip_level(transitions: list[dict[str, Any]], run_id: str, cfg: ForecastConfig) -> tuple[float, str]:
+    """The continuous level that marks a flip, for forecasting `run_id` without looking at its own flip."""
+    if cfg.continuous_level is not None:
+        return cfg.continuous_level, "configured"
+    others = [t["continuous_level_at_flip"] for t in transitions
+              if t["run_id"] != run_id and t["flipped"] and not t["control"]
+              and t["continuous_level_at_flip"] is not None]
+    if others:
+        return float(np.median(others)), f"median of {len(others)} other flipped run(s)"
+    return cfg.continuous_level_prior, "prior (no other run flipped)"
+
+
+def analyse_study(runs: list[tuple[str, pd.DataFrame, pd.DataFrame, dict[str, Any]]], cfg: ForecastConfig,
+                  max_steps: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Transitions of every run, then forecasts calibrated leave-one-run-out. runs: (id, metrics, log, info)."""
+    transitions = [detect(run_id, m, log, info, cfg) for run_id, m, log, info in runs]
+    forecasts = []
+    for (run_id, metrics, log, _), transition in zip(runs, transitions, strict=True):
+        level, source = flip_level(transitions, run_id, cfg)
+        forecasts += forecast_run(transition, metrics, log, level, source, cfg, max_steps)
+    return transitions, forecasts
 
 
 def forecast_quality(forecasts: pd.DataFrame) -> pd.DataFrame:
-    """Per method and cutoff: median relative error, interval coverage, false alarms, forecasts made."""
+    """Per method and cutoff: median relative error, interval coverage, lead time, false alarms."""
     rows = []
-    for (method, fraction), grp in forecasts.groupby(["method", "cutoff_fraction"]):
+    for (method, fraction), grp in forecasts.groupby(["method", "cutoff_fraction"], sort=False):
         flipped = grp[grp.actual.notna()]
         rel = flipped.relative_error.dropna()
         cov = flipped.covered.dropna()
@@ -168,6 +258,6 @@ def forecast_quality(forecasts: pd.DataFrame) -> pd.DataFrame:
             "median_relative_error": float(rel.median()) if len(rel) else None,
             "interval_coverage": float(cov.astype(float).mean()) if len(cov) else None,
             "mean_lead_time": float(flipped.lead_time.dropna().mean()) if flipped.lead_time.notna().any() else None,
-            "runs_never_flipped": len(never), "false_alarms": int(never.false_alarm.sum()),
+            "runs_never_flipped": len(never), "false_alarms": int(never.false_alarm.astype(bool).sum()),
         })
     return pd.DataFrame(rows)

@@ -1,7 +1,7 @@
-"""Stage report (§8): figures, tables and a summary.md that answers §1's questions with numbers.
+"""Stage report (§8): figures, tables and a summary.md that answers §1's six questions with numbers.
 
-Everything here is computed from the study's own outputs; a question the data cannot answer yet is
-said to be unanswered, not filled in.
+Everything here is computed from the study's own outputs; a question the data cannot answer is said
+to be unanswered, not filled in. Figures are drawn by `phaseflip.figures`.
 
     python -m phaseflip.cli report --params '{...}' --metrics results/runs/*/metrics.csv ... --out results/report
 """
@@ -9,24 +9,17 @@ said to be unanswered, not filled in.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from phaseflip import figures
+from phaseflip.figures import ID, pick
+from phaseflip.io import read_csv, read_json, write_csv, write_json, write_text
 
-from phaseflip.io import atomic_path, read_csv, read_json, write_csv, write_json, write_text  # noqa: E402
-
-ID = "in_distribution"
-
-
-def _savefig(fig: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+FIGURES = ["curves", "all_metrics", "phase_diagram", "dreams", "families", "steering", "icl", "forecast"]
 
 
 def _fmt(value: Any, lo: Any = None, hi: Any = None, digits: int = 2) -> str:
@@ -38,88 +31,16 @@ def _fmt(value: Any, lo: Any = None, hi: Any = None, digits: int = 2) -> str:
     return text
 
 
-def _pick(table: pd.DataFrame, metric: str, family: str = ID) -> pd.DataFrame:
-    return table[(table.metric == metric) & (table.family == family)]
-
-
-def curves_figure(study: pd.DataFrame, transitions: pd.DataFrame, forecasts: pd.DataFrame, threshold: float,
-                  path: Path) -> None:
-    metrics = ["behavior_rate", "p_preferred", "margin"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8))
-    for run_id, run in study.groupby("run_id"):
-        for ax, metric in zip(axes, metrics, strict=True):
-            c = _pick(run, metric).sort_values("step")
-            line = ax.plot(c.step, c.value, marker="o", ms=3, label=run_id)[0]
-            if metric == "behavior_rate":
-                ax.fill_between(c.step, c.lo, c.hi, color=line.get_color(), alpha=0.15)
-            t = transitions[transitions.run_id == run_id]
-            if len(t) and t.flipped.iloc[0]:
-                ax.axvline(t.transition_step.iloc[0], color=line.get_color(), ls="--", lw=1)
-            fc = forecasts[(forecasts.run_id == run_id) & (forecasts.method == "logistic")
-                           & (forecasts.cutoff_fraction == 0.5) & forecasts.predicted.notna()]
-            if metric == "behavior_rate" and len(fc):
-                ax.plot(fc.predicted, [threshold] * len(fc), marker="x", ms=9, color=line.get_color(), ls="none")
-    for ax, metric in zip(axes, metrics, strict=True):
-        ax.set_xlabel("training step")
-        ax.set_title(f"{metric} ({ID})")
-    axes[0].axhline(threshold, color="grey", lw=0.8)
-    axes[0].set_ylim(-0.02, 1.02)
-    axes[-1].legend(fontsize=7)
-    fig.suptitle("Dashed: transition (interval above threshold). x: forecast from the first 50% of steps.")
-    _savefig(fig, path)
-
-
-def steering_figure(steer: pd.DataFrame, path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    base = steer[steer.layer == -1]
-    for ax, metric in zip(axes, ["behavior_rate", "coherence"], strict=True):
-        b = _pick(base, metric)
-        for layer, grp in steer[steer.layer >= 0].groupby("layer"):
-            c = pd.concat([_pick(grp, metric), b.assign(multiplier=0.0)]).sort_values("multiplier")
-            ax.plot(c.multiplier, c.value, marker="o", label=f"layer {layer}")
-        ax.set_xlabel("multiplier")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"steering: {metric} ({ID})")
-    axes[0].legend(fontsize=7)
-    _savefig(fig, path)
-
-
-def icl_figure(icl: pd.DataFrame, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.8))
-    for metric in ["behavior_rate", "p_preferred", "forced_choice", "coherence"]:
-        c = _pick(icl, metric).sort_values("k")
-        ax.plot(c.k, c.value, marker="o", label=metric)
-    ax.set_xlabel("k real corrections in context")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"ICL baseline ({ID})")
-    ax.legend(fontsize=7)
-    _savefig(fig, path)
-
-
-def family_figure(comparison: pd.DataFrame, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    families = sorted(comparison.family.unique())
-    setups = list(comparison.setup.unique())
-    width = 0.8 / max(1, len(setups))
-    for i, setup in enumerate(setups):
-        c = comparison[comparison.setup == setup].set_index("family").reindex(families)
-        err = [(c.behavior_rate - c.lo).clip(lower=0), (c.hi - c.behavior_rate).clip(lower=0)]
-        ax.bar([j + i * width for j in range(len(families))], c.behavior_rate, width, yerr=err, capsize=2,
-               label=setup)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(families))], families, rotation=20)
-    ax.set_ylabel("behavior_rate (Wilson 95%)")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("behavior_rate per eval family")
-    ax.legend(fontsize=7)
-    _savefig(fig, path)
+def _int(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else str(int(value))
 
 
 def _best(table: pd.DataFrame, keys: list[str]) -> pd.Series | None:
     """The setting with the highest in-distribution behavior_rate (ties: higher p_preferred)."""
-    rate = _pick(table, "behavior_rate")
+    rate = pick(table, "behavior_rate")
     if rate.empty:
         return None
-    pp = _pick(table, "p_preferred")[keys + ["value"]].rename(columns={"value": "pp"})
+    pp = pick(table, "p_preferred")[keys + ["value"]].rename(columns={"value": "pp"})
     ranked = rate.merge(pp, on=keys, how="left").sort_values(["value", "pp"], ascending=False)
     return ranked.iloc[0]
 
@@ -132,35 +53,42 @@ def _family_rows(table: pd.DataFrame, setup: str) -> list[dict[str, Any]]:
     return rows
 
 
+def effective_count(n_real: Any, dream_k: int, n_corrections: int) -> int:
+    """Training examples of a run: n_real corrections plus dream_k dreams each."""
+    n = n_corrections if str(n_real) == "all" else int(n_real)
+    return n * (1 + int(dream_k))
+
+
 def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir: Path, steering_csv: Path,
                  icl_csv: Path, dreams_report: Path, data_report: Path, benchmarks: list[str], out: Path) -> None:
     threshold = params["forecast"]["flip_threshold"]
+    max_steps = params["train"]["max_steps"]
     study = pd.concat([read_csv(p) for p in metrics_paths], ignore_index=True)
+    study["n_real"] = study.n_real.astype(str)
     transitions = read_csv(forecast_dir / "transitions.csv")
     forecasts = read_csv(forecast_dir / "forecasts.csv")
     quality = read_csv(forecast_dir / "forecast_quality.csv")
     steer, icl = read_csv(steering_csv), read_csv(icl_csv)
     dreams, data = read_json(dreams_report), read_json(data_report)
 
-    write_csv(out / "study_metrics.csv", study)
+    write_csv(out / "study_metrics.csv", study)  # the combined tidy table: every run, step, family, metric
     curves = study[(study.family == ID) & study.metric.isin(["behavior_rate", "p_preferred", "margin"])]
     wide = curves.pivot_table(index=["run_id", "step"], columns="metric", values="value").reset_index()
     write_csv(out / "curves.csv", wide)
     for run_id, run in wide.groupby("run_id"):  # one file per run: a `dvc plots` series each
         write_csv(out / "plots" / f"{run_id}.csv", run.drop(columns="run_id"))
-    curves_figure(study, transitions, forecasts, threshold, out / "curves.png")
-    steering_figure(steer, out / "steering.png")
-    icl_figure(icl, out / "icl.png")
 
     base = study[study.step == 0].drop_duplicates(["family", "metric"])
     trained = study[(study.step > 0) & (~study.control.astype(bool))]
     best_ckpt = _best(trained, ["run_id", "step"])
-    best_steer = _best(steer[steer.layer >= 0], ["layer", "multiplier"])
-    best_icl = _best(icl, ["k"])
+    best_steer = _best(steer[steer.layer >= 0], ["training_set", "layer", "multiplier"])
+    best_icl = _best(icl[icl.k > 0], ["k"])
     comparison = _family_rows(base, "base model")
     if best_steer is not None:
-        sel = steer[(steer.layer == best_steer.layer) & (steer.multiplier == best_steer.multiplier)]
-        comparison += _family_rows(sel, f"steering L{int(best_steer.layer)} x{best_steer.multiplier:g}")
+        sel = steer[(steer.training_set == best_steer.training_set) & (steer.layer == best_steer.layer)
+                    & (steer.multiplier == best_steer.multiplier)]
+        comparison += _family_rows(sel, f"steering {best_steer.training_set} L{int(best_steer.layer)} "
+                                        f"x{best_steer.multiplier:g}")
     if best_icl is not None:
         comparison += _family_rows(icl[icl.k == best_icl.k], f"ICL k={int(best_icl.k)}")
     if best_ckpt is not None:
@@ -168,117 +96,238 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
         comparison += _family_rows(sel, f"LoRA {best_ckpt.run_id} step {int(best_ckpt.step)}")
     comp = pd.DataFrame(comparison)
     write_csv(out / "comparison.csv", comp)
-    family_figure(comp, out / "families.png")
+
+    figures.curves_figure(study, transitions, forecasts, threshold, out / "curves.png")
+    figures.all_metrics_figure(study, out / "all_metrics.png")
+    figures.phase_diagram(transitions, max_steps, out / "phase_diagram.png")
+    figures.dreams_figure(study, out / "dreams.png")
+    figures.families_figure(comp, out / "families.png")
+    figures.steering_figure(steer, out / "steering.png")
+    figures.icl_figure(icl, out / "icl.png")
+    figures.forecast_figure(forecasts, max_steps, out / "forecast.png")
 
     bench = pd.concat([read_csv(b, sep="\t").assign(job=Path(b).stem) for b in benchmarks], ignore_index=True) \
         if benchmarks else pd.DataFrame()
     if len(bench):
         write_csv(out / "stage_costs.csv", bench[["job", "s", "max_rss"]])
 
-    base_rate = _pick(base, "behavior_rate")
-    metrics_json = {
+    base_rate = pick(base, "behavior_rate")
+    write_json(out / "metrics.json", {
         "base_behavior_rate": float(base_rate.value.iloc[0]) if len(base_rate) else None,
         "best_checkpoint_behavior_rate": float(best_ckpt.value) if best_ckpt is not None else None,
         "runs_flipped": int(transitions.flipped.sum()), "runs": len(transitions),
-    }
-    write_json(out / "metrics.json", metrics_json)
-    write_text(out / "summary.md", _summary(params, study, base, transitions, quality, comp, best_ckpt,
-                                            best_steer, best_icl, icl, dreams, data, bench, threshold))
+        "study_seconds": float(bench.s.sum()) if len(bench) else None,
+    })
+    ctx = dict(params=params, study=study, base=base, transitions=transitions, quality=quality, comp=comp,
+               best_ckpt=best_ckpt, best_steer=best_steer, steer=steer, icl=icl, dreams=dreams, data=data,
+               bench=bench, threshold=threshold, max_steps=max_steps)
+    sections: list[Callable[..., list[str]]] = [_header, _q1_q2, _q3, _q4, _q5, _q6, _costs]
+    write_text(out / "summary.md", "\n".join(line for section in sections for line in section(**ctx)) + "\n")
 
 
-def _summary(params: dict[str, Any], study: pd.DataFrame, base: pd.DataFrame, transitions: pd.DataFrame,
-             quality: pd.DataFrame, comp: pd.DataFrame, best_ckpt: Any, best_steer: Any, best_icl: Any,
-             icl: pd.DataFrame, dreams: dict[str, Any], data: dict[str, Any], bench: pd.DataFrame,
-             threshold: float) -> str:
+def _header(params: dict[str, Any], base: pd.DataFrame, data: dict[str, Any], threshold: float,
+            **_: Any) -> list[str]:
+    limit = params["eval"]["max_scenarios_per_family"]
+    per_family = ", ".join(f"{n} ({f})" for f, n in limit.items()) if isinstance(limit, dict) else str(limit or "all")
     L = [f"# phaseflip report — study `{params['study']['name']}`", "",
-         f"Model `{params['model']['name']}`, behavior `{params['behavior']['name']}`. "
-         f"Flip threshold (pre-registered): behavior_rate interval above {threshold}. "
-         f"Data: {data['corrections']} corrections ({data['rejected_filled']} `rejected` filled from the base "
-         f"model), {data['eval']} eval scenarios, {data['retention']} retention prompts; evaluation used up to "
-         f"{_per_family(params['eval']['max_scenarios_per_family'])} scenarios per family x "
-         f"{params['eval']['n_samples']} samples. Intervals are Wilson 95% (rates) or ±1.96 s.e. (means).", "",
-         "## Base model (step 0) per family", "", "| family | behavior_rate | p_preferred | coherence |",
-         "|---|---|---|---|"]
-    for family in sorted(base.family.unique()):
-        cell = {m: _pick(base, m, family) for m in ["behavior_rate", "p_preferred", "coherence"]}
+         f"Model `{params['model']['name']}`, behavior `{params['behavior']['name']}`. Flip threshold "
+         f"(pre-registered): the {ID} behavior_rate's Wilson 95% interval lies above {threshold}. Data: "
+         f"{data['corrections']} corrections ({data['rejected_filled']} `rejected` filled from the base model), "
+         f"{data['eval']} eval scenarios, {data['retention']} retention prompts; evaluation used up to "
+         f"{per_family} scenarios per family x {params['eval']['n_samples']} samples at temperature "
+         f"{params['eval']['temperature']}. Intervals: Wilson 95% (rates), ±1.96 s.e. (means).", "",
+         "## Base model (step 0): base rate per family", "",
+         "| family | behavior_rate | p_preferred | margin | coherence |", "|---|---|---|---|---|"]
+    for family in sorted(base.family.unique(), key=lambda f: (f != ID, f != "all", f)):
+        cells = [pick(base, m, family) for m in ["behavior_rate", "p_preferred", "margin", "coherence"]]
         L.append(f"| {family} | " + " | ".join(
-            _fmt(c.value.iloc[0], c.lo.iloc[0], c.hi.iloc[0]) if len(c) else "n/a" for c in cell.values()) + " |")
+            _fmt(c.value.iloc[0], c.lo.iloc[0], c.hi.iloc[0]) if len(c) else "n/a" for c in cells) + " |")
+    return L
 
-    L += ["", "## Q1/Q2 — Does the behavior flip, where, and how sharply?", "",
-          "| run | lr | n_real | dream_k | status | transition step | grad-norm peak | dissimilarity peak "
-          "| change point |", "|---|---|---|---|---|---|---|---|---|"]
+
+def _q1_q2(study: pd.DataFrame, transitions: pd.DataFrame, best_ckpt: Any, max_steps: int,
+           **_: Any) -> list[str]:
+    L = ["", "## Q1 — How many corrections, at which learning rate, flip the behavior?", "",
+         "Transition step per run (`phase_diagram.png`, `curves.png`); lags are transition step minus the "
+         "earlier signal's step.", "",
+         "| run | lr | n_real | dream_k | status | transition | grad-norm peak (lag) | dissimilarity peak (lag) "
+         "| change point (lag) |", "|---|---|---|---|---|---|---|---|---|"]
     for t in transitions.itertuples():
-        flip = int(t.transition_step) if t.flipped else "no flip"
+        flip = _int(t.transition_step) if t.flipped else f"no flip by {max_steps}"
         L.append(f"| {t.run_id} | {t.lr:g} | {t.n_real} | {t.dream_k} | {t.status} | {flip} | "
-                 f"{_int(t.grad_norm_peak_step)} | {_int(t.dissimilarity_peak_step)} | {_int(t.change_point_step)} |")
-    L += ["", "Behavior rate vs step (in-distribution), per run:", ""]
+                 f"{_int(t.grad_norm_peak_step)} ({_int(t.lag_grad_norm_peak)}) | "
+                 f"{_int(t.dissimilarity_peak_step)} ({_int(t.lag_dissimilarity_peak)}) | "
+                 f"{_int(t.change_point_step)} ({_int(t.lag_change_point)}) |")
+    real = transitions[~transitions.control.astype(bool)]
+    flipped = real[real.flipped.astype(bool)]
+    ns = sorted({str(n) for n in real.n_real})
+    L += ["", f"{len(flipped)} of {len(real)} real runs flipped within {max_steps} steps"
+          + (f"; the earliest at step {_int(flipped.transition_step.min())} "
+             f"({flipped.loc[flipped.transition_step.idxmin()].run_id})." if len(flipped) else ".")]
+    L.append(f"This grid covers n_real in {{{', '.join(ns)}}}: the design's 0–10 / 10–50 / 50–200 zones can "
+             + ("only be probed where the grid has points; zones without runs are not claimed."
+                if len(ns) < 3 else "be read off the phase diagram."))
+    L += ["", "Curves (in-distribution; behavior_rate / p_preferred / margin by step):", ""]
     for run_id, run in study.groupby("run_id"):
-        c = _pick(run, "behavior_rate").sort_values("step")
-        pp = _pick(run, "p_preferred").sort_values("step")
-        L.append(f"- `{run_id}`: behavior_rate " + ", ".join(f"{int(s)}:{v:.2f}" for s, v in zip(c.step, c.value,
-                 strict=True)) + "; p_preferred " + ", ".join(f"{int(s)}:{v:.2f}" for s, v in
-                 zip(pp.step, pp.value, strict=True)))
-    L += ["", "Mirage check: compare the binary `behavior_rate` curve with the continuous `p_preferred` and "
-          "`margin` curves in `curves.png`; a step in the binary metric over a smooth continuous rise points "
-          "to a threshold artifact rather than a sharp change in the model.", ""]
+        parts = []
+        for metric in ["behavior_rate", "p_preferred", "margin"]:
+            c = pick(run, metric).sort_values("step")
+            parts.append(f"{metric} " + ", ".join(f"{int(s)}:{v:.2f}" for s, v in zip(c.step, c.value, strict=True)))
+        L.append(f"- `{run_id}`: " + "; ".join(parts))
     if best_ckpt is not None:
-        L.append(f"Best LoRA checkpoint (chosen on {ID}): `{best_ckpt.run_id}` step {int(best_ckpt.step)}, "
-                 f"behavior_rate {_fmt(best_ckpt.value, best_ckpt.lo, best_ckpt.hi)}.")
-    L += ["", "## Q3 — Dreams", "",
-          f"Template dreams: {dreams['counts'].get('kept', 0)} kept of {dreams['counts'].get('generated', 0)} "
-          f"generated (acceptance {dreams.get('acceptance_rate')}); dropped: "
-          + (", ".join(f"{k[8:]} {v}" for k, v in dreams["counts"].items() if k.startswith("dropped_")) or "none")
-          + f"; {dreams['diversity']['distinct_scenarios']} distinct vocabulary scenarios.", ""]
-    dream_runs = transitions[(transitions.dream_k > 0) & ~transitions.control.astype(bool)]
-    L.append("Runs with dreams in this study: " + (", ".join(dream_runs.run_id) if len(dream_runs) else
-             "none — the grid has dream_k=[0] only, so real vs dream examples cannot be compared from this study "
-             "(run the `full` preset or `--config train__dream_k=[0,10]`)."))
+        L += ["", f"Best LoRA checkpoint (chosen on {ID}): `{best_ckpt.run_id}` step {int(best_ckpt.step)}, "
+                  f"behavior_rate {_fmt(best_ckpt.value, best_ckpt.lo, best_ckpt.hi)}."]
+    L += ["", "## Q2 — Sharp or smooth? The mirage check", "",
+          "Sharpness = the steepest slope between neighbouring checkpoints / the average slope over the run "
+          "(1 = a straight line; the number of checkpoints - 1 at most = a single jump).", "",
+          "| run | behavior_rate (binary) | p_preferred | margin | reading |", "|---|---|---|---|---|"]
+    for t in transitions.itertuples():
+        b, p, m = t.sharpness_behavior_rate, t.sharpness_p_preferred, t.sharpness_margin
+        cont = [v for v in (p, m) if v is not None and not math.isnan(v)]
+        if b is None or math.isnan(b) or not cont:
+            reading = "no net change to compare"
+        elif b > 2 * max(cont):
+            reading = "binary much sharper than continuous: the sharpness is largely the yes/no metric (mirage)"
+        else:
+            reading = "continuous metrics about as sharp: a real change in the model"
+        L.append(f"| {t.run_id} | {_fmt(b)} | {_fmt(p)} | {_fmt(m)} | {reading} |")
+    return L
+
+
+def _q3(transitions: pd.DataFrame, study: pd.DataFrame, dreams: dict[str, Any], data: dict[str, Any],
+        **_: Any) -> list[str]:
+    counts = dreams.get("counts", {})
+    L = ["", "## Q3 — Do dreams multiply the corrections?", "",
+         "Dream report: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + "."]
+    if "diversity" in dreams:
+        L.append("Diversity: " + ", ".join(f"{k} {v}" for k, v in dreams["diversity"].items()) + ".")
+    real = transitions[~transitions.control.astype(bool)].copy()
+    n_corr = int(data["corrections"])
+    real["effective"] = [effective_count(n, k, n_corr) for n, k in zip(real.n_real, real.dream_k, strict=True)]
+    with_dreams = real[real.dream_k > 0]
+    if not len(with_dreams):
+        L.append("No run in this grid trains on dreams (train.dream_k=[0]), so real vs dreams cannot be compared "
+                 "from this study: add `train__dream_k=[0,10]` (or run `study=full`).")
+        return L
+    L += ["", "Runs at equal effective example count (n_real x (1 + dream_k)), same lr and seed:", "",
+          "| effective | lr | real-only run | its transition | real+dreams run | its transition |",
+          "|---|---|---|---|---|---|"]
+    pairs = 0
+    for d in with_dreams.itertuples():
+        match = real[(real.dream_k == 0) & (real.effective == d.effective) & (real.lr == d.lr)
+                     & (real.seed == d.seed)]
+        for r in match.itertuples():
+            pairs += 1
+            L.append(f"| {d.effective} | {d.lr:g} | {r.run_id} | {_int(r.transition_step) if r.flipped else 'no flip'}"
+                     f" | {d.run_id} | {_int(d.transition_step) if d.flipped else 'no flip'} |")
+    if not pairs:
+        L.append("| – | – | no real-only run with the same effective count | | | |")
+    final = pick(study[study.dream_k > 0], "behavior_rate")
+    last = final[final.step == final.step.max()]
+    for r in last.itertuples():
+        L.append(f"\n`{r.run_id}` ends at behavior_rate {_fmt(r.value, r.lo, r.hi)} (step {int(r.step)}).")
+    return L
+
+
+def _q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: Any, **_: Any) -> list[str]:
     families = sorted(comp.family.unique(), key=lambda f: (f != ID, f != "all", f))
-    L += ["", "## Q4 — Steering and in-context examples vs LoRA", "",
-          "behavior_rate per family (Wilson 95%); each setup's best setting chosen on in_distribution:", "",
-          "| setup | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+    L = ["", "## Q4 — Steering and in-context examples vs LoRA", "",
+         f"behavior_rate per family (Wilson 95%); each setup's best setting chosen on {ID} only, other families "
+         "reported as found (no selection on them):", "",
+         "| setup | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
     for setup, grp in comp.groupby("setup", sort=False):
         cells = grp.set_index("family")
         L.append(f"| {setup} | " + " | ".join(
             _fmt(cells.behavior_rate[f], cells.lo[f], cells.hi[f]) if f in cells.index else "n/a" for f in families)
             + " |")
-    if best_icl is not None:
-        rates = _pick(icl, "behavior_rate").sort_values("k")
-        L.append("")
-        L.append("ICL behavior_rate by k: " + ", ".join(f"k={int(k)}: {_fmt(v, lo, hi)}" for k, v, lo, hi in
-                 zip(rates.k, rates.value, rates.lo, rates.hi, strict=True)) + ".")
-    L += ["", "Settings were picked on the in-distribution family only; other families are reported as found.", "",
-          "## Q5 — Generalization and cost elsewhere", ""]
-    if best_ckpt is not None:
-        sel = study[(study.run_id == best_ckpt.run_id) & (study.step == best_ckpt.step)]
-        for metric in ["retention_kl", "retention_loss"]:
-            v, b = _pick(sel, metric, "all"), _pick(base, metric, "all")
-            if len(v) and len(b):
-                L.append(f"- {metric}: base {_fmt(b.value.iloc[0], digits=3)} → best checkpoint "
-                         f"{_fmt(v.value.iloc[0], digits=3)}")
-    L += ["", "## Q6 — Forecast", "", "| method | cutoff | runs flipped | forecasts made | median rel. error | "
-          "coverage | false alarms (never-flipping runs) |", "|---|---|---|---|---|---|---|"]
+    swept = steer[steer.layer >= 0]
+    if len(swept):
+        L += ["", "Steering, best setting per training set (on in_distribution):", ""]
+        for tset, grp in swept.groupby("training_set"):
+            b = _best(grp, ["layer", "multiplier"])
+            if b is not None:
+                coh = pick(grp[(grp.layer == b.layer) & (grp.multiplier == b.multiplier)], "coherence")
+                L.append(f"- {tset}: layer {int(b.layer)} x{b.multiplier:g}: behavior_rate {_fmt(b.value, b.lo, b.hi)}"
+                         f", coherence {_fmt(coh.value.iloc[0]) if len(coh) else 'n/a'} "
+                         f"({grp[['layer', 'multiplier']].drop_duplicates().shape[0]} settings swept)")
+    rates = pick(icl, "behavior_rate").sort_values("k")
+    if len(rates):
+        L += ["", "ICL behavior_rate by k: " + ", ".join(
+            f"k={int(k)}: {_fmt(v, lo, hi)}" for k, v, lo, hi in zip(rates.k, rates.value, rates.lo, rates.hi,
+                                                                    strict=True)) + "."]
+    lora = comp[comp.setup.str.startswith("LoRA") & (comp.family == ID)]
+    others = comp[~comp.setup.str.startswith("LoRA") & (comp.family == ID) & (comp.setup != "base model")]
+    if len(lora) and len(others):
+        l_lo = float(lora.lo.iloc[0])
+        beaten = [s for s, hi in zip(others.setup, others.hi, strict=True) if hi < l_lo]
+        L.append("\nAnswer: " + (f"LoRA's best in-distribution rate is above {', '.join(beaten)} with "
+                                 "non-overlapping intervals; training is needed here."
+                                 if len(beaten) == len(others) else
+                                 "at least one training-free baseline's interval overlaps LoRA's best: "
+                                 "the data do not show that training is needed."))
+    return L
+
+
+def _q5(study: pd.DataFrame, base: pd.DataFrame, best_ckpt: Any, comp: pd.DataFrame, **_: Any) -> list[str]:
+    L = ["", "## Q5 — Beyond the training format, and the cost elsewhere", ""]
+    if best_ckpt is None:
+        return L + ["No trained checkpoint to compare."]
+    lora = comp[comp.setup.str.startswith("LoRA")].set_index("family")
+    base_rows = comp[comp.setup == "base model"].set_index("family")
+    L += [f"Best checkpoint `{best_ckpt.run_id}` step {int(best_ckpt.step)} vs base, behavior_rate per family "
+          "(`families.png`):", "", "| family | base | best checkpoint | change |", "|---|---|---|---|"]
+    for family in sorted(lora.index, key=lambda f: (f != ID, f != "all", f)):
+        b, c = base_rows.loc[family], lora.loc[family]
+        moved = "up" if c.lo > b.hi else "down" if c.hi < b.lo else "no clear change"
+        L.append(f"| {family} | {_fmt(b.behavior_rate, b.lo, b.hi)} | {_fmt(c.behavior_rate, c.lo, c.hi)} | {moved} |")
+    L.append("\n(`inverted`: the user asks for alternatives, so the behavior there is offering them; a drop means "
+             "the model over-applies 'no alternatives'.)")
+    sel = study[(study.run_id == best_ckpt.run_id) & (study.step == best_ckpt.step)]
+    L.append("")
+    for metric in ["retention_kl", "retention_loss"]:
+        v, b = pick(sel, metric, "all"), pick(base, metric, "all")
+        if len(v) and len(b):
+            L.append(f"- {metric}: base {_fmt(b.value.iloc[0], digits=3)} → best checkpoint "
+                     f"{_fmt(v.value.iloc[0], digits=3)}")
+    return L
+
+
+def _q6(quality: pd.DataFrame, transitions: pd.DataFrame, **_: Any) -> list[str]:
+    L = ["", "## Q6 — Can the flip be forecast from early checkpoints?", "",
+         "Each forecast sees only checkpoints up to the cutoff (a fraction of the steps before the actual "
+         "transition; never-flipping runs: the same fraction of max_steps). `logistic` fits the continuous "
+         "metric and finds where it reaches the flip's level (calibrated on the other runs); the others are "
+         "baselines. `forecast.png` plots forecast vs actual.", "",
+         "| method | cutoff | runs flipped | forecasts made | median rel. error | interval coverage | mean lead "
+         "(steps) | false alarms (never-flipping runs) |", "|---|---|---|---|---|---|---|---|"]
     for q in quality.itertuples():
         L.append(f"| {q.method} | {q.cutoff_fraction:g} | {q.runs_flipped} | {q.forecasts_made} | "
-                 f"{_fmt(q.median_relative_error)} | {_fmt(q.interval_coverage)} | {q.false_alarms} of "
-                 f"{q.runs_never_flipped} |")
-    if not transitions.flipped.any():
-        L.append("\nNo run flipped, so forecast accuracy cannot be measured in this study; only false alarms can.")
-    if len(bench):
-        L += ["", "## Cost per stage", "", "| job | wall s | peak RSS MB |", "|---|---|---|"]
-        for r in bench.itertuples():
-            L.append(f"| {r.job} | {r.s:.1f} | {r.max_rss:.0f} |")
-        L.append(f"| total | {bench.s.sum():.1f} | |")
-    L += ["", "Figures: `curves.png`, `steering.png`, `icl.png`, `families.png`. Tables: `study_metrics.csv`, "
-          "`comparison.csv`, `../forecast/*.csv`."]
-    return "\n".join(L) + "\n"
+                 f"{_fmt(q.median_relative_error)} | {_fmt(q.interval_coverage)} | {_fmt(q.mean_lead_time, digits=1)}"
+                 f" | {q.false_alarms} of {q.runs_never_flipped} |")
+    flipped = int(transitions.flipped.sum())
+    if not flipped:
+        return L + ["", "No run flipped, so forecast accuracy cannot be measured in this study; only false alarms "
+                        "can."]
+    score = quality.assign(err=quality.median_relative_error.fillna(math.inf),
+                           missed=quality.runs_flipped - quality.forecasts_made)
+    per_method = score.groupby("method").agg(err=("err", "median"), missed=("missed", "sum"),
+                                             alarms=("false_alarms", "sum"))
+    winner = per_method.sort_values(["err", "alarms", "missed"]).index[0]
+    w = per_method.loc[winner]
+    L += ["", f"Winner: `{winner}` (median over cutoffs of the median relative error {_fmt(w.err)}, "
+              f"{int(w.missed)} missed forecasts, {int(w.alarms)} false alarms). "
+              + (f"Only {flipped} run(s) flipped: these figures rest on very few transitions and are not a "
+                 "general claim." if flipped < 5 else "")]
+    return L
 
 
-def _per_family(limit: Any) -> str:
-    if isinstance(limit, dict):
-        return ", ".join(f"{n} ({family})" for family, n in limit.items())
-    return "all" if limit is None else str(limit)
-
-
-def _int(value: Any) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else str(int(value))
+def _costs(bench: pd.DataFrame, **_: Any) -> list[str]:
+    if not len(bench):
+        return []
+    L = ["", "## Cost per stage", "", "| job | wall s | peak RSS MB |", "|---|---|---|"]
+    for r in bench.itertuples():
+        L.append(f"| {r.job} | {r.s:.1f} | {r.max_rss:.0f} |")
+    L += [f"| total | {bench.s.sum():.1f} | {bench.max_rss.max():.0f} (max) |", "",
+          "Figures: " + ", ".join(f"`{f}.png`" for f in FIGURES) + ". Tables: `study_metrics.csv` (every run, "
+          "step, family, metric), `comparison.csv`, `stage_costs.csv`, `../forecast/*.csv`."]
+    return L

@@ -3,15 +3,14 @@
 - `render_prompt`: chat turns -> prompt text (chat template, or plain text for `prompt_format: plain`)
 - `encode_reply`: prompt + reply -> token ids with labels on the reply tokens only
 - `score_replies`: per-reply log-prob sums and token counts, in padded batches
-- `generate`: sampled (or greedy) replies, in left-padded batches
-- `probe`: next-token log-probs and hidden states at the last prompt position
+- `sample_replies`: n sampled (or greedy) replies per prompt from one shared prompt encoding, plus
+  the `probe` (next-token log-probs and hidden states at the last prompt position) from that encoding
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -123,6 +122,18 @@ def score_replies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
     return ReplyScores(sums, counts)
 
 
+def _left_pad_ids(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    width = max(len(i) for i in ids)
+    out = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, seq in enumerate(ids):  # left padding: every prompt ends at the same column
+        out[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+    return out.to(device), mask.to(device)
+
+
 @torch.no_grad()
 def score_reply_pairs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
                       replies: Sequence[Sequence[str]], batch_size: int,
@@ -138,14 +149,8 @@ def score_reply_pairs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        prompt_ids = [tokenizer(prompts[i], add_special_tokens=False).input_ids for i in idx]
-        width = max(len(p) for p in prompt_ids)
-        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, p in enumerate(prompt_ids):  # left padding: every prompt ends at the same column
-            ids[row, width - len(p):] = torch.tensor(p)
-            mask[row, width - len(p):] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        ids, mask = _left_pad_ids(tokenizer, [prompts[i] for i in idx], device)
+        width = ids.shape[1]
         prompt_out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                            use_cache=True, logits_to_keep=1)
         cache, last_logp = prompt_out.past_key_values, torch.log_softmax(prompt_out.logits[:, -1].float(), -1)
@@ -166,51 +171,91 @@ def score_reply_pairs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     return out
 
 
-def _left_pad(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-              device: torch.device) -> dict[str, torch.Tensor]:
-    tokenizer.padding_side = "left"
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-    return {k: v.to(device) for k, v in enc.items()}
-
-
-@torch.no_grad()
-def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-             max_new_tokens: int, batch_size: int, temperature: float | None = None,
-             seed: int = 0) -> list[str]:
-    """Replies to each prompt: greedy when temperature is None, else sampled with a fixed seed."""
-    device = next(model.parameters()).device
-    replies: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = _left_pad(tokenizer, prompts[start : start + batch_size], device)
-        torch.manual_seed(seed + start)  # same seed per batch position: common random numbers
-        kwargs = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature else {"do_sample": False}
-        out = cast(Any, model).generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **kwargs)
-        new = out[:, batch["input_ids"].shape[1]:]
-        replies += tokenizer.batch_decode(new, skip_special_tokens=True)
-    return [r.strip() for r in replies]
-
-
 @dataclass
 class ProbeResult:
     next_token_logprobs: torch.Tensor  # (n, vocab) at the last prompt position
     hidden: dict[int, torch.Tensor]  # layer -> (n, d) residual stream after that decoder block
 
 
+@dataclass
+class Samples:
+    replies: list[list[str]]  # replies[i]: the n replies to prompt i
+    probe: ProbeResult  # what the model does at the end of each prompt (from the same forward pass)
+    new_tokens: int  # tokens generated, for throughput figures
+
+
+@torch.no_grad()
+def sample_replies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], n: int,
+                   max_new_tokens: int, batch_size: int, temperature: float | None = None, seed: int = 0,
+                   layers: Sequence[int] = ()) -> Samples:
+    """n replies per prompt (sampled at `temperature`, greedy if None), plus the probe of each prompt.
+
+    Each prompt is encoded once and its KV cache copied for its n samples (HF `generate` re-encodes a
+    prompt per returned sequence), and that same forward pass yields the probe: next-token log-probs
+    and hidden states where the reply starts. `batch_size` bounds the rows decoded together (prompts x n).
+    Seeded per batch with its own generator, so the same config gives the same replies.
+    """
+    device = next(model.parameters()).device
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    per_batch = max(1, batch_size // n)
+    replies: list[list[str]] = []
+    logps: list[torch.Tensor] = []
+    hidden: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    new_tokens = 0
+    for start in range(0, len(prompts), per_batch):
+        ids, mask = _left_pad_ids(tokenizer, prompts[start : start + per_batch], device)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=True, logits_to_keep=1, output_hidden_states=bool(layers))
+        last = out.logits[:, -1].float()
+        logps.append(torch.log_softmax(last, dim=-1).cpu())
+        for layer in layers:  # hidden_states[0] is the embedding output; block L's output is [L + 1]
+            hidden[layer].append(out.hidden_states[layer + 1][:, -1].float().cpu())
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(n)
+        mask, last = mask.repeat_interleave(n, dim=0), last.repeat_interleave(n, dim=0)
+        position = mask.sum(dim=1, keepdim=True)
+        generator = torch.Generator(device=device).manual_seed(seed + start)
+        done = torch.zeros(len(mask), dtype=torch.bool, device=device)
+        tokens = []
+        for _ in range(max_new_tokens):
+            if temperature:
+                probs = torch.softmax(last / temperature, dim=-1)
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            else:
+                token = last.argmax(dim=-1)
+            token = torch.where(done, torch.full_like(token, pad), token)
+            tokens.append(token)
+            done |= token == eos
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            last = model(input_ids=token[:, None], attention_mask=mask, position_ids=position,
+                         past_key_values=cache, use_cache=True).logits[:, -1].float()
+            position = position + 1
+        rows = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(len(mask))]
+        texts = []
+        for row in rows:
+            row = row[: row.index(eos)] if eos in row else row
+            new_tokens += len(row)
+            texts.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+        replies += [texts[i * n : (i + 1) * n] for i in range(len(texts) // n)]
+    probe_result = ProbeResult(torch.cat(logps), {k: torch.cat(v) for k, v in hidden.items()})
+    return Samples(replies, probe_result, new_tokens)
+
+
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+             max_new_tokens: int, batch_size: int, temperature: float | None = None,
+             seed: int = 0) -> list[str]:
+    """One reply per prompt: greedy when temperature is None, else sampled with a fixed seed."""
+    samples = sample_replies(model, tokenizer, prompts, 1, max_new_tokens, batch_size, temperature, seed)
+    return [r[0] for r in samples.replies]
+
+
 @torch.no_grad()
 def probe(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
           batch_size: int, layers: Sequence[int] = ()) -> ProbeResult:
     """Next-token distribution and hidden states where the reply would start."""
-    device = next(model.parameters()).device
-    logps, hidden = [], {layer: [] for layer in layers}  # type: ignore[var-annotated]
-    for start in range(0, len(prompts), batch_size):
-        batch = _left_pad(tokenizer, prompts[start : start + batch_size], device)
-        out = model(**batch, output_hidden_states=bool(layers))
-        logps.append(torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu())
-        for layer in layers:
-            # hidden_states[0] is the embedding output; block L's output is hidden_states[L + 1].
-            hidden[layer].append(out.hidden_states[layer + 1][:, -1].float().cpu())
-    return ProbeResult(torch.cat(logps), {k: torch.cat(v) for k, v in hidden.items()})
+    return sample_replies(model, tokenizer, prompts, 1, 0, batch_size, layers=layers).probe
 
 
 @torch.no_grad()

@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from steering_vectors import SteeringVector, train_steering_vector
+from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from phaseflip.config import SteeringConfig
 from phaseflip.data import Example
 from phaseflip.evaluate import Evaluator, Row
-from phaseflip.io import DataError, atomic_path
+from phaseflip.io import DataError, atomic_path, read_safetensors_with_metadata
 from phaseflip.scoring import prompt_of, reply_suffix
 
 
@@ -62,12 +62,8 @@ def save_vector(vector: SteeringVector, path: str | Path, meta: dict[str, Any]) 
 
 
 def load_vector(path: str | Path) -> tuple[SteeringVector, dict[str, Any]]:
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-            acts = {int(k.split("_", 1)[1]): fh.get_tensor(k) for k in fh.keys()}
-    except Exception as err:
-        raise DataError(f"{path}: cannot read steering vector ({err}); rerun rule steering") from err
+    tensors, meta = read_safetensors_with_metadata(path, "steering vector")
+    acts = {int(k.split("_", 1)[1]): v for k, v in tensors.items()}
     layer_type = meta.pop("layer_type", "decoder_block")
     return SteeringVector(acts, layer_type), {k: json.loads(v) for k, v in meta.items()}  # type: ignore[arg-type]
 
@@ -78,16 +74,19 @@ def single_layer(vector: SteeringVector, layer: int) -> SteeringVector:
 
 def sweep(model: PreTrainedModel, vector: SteeringVector, evaluator: Evaluator,
           multipliers: list[float]) -> list[Row]:
-    """Base model (multiplier 0) then every (layer, multiplier); the model is restored after each."""
-    rows = [dict(r, layer=-1, multiplier=0.0) for r in evaluator.evaluate(model, step=0, is_base=True)]
-    for layer in sorted(vector.layer_activations):
-        for mult in multipliers:
-            handle = single_layer(vector, layer).patch_activations(model, multiplier=mult)
-            evaluator.previous = None  # dissimilarity is between checkpoints, not between settings
-            try:
-                rows += [dict(r, layer=layer, multiplier=mult) for r in evaluator.evaluate(model, step=0)]
-            finally:
-                handle.remove()
+    """Every (layer, multiplier), scored like a checkpoint; the model is restored after each.
+
+    Multiplier 0 is the base model: its rows come from the `evaluate_base` job, not from here.
+    """
+    rows: list[Row] = []
+    settings = [(layer, mult) for layer in sorted(vector.layer_activations) for mult in multipliers if mult != 0]
+    for layer, mult in tqdm(settings, desc="steering sweep", unit="setting"):
+        handle = single_layer(vector, layer).patch_activations(model, multiplier=mult)
+        evaluator.previous = None  # dissimilarity is between checkpoints, not between settings
+        try:
+            rows += [dict(r, layer=layer, multiplier=mult) for r in evaluator.evaluate(model, step=0)]
+        finally:
+            handle.remove()
     return rows
 
 

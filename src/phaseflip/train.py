@@ -26,13 +26,13 @@ import pandas as pd
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from phaseflip.config import LoraConfig, TrainConfig
 from phaseflip.data import Example
-from phaseflip.io import DataError, read_csv, write_csv, write_json
+from phaseflip.io import DataError, read_csv, read_safetensors, write_csv, write_json, write_text
 from phaseflip.scoring import IGNORE, encode_reply, pad_batch, prompt_of, reply_token_logprobs
 
 
@@ -44,18 +44,18 @@ class RunSpec:
     n_real: int | str
     dream_k: int
     seed: int
-    control: bool = False
+    control: str | None = None  # the negative control's kind ("irrelevant", "shuffled"); None for real runs
 
     @property
     def run_id(self) -> str:
-        prefix = "control_" if self.control else ""
+        prefix = f"control-{self.control}_" if self.control else ""
         return f"{prefix}lr{self.lr:.0e}_n{self.n_real}_k{self.dream_k}_s{self.seed}"
 
 
 def grid(cfg: TrainConfig) -> list[RunSpec]:
     runs = [RunSpec(lr, n, k, s) for lr in cfg.lrs for n in cfg.n_real for k in cfg.dream_k for s in cfg.seeds]
     if cfg.negative_control.enabled:
-        runs.append(RunSpec(cfg.negative_control.lr, "all", 0, cfg.seeds[0], control=True))
+        runs.append(RunSpec(cfg.negative_control.lr, "all", 0, cfg.seeds[0], control=cfg.negative_control.kind))
     return runs
 
 
@@ -66,11 +66,13 @@ def parse_run_id(run_id: str, cfg: TrainConfig) -> RunSpec:
     raise DataError(f"run id {run_id!r} is not in the configured grid")
 
 
-def training_examples(spec: RunSpec, corrections: list[Example], dreams: list[Example]) -> list[Example]:
+def training_examples(spec: RunSpec, corrections: list[Example], dreams: list[Example],
+                      unrelated: list[str] | None = None) -> list[Example]:
     """The run's training set: n_real corrections (seeded choice), their first dream_k dreams each.
 
-    A negative control keeps the prompts but gives each one another example's reply (a derangement),
-    so it trains on as many examples with the wrong pairing.
+    A negative control keeps the prompts and the example count but breaks the prompt-reply link:
+    `irrelevant` replaces each reply with an unrelated text (`unrelated`, e.g. the retention set),
+    `shuffled` gives each prompt another example's reply (a derangement).
     """
     rng = random.Random(spec.seed)
     chosen = list(corrections)
@@ -80,13 +82,18 @@ def training_examples(spec: RunSpec, corrections: list[Example], dreams: list[Ex
     for d in dreams:
         by_parent.setdefault(str(d.meta.get("parent")), []).append(d)
     examples = chosen + [d for c in chosen for d in by_parent.get(c.id, [])[: spec.dream_k]]
-    if spec.control and len(examples) > 1:
-        order = list(range(len(examples)))
+    if spec.control == "irrelevant":
+        if not unrelated:
+            raise DataError("the irrelevant negative control needs unrelated texts (the retention set)")
+        order = rng.sample(range(len(unrelated)), len(unrelated))
+        replies = [unrelated[order[i % len(order)]] for i in range(len(examples))]
+    elif spec.control == "shuffled" and len(examples) > 1:
         shift = rng.randrange(1, len(examples))
-        replies = [examples[(i + shift) % len(examples)].preferred for i in order]
-        examples = [Example(id=f"{e.id}~shuffled", messages=e.messages, preferred=r, family=e.family,
-                            prompt_format=e.prompt_format) for e, r in zip(examples, replies, strict=True)]
-    return examples
+        replies = [examples[(i + shift) % len(examples)].preferred or "" for i in range(len(examples))]
+    else:
+        return examples
+    return [Example(id=f"{e.id}~{spec.control}", messages=e.messages, preferred=r, family=e.family,
+                    prompt_format=e.prompt_format) for e, r in zip(examples, replies, strict=True)]
 
 
 def add_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
@@ -134,14 +141,14 @@ def _resume(model: PeftModel, optimizer: torch.optim.Optimizer, out: Path,
         print(f"{out}: existing checkpoints belong to another configuration; starting from step 0")
         shutil.rmtree(out / "checkpoints")
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint + "\n")
+    write_text(stamp, fingerprint + "\n")
     done = sorted((out / "checkpoints").glob("step-[0-9][0-9][0-9][0-9]"))
     if not done:
         return 0, []
     last = done[-1]
     try:
-        set_peft_model_state_dict(model, load_file(str(last / "adapter_model.safetensors")))
-        state = load_file(str(last / "optimizer.safetensors"))
+        set_peft_model_state_dict(model, read_safetensors(last / "adapter_model.safetensors", "adapter"))
+        state = read_safetensors(last / "optimizer.safetensors", "optimizer state")
     except Exception as err:  # safetensors raises several types for truncated files
         raise DataError(f"{last}: corrupt checkpoint ({err}); delete it to restart from the previous one") from err
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -209,9 +216,11 @@ def train_run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, exampl
     seconds = time.time() - started
     steps_run = max(0, len(log) - start_step)
     write_csv(out / "train_log.csv", pd.DataFrame(log, columns=["step", "loss", "grad_norm", "lr"]))
+    log_to_dvclive(log, out / "dvclive", spec)
     summary = {
         "run_id": spec.run_id, "lr": spec.lr, "n_real": spec.n_real, "dream_k": spec.dream_k, "seed": spec.seed,
-        "control": spec.control, "status": status, "last_good_step": last_good, "resumed_from": start_step,
+        "control": spec.control is not None, "control_kind": spec.control, "status": status,
+        "last_good_step": last_good, "resumed_from": start_step,
         "n_examples": len(examples), "example_ids": [e.id for e in examples], "n_reply_tokens": n_reply_tokens,
         "seconds": round(seconds, 2),
         "reply_tokens_per_s": round(n_reply_tokens * min(batch_size, len(encoded)) / len(encoded) * steps_run
@@ -219,6 +228,25 @@ def train_run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, exampl
     }
     write_json(out / "run.json", summary)
     return summary
+
+
+def log_to_dvclive(log: list[dict[str, Any]], folder: Path, spec: RunSpec) -> None:
+    """The run's per-step loss, gradient norm and lr in dvclive's layout (`dvc plots`/`dvc exp show`).
+
+    Written from the whole log once the run ends, so a resumed run's history is complete and single.
+    """
+    from dvclive import Live
+
+    shutil.rmtree(folder, ignore_errors=True)
+    with Live(dir=str(folder), save_dvc_exp=False, dvcyaml=None) as live:
+        live.log_params({k: v for k, v in asdict(spec).items() if v is not None})
+        for row in log:
+            live.step = int(row["step"])
+            for key in ("loss", "grad_norm", "lr"):
+                value = float(row[key])
+                if math.isfinite(value):
+                    live.log_metric(f"train/{key}", value)
+            live.next_step()
 
 
 def checkpoints(out: str | Path) -> list[tuple[int, Path]]:
@@ -230,9 +258,5 @@ def checkpoints(out: str | Path) -> list[tuple[int, Path]]:
 def load_adapter_weights(model: PeftModel, folder: Path) -> None:
     """Swap a checkpoint's LoRA weights into an already wrapped model (no model reload)."""
     path = folder / "adapter_model.safetensors"
-    try:
-        weights = load_file(str(path))
-    except Exception as err:
-        raise DataError(f"{path}: cannot read adapter ({err}); rerun rule train for this run") from err
-    set_peft_model_state_dict(model, weights)
+    set_peft_model_state_dict(model, read_safetensors(path, "adapter"))
 

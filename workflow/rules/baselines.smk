@@ -5,6 +5,7 @@ rule steering:
         dreams="results/dreams/dreams.jsonl",
         eval="results/corrections/eval.jsonl",
         retention="results/corrections/retention.jsonl",
+        base_metrics="results/base_eval/metrics.csv",
     output:
         vector="results/steering/vector.safetensors",
         metrics="results/steering/steering_metrics.csv",
@@ -21,7 +22,7 @@ rule steering:
     shell:
         "python -m phaseflip.cli steering --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--corrections {input.corrections} --dreams {input.dreams} --eval {input.eval} "
-        "--retention {input.retention} --out {params.out} > {log} 2>&1"
+        "--retention {input.retention} --base-metrics {input.base_metrics} --out {params.out} > {log} 2>&1"
 
 
 rule icl:
@@ -30,6 +31,7 @@ rule icl:
         corrections="results/corrections/train.jsonl",
         eval="results/corrections/eval.jsonl",
         retention="results/corrections/retention.jsonl",
+        base_metrics="results/base_eval/metrics.csv",
     output:
         metrics="results/icl/icl_metrics.csv",
         shots="results/icl/icl_shots.json",
@@ -46,4 +48,4 @@ rule icl:
     shell:
         "python -m phaseflip.cli icl --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--corrections {input.corrections} --eval {input.eval} --retention {input.retention} "
-        "--out {params.out} > {log} 2>&1"
+        "--base-metrics {input.base_metrics} --out {params.out} > {log} 2>&1"

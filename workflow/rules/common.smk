@@ -17,7 +17,10 @@ RUN_IDS = [spec.run_id for spec in grid(STUDY.train)]
 def stage_params(*sections):
     """The config sections a stage needs, as JSON: Snakemake reruns a job when its sections change."""
     keys = ("seed", "device", "study") + sections
-    return json.dumps({key: CFG[key] for key in keys}, sort_keys=True)
+    text = json.dumps({key: CFG[key] for key in keys}, sort_keys=True)
+    # A function, not a string: Snakemake would read any "{name}" inside the JSON (e.g. a judge prompt
+    # template) as a wildcard.
+    return lambda wildcards: text
 
 
 def data_file(kind):

@@ -2,17 +2,17 @@ EVALUATE_INPUTS = dict(
     base="results/base_model",
     eval="results/corrections/eval.jsonl",
     retention="results/corrections/retention.jsonl",
-    vector="results/steering/vector.safetensors",
 )
 
 
+# The base model, step 0 of every run and multiplier 0 / k=0 of the baselines: evaluated once.
 rule evaluate_base:
     input:
         **EVALUATE_INPUTS,
     output:
         "results/base_eval/metrics.csv",
     params:
-        cfg=stage_params("model", "behavior", "train", "eval", "steering"),
+        cfg=stage_params("model", "behavior", "eval"),
     conda:
         "../envs/phaseflip.yaml"
     log:
@@ -22,13 +22,13 @@ rule evaluate_base:
     threads: 8  # capped at --cores; on a cluster, set-threads in workflow/profiles/slurm
     shell:
         "python -m phaseflip.cli evaluate --params {params.cfg:q} --threads {threads} --base {input.base} "
-        "--eval {input.eval} --retention {input.retention} --steering-vector {input.vector} "
-        "--out {output} > {log} 2>&1"
+        "--eval {input.eval} --retention {input.retention} --out {output} > {log} 2>&1"
 
 
 rule evaluate:
     input:
         **EVALUATE_INPUTS,
+        vector="results/steering/vector.safetensors",
         info="results/runs/{run_id}/run.json",
         base_metrics="results/base_eval/metrics.csv",
     output:

@@ -14,9 +14,13 @@ rule report:
     output:
         summary=report("results/report/summary.md", category="Summary"),
         curves=report("results/report/curves.png", caption="../report/curves.rst", category="Curves"),
+        all_metrics=report("results/report/all_metrics.png", caption="../report/all_metrics.rst", category="Curves"),
+        phase=report("results/report/phase_diagram.png", caption="../report/phase_diagram.rst", category="Curves"),
+        dreams=report("results/report/dreams.png", caption="../report/dreams.rst", category="Dreams"),
         steering=report("results/report/steering.png", caption="../report/steering.rst", category="Baselines"),
         icl=report("results/report/icl.png", caption="../report/icl.rst", category="Baselines"),
         families=report("results/report/families.png", caption="../report/families.rst", category="Families"),
+        forecast=report("results/report/forecast.png", caption="../report/forecast.rst", category="Forecast"),
         metrics="results/report/metrics.json",
         table="results/report/curves.csv",
     params:

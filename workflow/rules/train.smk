@@ -3,6 +3,7 @@ rule train:
         base="results/base_model",
         corrections="results/corrections/train.jsonl",
         dreams="results/dreams/dreams.jsonl",
+        retention="results/corrections/retention.jsonl",
     output:
         log="results/runs/{run_id}/train_log.csv",
         info="results/runs/{run_id}/run.json",
@@ -20,5 +21,6 @@ rule train:
     threads: 1  # per grid point: --cores N runs N side by side (measured faster); --set-threads train=K
     shell:
         "python -m phaseflip.cli train --params {params.cfg:q} --threads {threads} --base {input.base} "
-        "--corrections {input.corrections} --dreams {input.dreams} --run-id {wildcards.run_id} "
+        "--corrections {input.corrections} --dreams {input.dreams} --retention {input.retention} "
+        "--run-id {wildcards.run_id} "
         "--out {params.out} > {log} 2>&1"

@@ -1,0 +1,216 @@
+"""The report's figures (§8), one function per PNG. Each takes tidy tables and a path; no computation
+beyond selecting and plotting, so what a figure shows is what the CSV tables hold.
+
+Metrics tables are tidy: (run_id, step, family, metric, value, lo, hi) plus the run's lr, n_real,
+dream_k, seed, control.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from phaseflip.io import atomic_path  # noqa: E402
+
+ID = "in_distribution"
+CURVE_METRICS = ["behavior_rate", "margin", "p_preferred", "forced_choice", "coherence", "heldout_loss",
+                 "retention_kl", "retention_loss", "dissimilarity", "steering_cosine"]
+FAMILY_OF = {"retention_kl": "all", "retention_loss": "all", "dissimilarity": "all", "steering_cosine": "all"}
+
+
+def savefig(fig: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def pick(table: pd.DataFrame, metric: str, family: str = ID) -> pd.DataFrame:
+    return table[(table.metric == metric) & (table.family == family)]
+
+
+def _colors(keys: list[Any]) -> dict[Any, Any]:
+    cmap = plt.get_cmap("tab10")
+    return {k: cmap(i % 10) for i, k in enumerate(keys)}
+
+
+def curves_figure(study: pd.DataFrame, transitions: pd.DataFrame, forecasts: pd.DataFrame, threshold: float,
+                  path: Path) -> None:
+    """behavior_rate and margin vs step, one panel per learning rate; transition and forecast marked."""
+    lrs = sorted(study.lr.unique())
+    fig, axes = plt.subplots(2, len(lrs), figsize=(5 * len(lrs), 7), squeeze=False, sharex=True)
+    colors = _colors(sorted(study.run_id.unique()))
+    for col, lr in enumerate(lrs):
+        for run_id, run in study[study.lr == lr].groupby("run_id"):
+            color = colors[run_id]
+            for row, metric in enumerate(["behavior_rate", "margin"]):
+                ax = axes[row][col]
+                c = pick(run, metric).sort_values("step")
+                ax.plot(c.step, c.value, marker="o", ms=3, color=color, label=run_id)
+                ax.fill_between(c.step, c.lo, c.hi, color=color, alpha=0.12)
+                t = transitions[transitions.run_id == run_id]
+                if len(t) and bool(t.flipped.iloc[0]):
+                    ax.axvline(float(t.transition_step.iloc[0]), color=color, ls="--", lw=1)
+            fc = forecasts[(forecasts.run_id == run_id) & (forecasts.method == "logistic")
+                           & forecasts.predicted.notna()]
+            for f in fc.itertuples():  # where each cutoff's forecast put the flip, at the threshold line
+                axes[0][col].errorbar(f.predicted, threshold, xerr=[[f.predicted - f.lo], [f.hi - f.predicted]],
+                                      marker="x", ms=7, color=color, capsize=2, lw=0.8)
+        axes[0][col].axhline(threshold, color="grey", lw=0.8)
+        axes[0][col].set_ylim(-0.02, 1.02)
+        axes[0][col].set_title(f"lr {lr:g}: behavior_rate ({ID})")
+        axes[1][col].set_title(f"lr {lr:g}: margin ({ID})")
+        axes[1][col].axhline(0, color="grey", lw=0.8)
+        axes[1][col].set_xlabel("training step")
+        axes[0][col].legend(fontsize=7)
+    fig.suptitle("Dashed: transition (Wilson interval above the threshold). x with bar: logistic forecast "
+                 "and its interval from each cutoff.", fontsize=9)
+    savefig(fig, path)
+
+
+def all_metrics_figure(study: pd.DataFrame, path: Path) -> None:
+    """Every order parameter vs step, colored by learning rate (one line per run)."""
+    metrics = [m for m in CURVE_METRICS if m in set(study.metric)]
+    ncols = 5
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
+    colors = _colors(sorted(study.lr.unique()))
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        for _, run in study.groupby("run_id"):
+            c = pick(run, metric, FAMILY_OF.get(metric, ID)).sort_values("step")
+            control = bool(run.control.iloc[0])
+            ax.plot(c.step, c.value, marker=".", color=colors[run.lr.iloc[0]], ls=":" if control else "-",
+                    label=f"lr {run.lr.iloc[0]:g}" + (" control" if control else ""))
+        ax.set_title(f"{metric} ({FAMILY_OF.get(metric, ID)})", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    fig.legend(unique.values(), unique.keys(), loc="lower right", fontsize=8)
+    savefig(fig, path)
+
+
+def phase_diagram(transitions: pd.DataFrame, max_steps: int, path: Path) -> None:
+    """n_real x lr -> transition step (mean over seeds), or 'no flip'; real-only runs (dream_k=0)."""
+    runs = transitions[~transitions.control.astype(bool) & (transitions.dream_k == 0)].copy()
+    runs["n_real"] = runs.n_real.astype(str)
+    lrs = sorted(runs.lr.unique())
+    ns = sorted(runs.n_real.unique(), key=lambda n: (n == "all", int(n) if n.isdigit() else 0))
+    grid = np.full((len(ns), len(lrs)), np.nan)
+    text = [["" for _ in lrs] for _ in ns]
+    for i, n in enumerate(ns):
+        for j, lr in enumerate(lrs):
+            cell = runs[(runs.n_real == n) & (runs.lr == lr)]
+            if not len(cell):
+                continue
+            flipped = cell[cell.flipped.astype(bool)]
+            if len(flipped):
+                grid[i, j] = flipped.transition_step.astype(float).mean()
+                text[i][j] = f"{grid[i, j]:.0f}" + (f"\n({len(flipped)}/{len(cell)} seeds)" if len(cell) > 1 else "")
+            else:
+                text[i][j] = f"no flip\nby {max_steps}"
+    fig, ax = plt.subplots(figsize=(1.6 * len(lrs) + 2, 1.0 * len(ns) + 1.5))
+    im = ax.imshow(grid, cmap="viridis_r", vmin=0, vmax=max_steps, aspect="auto")
+    for i in range(len(ns)):
+        for j in range(len(lrs)):
+            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8,
+                    color="white" if not np.isnan(grid[i, j]) else "black")
+    ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+    ax.set_yticks(range(len(ns)), ns)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("real corrections (n_real)")
+    ax.set_title("Phase diagram: transition step")
+    fig.colorbar(im, ax=ax, label="transition step")
+    savefig(fig, path)
+
+
+def dreams_figure(study: pd.DataFrame, path: Path) -> None:
+    """behavior_rate vs step of runs with dreams against real-only runs, labelled by effective count."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    runs = study[~study.control.astype(bool)]
+    for run_id, run in runs.groupby("run_id"):
+        info = run.iloc[0]
+        c = pick(run, "behavior_rate").sort_values("step")
+        dreams = int(info.dream_k) > 0
+        ax.plot(c.step, c.value, marker="o", ms=3, ls="-" if dreams else "--",
+                label=f"{run_id} ({'real + dreams' if dreams else 'real only'})")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"behavior_rate ({ID})")
+    ax.set_title("Dreams vs real corrections")
+    ax.legend(fontsize=7)
+    savefig(fig, path)
+
+
+def families_figure(comparison: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    families = sorted(comparison.family.unique(), key=lambda f: (f != ID, f != "all", f))
+    setups = list(comparison.setup.unique())
+    width = 0.8 / max(1, len(setups))
+    for i, setup in enumerate(setups):
+        c = comparison[comparison.setup == setup].set_index("family").reindex(families)
+        err = [(c.behavior_rate - c.lo).clip(lower=0), (c.hi - c.behavior_rate).clip(lower=0)]
+        ax.bar([j + i * width for j in range(len(families))], c.behavior_rate, width, yerr=err, capsize=2,
+               label=setup)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(families))], families, rotation=20)
+    ax.set_ylabel("behavior_rate (Wilson 95%)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("behavior_rate per eval family (settings chosen on in_distribution)")
+    ax.legend(fontsize=7)
+    savefig(fig, path)
+
+
+def steering_figure(steer: pd.DataFrame, path: Path) -> None:
+    """behavior_rate and coherence vs multiplier, one line per (training set, layer)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    base = steer[steer.layer == -1]
+    for ax, metric in zip(axes, ["behavior_rate", "coherence"], strict=True):
+        b = pick(base, metric)
+        for (tset, layer), grp in steer[steer.layer >= 0].groupby(["training_set", "layer"]):
+            c = pd.concat([pick(grp, metric), b.assign(multiplier=0.0)]).sort_values("multiplier")
+            ax.plot(c.multiplier, c.value, marker="o", ls="-" if tset == "real" else "--",
+                    label=f"{tset}, layer {layer}")
+        ax.set_xlabel("multiplier")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"steering: {metric} ({ID})")
+    axes[0].legend(fontsize=7)
+    savefig(fig, path)
+
+
+def icl_figure(icl: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    for metric in ["behavior_rate", "p_preferred", "forced_choice", "coherence"]:
+        c = pick(icl, metric).sort_values("k")
+        ax.plot(c.k, c.value, marker="o", label=metric)
+    ax.set_xlabel("k real corrections in context")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"ICL baseline ({ID})")
+    ax.legend(fontsize=7)
+    savefig(fig, path)
+
+
+def forecast_figure(forecasts: pd.DataFrame, max_steps: int, path: Path) -> None:
+    """Predicted vs actual transition step per method and cutoff; never-flipping runs at the right edge."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    made = forecasts[forecasts.predicted.notna()].copy()
+    edge = max_steps * 1.15
+    made["actual_x"] = made.actual.astype(float).fillna(edge)
+    markers = {"logistic": "o", "linear": "s", "grad_norm_peak": "^", "change_point": "D"}
+    colors = _colors(sorted(forecasts.cutoff_fraction.unique()))
+    for (method, fraction), grp in made.groupby(["method", "cutoff_fraction"]):
+        ax.scatter(grp.actual_x, grp.predicted.clip(upper=edge * 1.5), marker=markers.get(method, "o"),
+                   color=colors[fraction], alpha=0.8, label=f"{method} @ {fraction:g}")
+    ax.plot([0, edge], [0, edge], color="grey", lw=0.8)
+    ax.axvline(max_steps * 1.075, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel(f"actual transition step (right of dotted line: never flipped by {max_steps})")
+    ax.set_ylabel("forecast transition step")
+    ax.set_title("Forecast vs actual")
+    ax.legend(fontsize=6, ncol=2)
+    savefig(fig, path)
