@@ -104,9 +104,12 @@ def test_slurm_submission_without_cores_builds_the_sbatch_call(project: Path, tm
     resources reach sbatch. The fake refuses the job, so nothing runs."""
     bin_dir, record = tmp_path / "bin", tmp_path / "sbatch_calls.txt"
     bin_dir.mkdir()
-    fake = bin_dir / "sbatch"
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {record}\necho "sbatch: error: fake cluster" >&2\nexit 1\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    scripts = {"sbatch": f'echo "$@" >> {record}\necho "sbatch: error: fake cluster" >&2\nexit 1'}
+    scripts.update({tool: "exit 0" for tool in ("sacct", "squeue", "sinfo", "sacctmgr", "scontrol")})  # queries
+    for tool, body in scripts.items():
+        fake = bin_dir / tool
+        fake.write_text(f"#!/bin/sh\n{body}\n")
+        fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     proc = _snakemake(["--profile", str(PROFILE), "--config", "study=smoke", "--slurm-no-account"], project, env)
     output = proc.stdout + proc.stderr
