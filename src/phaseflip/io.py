@@ -7,6 +7,7 @@ looks complete.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import random
@@ -18,10 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError, safe_open
 
 
 class DataError(ValueError):
-    """Bad input data: the message names file, line and field."""
+    """Bad input data: the message names file, line and field (and, for a study output, the rule that wrote it)."""
 
 
 @contextlib.contextmanager
@@ -67,32 +69,85 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+# Which Snakemake rule writes which output under results/ (first match wins), so an unreadable file's
+# error names the rule to rerun instead of surfacing a parser's traceback.
+_WRITERS: list[tuple[str, str]] = [
+    ("base_model/", "base_model"),
+    ("corrections/", "corrections"),
+    ("dreams/", "dreams"),
+    ("steering/", "steering"),
+    ("icl/", "icl"),
+    ("base_eval/", "evaluate_base"),
+    ("runs/*/metrics.csv", "evaluate"),
+    ("runs/", "train"),
+    ("forecast/", "forecast"),
+    ("report/", "report"),
+]
+# Safetensors files are named by what they hold, wherever they lie (e.g. a copied checkpoint).
+_SAFETENSORS_WRITERS = {"adapter_model.safetensors": "train", "optimizer.safetensors": "train",
+                        "vector.safetensors": "steering", "model.safetensors": "base_model"}
+
+
+def writer_of(path: str | Path) -> str | None:
+    """The rule that writes `path` (a results/ output of the study), or None for anything else."""
+    path = Path(path)
+    parts = path.parts
+    if "results" in parts:
+        rel = "/".join(parts[len(parts) - parts[::-1].index("results"):])
+        for pattern, rule in _WRITERS:
+            if pattern.endswith("/") and rel.startswith(pattern):
+                return rule
+            if not pattern.endswith("/") and Path(rel).match(pattern):
+                return rule
+    return _SAFETENSORS_WRITERS.get(path.name)
+
+
+def _fix_hint(path: Path) -> str:
+    rule = writer_of(path)
+    if rule is None:
+        return "rerun the rule that wrote it"
+    return f"written by rule {rule}; delete it and rerun"
+
+
+def _truncated(path: Path, data: bytes) -> bool:
+    """A study output that does not end in a newline was cut off (every writer here ends its text with one)."""
+    return writer_of(path) is not None and bool(data) and not data.endswith(b"\n")
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: cannot read JSON ({err}); rerun the rule that wrote it") from err
+        raise DataError(f"{path}: cannot read JSON ({_reason(err)}); {_fix_hint(path)}") from None
 
 
 def read_csv(path: str | Path, sep: str = ",") -> pd.DataFrame:
     path = Path(path)
     try:
-        return pd.read_csv(path, sep=sep)
+        data = path.read_bytes()
+        if _truncated(path, data):
+            raise ValueError("truncated: the last line is incomplete")
+        return pd.read_csv(io.BytesIO(data), sep=sep)
     except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise DataError(f"{path}: cannot read CSV table ({err}); rerun the rule that wrote it") from err
+        raise DataError(f"{path}: cannot read CSV table ({_reason(err)}); {_fix_hint(path)}") from None
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """Records with their 1-based line numbers. Blank lines are skipped; anything else must parse."""
     path = Path(path)
+    hint = "" if writer_of(path) is None else f" ({_fix_hint(path)})"
     try:
-        text = path.read_bytes().decode("utf-8")
+        data = path.read_bytes()
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        bad_line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{bad_line}: not valid UTF-8 (byte {err.start}); save the file as UTF-8") from None
+        bad_line = data[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{bad_line}: not valid UTF-8 (byte {err.start}); save the file as UTF-8"
+                        f"{hint}") from None
     except OSError as err:
-        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+        raise DataError(f"{path}: cannot read ({err.strerror}){hint}") from None
+    if _truncated(path, data):
+        raise DataError(f"{path}:{text.count(chr(10)) + 1}: truncated (the last line is incomplete){hint}")
     records = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -100,11 +155,38 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
+            raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno}){hint}") from None
         if not isinstance(record, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}{hint}")
         records.append((lineno, record))
     return records
+
+
+def read_safetensors_with_metadata(path: str | Path,
+                                   what: str = "tensors") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata of a safetensors file; a missing, truncated or corrupt file is a DataError."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except FileNotFoundError:
+        raise DataError(f"{path}: cannot read {what}: file not found ({_fix_hint(path)})") from None
+    except (OSError, SafetensorError, RuntimeError, ValueError) as err:
+        raise DataError(f"{path}: cannot read {what}: truncated or corrupt safetensors file ({_fix_hint(path)}) "
+                        f"[{_reason(err)}]") from None
+    return tensors, metadata
+
+
+def read_safetensors(path: str | Path, what: str = "tensors") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (never a pickle); a missing or corrupt file is a DataError naming it."""
+    return read_safetensors_with_metadata(path, what)[0]
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def seed_everything(seed: int) -> None:
