@@ -56,16 +56,20 @@ def train_vector(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, exa
 
 def save_vector(vector: SteeringVector, path: str | Path, meta: dict[str, Any]) -> None:
     tensors = {f"layer_{layer}": v.detach().float().cpu().contiguous() for layer, v in vector.layer_activations.items()}
-    metadata = {"layer_type": vector.layer_type, **{k: json.dumps(v) for k, v in meta.items()}}
+    # One metadata entry, keys sorted: safetensors writes its metadata map in a per-process random order,
+    # so several entries would make the file's bytes (and its DVC hash) differ from run to run.
+    metadata = {"phaseflip": json.dumps({"layer_type": vector.layer_type, **meta}, sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_vector(path: str | Path) -> tuple[SteeringVector, dict[str, Any]]:
-    tensors, meta = read_safetensors_with_metadata(path, "steering vector")
+    tensors, raw = read_safetensors_with_metadata(path, "steering vector")
     acts = {int(k.split("_", 1)[1]): v for k, v in tensors.items()}
+    meta = (json.loads(raw["phaseflip"]) if "phaseflip" in raw  # older files: one entry per key
+            else {k: v if k == "layer_type" else json.loads(v) for k, v in raw.items()})
     layer_type = meta.pop("layer_type", "decoder_block")
-    return SteeringVector(acts, layer_type), {k: json.loads(v) for k, v in meta.items()}  # type: ignore[arg-type]
+    return SteeringVector(acts, layer_type), meta  # type: ignore[arg-type]
 
 
 def single_layer(vector: SteeringVector, layer: int) -> SteeringVector:
