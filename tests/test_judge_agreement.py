@@ -25,11 +25,13 @@ def labels():  # type: ignore[no-untyped-def]
 
 
 def test_labeled_set_covers_every_family_and_both_classes(labels) -> None:  # type: ignore[no-untyped-def]
-    # TODO(#3): add >= 50 labeled SmolLM2 samples (sources smollm2_base, smollm2_sample) and require >= 80.
     records, _ = labels
-    assert len(records) >= 30
+    assert len(records) >= 80
     assert {r.family for r in records} == FAMILIES
-    assert {r.source for r in records} <= {"hand", "smollm2_base", "smollm2_sample"}
+    assert {r.source for r in records} <= {"hand", "smollm2_base", "smollm2_prompted"}
+    real = [r for r in records if r.source.startswith("smollm2_")]
+    assert len(real) >= 50
+    assert {r.source for r in real} == {"smollm2_base", "smollm2_prompted"}
     for family in FAMILIES:
         assert {r.label for r in records if r.family == family} == {True, False}, family
 
