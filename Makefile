@@ -12,11 +12,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[dev]"
 	touch $(STAMP)
 
-study: install        ## the default study: SmolLM2-135M on CPU
+study: install        ## the default study: SmolLM2-135M on CPU, then its HTML report
 	snakemake --cores all
+	snakemake --report results/report/report.html
 
 smoke: install        ## every stage on a tiny random model, in about a minute
 	snakemake --cores all --config study=smoke
+	snakemake --config study=smoke --report results/report/report.html
 
 test: install         ## the test suite (integration tests included)
 	$(PY) -m pytest

@@ -8,7 +8,9 @@ Prints (and writes as JSON with --out):
 - LoRA training reply tokens/s: phaseflip's loop vs a plain peft + transformers.Trainer loop on the
   identical examples, LoRA config, learning rate and effective batch: the ratio;
 - pair scoring (margin/p_preferred) scenarios/s: batched vs one scenario at a time: the ratio;
-- sampling new tokens/s for behavior_rate, batched;
+- sampling new tokens/s for behavior_rate, batched (prompt encoded once for its n samples);
+- a scenario's whole evaluation (pair scoring + n samples) per second: batched vs one scenario at a
+  time with `transformers` `generate` per sample: the ratio;
 - achieved FLOP/s of training and scoring as a fraction of this machine's dense fp32 matmul peak,
   measured in the same run (MFU; FLOPs counted as 2N per token forward, 4N per token for LoRA
   training: forward plus input gradients, no base-weight gradients);
@@ -23,7 +25,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -31,7 +33,7 @@ from phaseflip import base_model
 from phaseflip.config import load_study_config
 from phaseflip.data import Example, load_examples, subset_per_family
 from phaseflip.io import seed_everything, write_json
-from phaseflip.scoring import IGNORE, encode_reply, generate, prompt_of, score_reply_pairs
+from phaseflip.scoring import IGNORE, encode_reply, prompt_of, sample_replies, score_reply_pairs
 from phaseflip.train import RunSpec, add_lora, train_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,14 +139,33 @@ def run(model_dir: Path, steps: int, threads: int) -> dict[str, Any]:
     figures["scoring_batched_speedup"] = timings[1] / timings[cfg.eval.batch_size]
     figures["scoring_mfu"] = 2 * n_params * scored_tokens / timings[cfg.eval.batch_size] / peak
 
-    # Sampling for behavior_rate, batched as the evaluator does it.
-    sample_prompts = [p for p in prompts for _ in range(cfg.eval.n_samples)]
+    # Sampling for behavior_rate as the evaluator does it: each prompt encoded once, n samples decoded
+    # together, many prompts per batch.
+    n = cfg.eval.n_samples
     start = time.perf_counter()
-    replies = generate(model, tok, sample_prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size,
-                       temperature=cfg.eval.temperature)
-    elapsed = time.perf_counter() - start
-    new_tokens = sum(len(tok(r, add_special_tokens=False).input_ids) for r in replies)
-    figures["sampling_new_tokens_per_s"] = new_tokens / elapsed
+    samples = sample_replies(model, tok, prompts, n, cfg.eval.max_new_tokens, cfg.eval.batch_size,
+                             temperature=cfg.eval.temperature)
+    batched_sampling = time.perf_counter() - start
+    figures["sampling_new_tokens_per_s"] = samples.new_tokens / batched_sampling
+
+    # A scenario's whole evaluation (pair scoring + n samples), batched vs one scenario at a time with
+    # transformers' own `generate` per sample: the way a hand-written eval loop does it.
+    start = time.perf_counter()
+    one_tokens = 0
+    for prompt, ex in zip(prompts, scenarios, strict=True):
+        score_reply_pairs(model, tok, [prompt], [[ex.preferred or ""], [ex.rejected or ""]], batch_size=1)
+        ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+        for _ in range(n):
+            out = cast(Any, model).generate(**ids, do_sample=True, temperature=cfg.eval.temperature, top_k=0,
+                                            max_new_tokens=cfg.eval.max_new_tokens, pad_token_id=tok.pad_token_id,
+                                            eos_token_id=tok.eos_token_id)
+            one_tokens += int(out.shape[1] - ids.input_ids.shape[1])
+    one_at_a_time = time.perf_counter() - start
+    batched_eval = timings[cfg.eval.batch_size] + batched_sampling
+    figures["sampling_new_tokens_per_s_one_at_a_time"] = one_tokens / one_at_a_time
+    figures["evaluation_scenarios_per_s_batched"] = len(scenarios) / batched_eval
+    figures["evaluation_scenarios_per_s_one_at_a_time"] = len(scenarios) / one_at_a_time
+    figures["evaluation_batched_speedup"] = one_at_a_time / batched_eval
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return figures
 

@@ -293,7 +293,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     params = _params(args)
     build_report(params, metrics_paths=args.metrics, forecast_dir=Path(args.forecast),
                  steering_csv=Path(args.steering), icl_csv=Path(args.icl), dreams_report=Path(args.dreams_report),
-                 data_report=Path(args.data_report), benchmarks=args.benchmarks or [], out=Path(args.out))
+                 data_report=Path(args.data_report), benchmarks=args.benchmarks or [], out=Path(args.out),
+                 train_logs=args.train_logs)
     print(f"report: {args.out}/summary.md")
 
 
@@ -326,7 +327,8 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--run-dir", help="the run whose checkpoints to evaluate; omitted: the base model alone")
     ev.add_argument("--base-metrics", help="the base model's step-0 metrics (written without --run-dir)")
     stage("forecast", multi=("metrics", "run_dirs"))
-    stage("report", "forecast", "steering", "icl", "dreams_report", "data_report", multi=("metrics", "benchmarks"))
+    stage("report", "forecast", "steering", "icl", "dreams_report", "data_report",
+          multi=("metrics", "benchmarks", "train_logs"))
     return p
 
 

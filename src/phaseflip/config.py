@@ -206,11 +206,21 @@ class NegativeControl(Strict):
     kind: Literal["irrelevant", "shuffled"] = "irrelevant"
 
 
+class ExtraRun(Strict):
+    """A grid point outside the lrs x n_real x dream_k x seeds product (e.g. one equal-count comparison)."""
+
+    lr: float = Field(gt=0)
+    n_real: int | Literal["all"]
+    dream_k: int = Field(0, ge=0)
+    seed: int = 0
+
+
 class TrainConfig(Strict):
     lrs: list[float] = Field(min_length=1)
     n_real: list[int | Literal["all"]] = Field(min_length=1)
     dream_k: list[int] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
+    extra_runs: list[ExtraRun] = []
     negative_control: NegativeControl = NegativeControl()
     max_steps: int = Field(gt=0)
     batch_size: int = Field(0, ge=0)
@@ -297,7 +307,8 @@ class StudyConfig(Strict):
 
     @model_validator(mode="after")
     def _dream_k_available(self) -> StudyConfig:
-        too_many = [k for k in self.train.dream_k if k > self.dreams.k_per_correction]
+        ks = self.train.dream_k + [r.dream_k for r in self.train.extra_runs]
+        too_many = [k for k in ks if k > self.dreams.k_per_correction]
         if too_many:
             raise ValueError(
                 f"train.dream_k {too_many} exceeds dreams.k_per_correction={self.dreams.k_per_correction}"

@@ -60,7 +60,8 @@ def effective_count(n_real: Any, dream_k: int, n_corrections: int) -> int:
 
 
 def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir: Path, steering_csv: Path,
-                 icl_csv: Path, dreams_report: Path, data_report: Path, benchmarks: list[str], out: Path) -> None:
+                 icl_csv: Path, dreams_report: Path, data_report: Path, benchmarks: list[str], out: Path,
+                 train_logs: list[str] | None = None) -> None:
     threshold = params["forecast"]["flip_threshold"]
     max_steps = params["train"]["max_steps"]
     study = pd.concat([read_csv(p) for p in metrics_paths], ignore_index=True)
@@ -77,6 +78,8 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
     write_csv(out / "curves.csv", wide)
     for run_id, run in wide.groupby("run_id"):  # one file per run: a `dvc plots` series each
         write_csv(out / "plots" / f"{run_id}.csv", run.drop(columns="run_id"))
+    for log_path in train_logs or []:  # per-step loss / grad_norm / lr, one file per run for `dvc plots`
+        write_csv(out / "train_logs" / f"{Path(log_path).parent.name}.csv", read_csv(log_path))
 
     base = study[study.step == 0].drop_duplicates(["family", "metric"])
     trained = study[(study.step > 0) & (~study.control.astype(bool))]

@@ -54,6 +54,7 @@ class RunSpec:
 
 def grid(cfg: TrainConfig) -> list[RunSpec]:
     runs = [RunSpec(lr, n, k, s) for lr in cfg.lrs for n in cfg.n_real for k in cfg.dream_k for s in cfg.seeds]
+    runs += [spec for r in cfg.extra_runs if (spec := RunSpec(r.lr, r.n_real, r.dream_k, r.seed)) not in runs]
     if cfg.negative_control.enabled:
         runs.append(RunSpec(cfg.negative_control.lr, "all", 0, cfg.seeds[0], control=cfg.negative_control.kind))
     return runs

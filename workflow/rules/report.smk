@@ -4,6 +4,7 @@ STAGES = ["base_model", "corrections", "dreams", "steering", "icl", "evaluate_ba
 rule report:
     input:
         metrics=expand("results/runs/{run_id}/metrics.csv", run_id=RUN_IDS),
+        train_logs=expand("results/runs/{run_id}/train_log.csv", run_id=RUN_IDS),
         transitions="results/forecast/transitions.csv",
         steering="results/steering/steering_metrics.csv",
         icl="results/icl/icl_metrics.csv",
@@ -34,4 +35,5 @@ rule report:
     shell:
         "python -m phaseflip.cli report --params {params.cfg:q} --metrics {input.metrics} --forecast {params.forecast} "
         "--steering {input.steering} --icl {input.icl} --dreams-report {input.dreams_report} "
-        "--data-report {input.data_report} --benchmarks {input.benchmarks} --out {params.out} > {log} 2>&1"
+        "--data-report {input.data_report} --benchmarks {input.benchmarks} --train-logs {input.train_logs} "
+        "--out {params.out} > {log} 2>&1"
