@@ -31,6 +31,10 @@ def test_to_overrides_renders_hydra_grammar() -> None:
                          "y": None}) == ["study=smoke", "train.lrs=[0.001,0.01]", "train.lora.r=4", "x=true", "y=null"]
     assert to_overrides({"model": "local", "model__path": "/m", "train__lrs": ["1e-4"]}) == [
         "model=local", "model.path=/m", "train.lrs=[1e-4]"]
+    # a list of records, e.g. --config 'train__extra_runs=[{lr: 1e-3, n_real: 4, dream_k: 2}]'
+    assert to_overrides({"train__extra_runs": [{"lr": 0.001, "n_real": 4}]}) == ["train.extra_runs=[{lr:0.001,n_real:4}]"]
+    cfg = load_study_config({"train__extra_runs": [{"lr": 0.001, "n_real": 4, "dream_k": 2}]})
+    assert cfg.train.extra_runs[0].n_real == 4 and cfg.train.extra_runs[0].dream_k == 2
 
 
 @pytest.mark.parametrize(
@@ -44,6 +48,8 @@ def test_to_overrides_renders_hydra_grammar() -> None:
         ({"train.nonsense": 1}, "train.nonsense"),
         ({"study": "no_such_preset"}, "no_such_preset"),
         ({"train.dream_k": [50]}, "exceeds dreams.k_per_correction"),
+        ({"train.extra_runs": [{"lr": 1e-3, "n_real": 2, "dream_k": 50}]}, "exceeds dreams.k_per_correction"),
+        ({"train.extra_runs": [{"lr": -1, "n_real": 2}]}, "train.extra_runs"),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides: dict, message: str) -> None:

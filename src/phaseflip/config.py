@@ -320,6 +320,8 @@ def _override_value(value: Any) -> str:
     """Render a Snakemake --config value back into Hydra's override grammar."""
     if isinstance(value, list):
         return "[" + ",".join(_override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_override_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
