@@ -32,7 +32,8 @@ def test_to_overrides_renders_hydra_grammar() -> None:
     assert to_overrides({"model": "local", "model__path": "/m", "train__lrs": ["1e-4"]}) == [
         "model=local", "model.path=/m", "train.lrs=[1e-4]"]
     # a list of records, e.g. --config 'train__extra_runs=[{lr: 1e-3, n_real: 4, dream_k: 2}]'
-    assert to_overrides({"train__extra_runs": [{"lr": 0.001, "n_real": 4}]}) == ["train.extra_runs=[{lr:0.001,n_real:4}]"]
+    records = {"train__extra_runs": [{"lr": 0.001, "n_real": 4}]}
+    assert to_overrides(records) == ["train.extra_runs=[{lr:0.001,n_real:4}]"]
     cfg = load_study_config({"train__extra_runs": [{"lr": 0.001, "n_real": 4, "dream_k": 2}]})
     assert cfg.train.extra_runs[0].n_real == 4 and cfg.train.extra_runs[0].dream_k == 2
 
