@@ -157,10 +157,7 @@ def test_corrupt_run_table_stops_forecast_with_one_line(tmp_path: Path, capsys, 
 
 
 @pytest.mark.parametrize("damage", [
-    "truncated", "binary garbage",
-    pytest.param("missing", marks=pytest.mark.xfail(
-        raises=FileNotFoundError, strict=True,
-        reason="cli.cmd_train stats --dreams before reading it (a traceback; unreachable under Snakemake)")),
+    "truncated", "binary garbage", "missing",
 ])
 def test_corrupt_dreams_jsonl_stops_train_before_the_model_loads(tmp_path: Path, capsys, damage: str) -> None:  # type: ignore[no-untyped-def]
     dreams = tmp_path / "results" / "dreams" / "dreams.jsonl"
@@ -371,7 +368,6 @@ def test_bad_config_is_one_clear_error(items: list[str], message: str) -> None:
         load_study_config(raw)
 
 
-@pytest.mark.xfail(strict=True, reason="config.SteeringConfig accepts steering.layers=[] (an empty sweep)")
 def test_empty_steering_layers_is_refused() -> None:
     from phaseflip.config import ConfigError
 

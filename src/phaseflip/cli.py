@@ -205,6 +205,13 @@ def cmd_icl(args: argparse.Namespace) -> None:
     print(f"icl: k in {cfg.ks}")
 
 
+def _dreams(path: str) -> list[Example]:
+    """The dreams file; empty (K=0) is allowed, missing is an error naming it."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: dreams file not found (written by rule dreams; run it first)")
+    return load_examples(path, "corrections") if Path(path).stat().st_size else []
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from phaseflip.train import parse_run_id, train_run, training_examples
 
@@ -213,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     spec = parse_run_id(args.run_id, cfg)
     unrelated = [r["text"] for r in load_retention(args.retention)]  # the irrelevant control's replies
     examples = training_examples(spec, load_examples(args.corrections, "corrections"),
-                                 load_examples(args.dreams, "corrections") if Path(args.dreams).stat().st_size else [],
+                                 _dreams(args.dreams), 
                                  unrelated)
     model, tok = _model(args, params)
     base_sha = read_json(Path(args.base) / "manifest.json")["files"]["model.safetensors"]

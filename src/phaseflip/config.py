@@ -172,6 +172,14 @@ class DreamsConfig(Strict):
 
 class SteeringConfig(Strict):
     layers: list[int] | Literal["all"]
+
+    @field_validator("layers")
+    @classmethod
+    def _some_layers(cls, layers: list[int] | str) -> list[int] | str:
+        if isinstance(layers, list) and not layers:
+            raise ValueError("steering.layers is empty: give layer indices or 'all'")
+        return layers
+
     multipliers: list[float] = Field(min_length=1)
     layer_type: Literal["decoder_block"] = "decoder_block"
     read_token_index: int = -1

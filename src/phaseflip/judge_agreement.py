@@ -12,7 +12,6 @@ given by reading each one: does it show the behavior? Fields: id, family, source
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from phaseflip.config import ConfigError, JudgeConfig, load_study_config
-from phaseflip.io import DataError, read_jsonl
+from phaseflip.io import DataError, read_jsonl, write_json
 from phaseflip.judge import ModelJudge, RubricJudge
 
 FIELDS = {"id": str, "family": str, "source": str, "prompt": str, "reply": str, "label": bool}
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"judge_agreement: {err}", file=sys.stderr)
         return 2
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        write_json(args.json, out)
     return 0
 
 

@@ -238,8 +238,9 @@ def log_to_dvclive(log: list[dict[str, Any]], folder: Path, spec: RunSpec) -> No
     """
     from dvclive import Live
 
-    shutil.rmtree(folder, ignore_errors=True)
-    with Live(dir=str(folder), save_dvc_exp=False, dvcyaml=None) as live:
+    tmp = folder.with_name(folder.name + ".tmp")  # built aside, then swapped in: never half-written
+    shutil.rmtree(tmp, ignore_errors=True)
+    with Live(dir=str(tmp), save_dvc_exp=False, dvcyaml=None) as live:
         live.log_params({k: v for k, v in asdict(spec).items() if v is not None})
         for row in log:
             live.step = int(row["step"])
@@ -248,6 +249,8 @@ def log_to_dvclive(log: list[dict[str, Any]], folder: Path, spec: RunSpec) -> No
                 if math.isfinite(value):
                     live.log_metric(f"train/{key}", value)
             live.next_step()
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
 def checkpoints(out: str | Path) -> list[tuple[int, Path]]:
