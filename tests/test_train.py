@@ -14,6 +14,7 @@ from phaseflip.train import (
     checkpoints,
     grid,
     load_adapter_weights,
+    parse_run_id,
     train_run,
     training_examples,
 )
@@ -41,6 +42,19 @@ def test_grid_ids_name_their_parameters() -> None:
                       extra_runs=[{"lr": 3e-3, "n_real": 4, "dream_k": 2}, {"lr": 1e-3, "n_real": "all"}])
     assert [r.run_id for r in grid(extra)] == ["lr1e-03_nall_k0_s0", "lr3e-03_n4_k2_s0",
                                               "control-irrelevant_lr1e-03_nall_k0_s0"]  # no duplicate point
+
+
+def test_run_ids_parse_back_to_their_grid_points() -> None:
+    cfg = train_cfg(lrs=[1e-4, 3e-3], n_real=[1, "all"], dream_k=[0, 2], seeds=[0, 1],
+                    extra_runs=[{"lr": 2e-3, "n_real": 4, "dream_k": 1, "seed": 7}])
+    for spec in grid(cfg):
+        assert parse_run_id(spec.run_id) == spec == parse_run_id(spec.run_id, cfg)
+    with pytest.raises(DataError, match="not of the form"):
+        parse_run_id("lr1e-3_nsome_k0_s0")
+    with pytest.raises(DataError, match="not in the configured grid"):
+        parse_run_id("lr9e-01_nall_k0_s0", cfg)
+    # a run's job depends on the recipe, which a new grid point leaves unchanged
+    assert train_cfg(lrs=[1e-3]).recipe() == train_cfg(lrs=[1e-3, 3e-2], seeds=[0, 5]).recipe()
 
 
 def test_training_set_selection_and_negative_control() -> None:

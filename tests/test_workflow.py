@@ -57,8 +57,8 @@ def test_smoke_study_via_dvc_exp_run_then_repro_is_a_no_op(project: Path) -> Non
     assert yaml.safe_load((project / "params.yaml").read_text()) == compose(["study=smoke"])
     results = project / "results"
     summary = (results / "report" / "summary.md").read_text()
-    assert "study `smoke`" in summary and "Base model (step 0) per family" in summary
-    for png in ["curves", "steering", "icl", "families"]:
+    assert "study `smoke`" in summary and "Base model (step 0)" in summary
+    for png in ["curves", "all_metrics", "phase_diagram", "dreams", "steering", "icl", "families", "forecast"]:
         assert (results / "report" / f"{png}.png").stat().st_size > 1000
     table = pd.read_csv(results / "report" / "study_metrics.csv")
     for metric in ["margin", "p_preferred", "behavior_rate", "forced_choice", "heldout_loss", "coherence",
@@ -72,3 +72,8 @@ def test_smoke_study_via_dvc_exp_run_then_repro_is_a_no_op(project: Path) -> Non
     dry = run(["snakemake", "-n", "--configfile", "params.yaml", "--rerun-triggers", "mtime", "params", "input"],
               project)
     assert "Nothing to be done" in dry
+    # A new grid point reruns only that point (plus the study-wide forecast and report): finished runs'
+    # jobs carry the training recipe, not the grid, so their params are unchanged.
+    dry = run(["snakemake", "-n", "--config", "study=smoke", "train__lrs=[0.01,0.03]"], project)
+    assert "run_id=lr3e-02_nall_k0_s0" in dry
+    assert "run_id=lr1e-02_nall_k0_s0" not in dry and "run_id=control" not in dry, dry[-3000:]

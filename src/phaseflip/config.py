@@ -223,13 +223,9 @@ class ExtraRun(Strict):
     seed: int = 0
 
 
-class TrainConfig(Strict):
-    lrs: list[float] = Field(min_length=1)
-    n_real: list[int | Literal["all"]] = Field(min_length=1)
-    dream_k: list[int] = Field(min_length=1)
-    seeds: list[int] = Field(min_length=1)
-    extra_runs: list[ExtraRun] = []
-    negative_control: NegativeControl = NegativeControl()
+class TrainRecipe(Strict):
+    """How every run trains: what a single run's job depends on (not which runs the grid holds)."""
+
     max_steps: int = Field(gt=0)
     batch_size: int = Field(0, ge=0)
     micro_batch_size: int = Field(4, gt=0)
@@ -239,6 +235,27 @@ class TrainConfig(Strict):
     divergence_loss: float = Field(20.0, gt=0)
     max_length: int = Field(256, gt=8)
     lora: LoraConfig
+
+    @model_validator(mode="after")
+    def _checkpoints_within_steps(self) -> TrainRecipe:
+        bad = [s for s in self.checkpoint_steps if not 0 < s <= self.max_steps]
+        if bad:
+            raise ValueError(f"train.checkpoint_steps {bad} outside 1..max_steps={self.max_steps}")
+        return self
+
+
+GRID_KEYS = ("lrs", "n_real", "dream_k", "seeds", "extra_runs", "negative_control")
+
+
+class TrainConfig(TrainRecipe):
+    """The recipe plus the grid: lrs x n_real x dream_k x seeds, extra runs, the negative control."""
+
+    lrs: list[float] = Field(min_length=1)
+    n_real: list[int | Literal["all"]] = Field(min_length=1)
+    dream_k: list[int] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    extra_runs: list[ExtraRun] = []
+    negative_control: NegativeControl = NegativeControl()
 
     @field_validator("lrs")
     @classmethod
@@ -254,12 +271,9 @@ class TrainConfig(Strict):
             raise ValueError(f"counts must be >= 0, got {values}")
         return values
 
-    @model_validator(mode="after")
-    def _checkpoints_within_steps(self) -> TrainConfig:
-        bad = [s for s in self.checkpoint_steps if not 0 < s <= self.max_steps]
-        if bad:
-            raise ValueError(f"train.checkpoint_steps {bad} outside 1..max_steps={self.max_steps}")
-        return self
+    def recipe(self) -> dict[str, Any]:
+        """The recipe alone, as JSON-ready data: a run's job depends on this, not on the grid."""
+        return self.model_dump(mode="json", exclude=set(GRID_KEYS))
 
 
 class EvalConfig(Strict):

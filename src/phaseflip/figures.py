@@ -60,7 +60,8 @@ def curves_figure(study: pd.DataFrame, transitions: pd.DataFrame, forecasts: pd.
             fc = forecasts[(forecasts.run_id == run_id) & (forecasts.method == "logistic")
                            & forecasts.predicted.notna()]
             for f in fc.itertuples():  # where each cutoff's forecast put the flip, at the threshold line
-                axes[0][col].errorbar(f.predicted, threshold, xerr=[[f.predicted - f.lo], [f.hi - f.predicted]],
+                err = [[max(0.0, f.predicted - f.lo)], [max(0.0, f.hi - f.predicted)]]
+                axes[0][col].errorbar(f.predicted, threshold, xerr=err,
                                       marker="x", ms=7, color=color, capsize=2, lw=0.8)
         axes[0][col].axhline(threshold, color="grey", lw=0.8)
         axes[0][col].set_ylim(-0.02, 1.02)

@@ -102,8 +102,10 @@ def logistic_forecast(steps: np.ndarray, values: np.ndarray, threshold: float, n
         return {"predicted": None, "lo": None, "hi": None, "form": form, "reason": "rise not significant"}
     alpha = (1 - interval) / 2
     lo, hi = np.quantile(boots, [alpha, 1 - alpha])
-    return {"predicted": max(predicted, float(steps[-1])), "lo": float(lo), "hi": float(hi), "form": form,
-            "reason": ""}
+    # A crossing is never forecast before the last checkpoint seen: clamp the point and its interval alike.
+    floor = float(steps[-1])
+    return {"predicted": max(predicted, floor), "lo": max(float(lo), floor), "hi": max(float(hi), floor),
+            "form": form, "reason": ""}
 
 
 def linear_forecast(steps: np.ndarray, values: np.ndarray, threshold: float) -> dict[str, Any]:

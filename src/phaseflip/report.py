@@ -189,6 +189,8 @@ def _q1_q2(study: pd.DataFrame, transitions: pd.DataFrame, best_ckpt: Any, max_s
         cont = [v for v in (p, m) if v is not None and not math.isnan(v)]
         if b is None or math.isnan(b) or not cont:
             reading = "no net change to compare"
+        elif not t.flipped:
+            reading = "no flip: the binary metric barely moved, nothing to compare"
         elif b > 2 * max(cont):
             reading = "binary much sharper than continuous: the sharpness is largely the yes/no metric (mirage)"
         else:
@@ -225,6 +227,15 @@ def _q3(transitions: pd.DataFrame, study: pd.DataFrame, dreams: dict[str, Any], 
                      f" | {d.run_id} | {_int(d.transition_step) if d.flipped else 'no flip'} |")
     if not pairs:
         L.append("| – | – | no real-only run with the same effective count | | | |")
+    for d in with_dreams.itertuples():  # the confound: fewer real corrections alone can also flip sooner
+        same = real[(real.dream_k == 0) & (real.n_real.astype(str) == str(d.n_real)) & (real.lr == d.lr)
+                    & (real.seed == d.seed)]
+        for r in same.itertuples():
+            without = _int(r.transition_step) if r.flipped else "no flip"
+            with_d = _int(d.transition_step) if d.flipped else "no flip"
+            L.append(f"\nSame {r.n_real} real corrections without dreams (`{r.run_id}`): transition {without} vs "
+                     f"{with_d} with dreams. If these match, the dreams did not move the flip: compare the "
+                     "curves, not only the equal-count pair above.")
     final = pick(study[study.dream_k > 0], "behavior_rate")
     last = final[final.step == final.step.max()]
     for r in last.itertuples():
@@ -330,7 +341,9 @@ def _costs(bench: pd.DataFrame, **_: Any) -> list[str]:
     L = ["", "## Cost per stage", "", "| job | wall s | peak RSS MB |", "|---|---|---|"]
     for r in bench.itertuples():
         L.append(f"| {r.job} | {r.s:.1f} | {r.max_rss:.0f} |")
-    L += [f"| total | {bench.s.sum():.1f} | {bench.max_rss.max():.0f} (max) |", "",
+    L += [f"| sum of job times | {bench.s.sum():.1f} | {bench.max_rss.max():.0f} (max) |", "",
+          "Grid-point jobs (train, evaluate) run side by side (1 thread each), so the study's wall time is less "
+          "than this sum; `snakemake`'s log gives it.", "",
           "Figures: " + ", ".join(f"`{f}.png`" for f in FIGURES) + ". Tables: `study_metrics.csv` (every run, "
           "step, family, metric), `comparison.csv`, `stage_costs.csv`, `../forecast/*.csv`."]
     return L

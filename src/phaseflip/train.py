@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -30,7 +31,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from phaseflip.config import LoraConfig, TrainConfig
+from phaseflip.config import LoraConfig, TrainConfig, TrainRecipe
 from phaseflip.data import Example
 from phaseflip.io import DataError, read_csv, read_safetensors, write_csv, write_json, write_text
 from phaseflip.scoring import IGNORE, encode_reply, pad_batch, prompt_of, reply_token_logprobs
@@ -60,11 +61,22 @@ def grid(cfg: TrainConfig) -> list[RunSpec]:
     return runs
 
 
-def parse_run_id(run_id: str, cfg: TrainConfig) -> RunSpec:
-    for spec in grid(cfg):
-        if spec.run_id == run_id:
-            return spec
-    raise DataError(f"run id {run_id!r} is not in the configured grid")
+RUN_ID = re.compile(r"^(?:control-(?P<control>[a-z]+)_)?lr(?P<lr>[0-9.e+-]+)_n(?P<n>all|[0-9]+)"
+                    r"_k(?P<k>[0-9]+)_s(?P<s>[0-9]+)$")
+
+
+def parse_run_id(run_id: str, cfg: TrainConfig | None = None) -> RunSpec:
+    """The grid point a run id names (ids name their parameters); with `cfg`, it must be in that grid."""
+    if cfg is not None:
+        for spec in grid(cfg):
+            if spec.run_id == run_id:
+                return spec
+        raise DataError(f"run id {run_id!r} is not in the configured grid")
+    m = RUN_ID.match(run_id)
+    if not m:
+        raise DataError(f"run id {run_id!r} is not of the form [control-<kind>_]lr<lr>_n<n_real>_k<dream_k>_s<seed>")
+    n = m["n"] if m["n"] == "all" else int(m["n"])
+    return RunSpec(float(m["lr"]), n, int(m["k"]), int(m["s"]), control=m["control"])
 
 
 def training_examples(spec: RunSpec, corrections: list[Example], dreams: list[Example],
@@ -124,7 +136,7 @@ def _save_checkpoint(model: PeftModel, optimizer: torch.optim.Optimizer, out: Pa
     tmp.rename(final)
 
 
-def _fingerprint(spec: RunSpec, cfg: TrainConfig, examples: list[Example], base: str) -> str:
+def _fingerprint(spec: RunSpec, cfg: TrainRecipe, examples: list[Example], base: str) -> str:
     """What a checkpoint depends on: a resume only continues checkpoints with the same fingerprint."""
     # Not the grid lists or the schedule length: adding a grid point or extending max_steps keeps a run valid.
     recipe = cfg.model_dump(mode="json", include={"batch_size", "micro_batch_size", "max_grad_norm", "weight_decay",
@@ -161,7 +173,7 @@ def _resume(model: PeftModel, optimizer: torch.optim.Optimizer, out: Path,
 
 
 def train_run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
-              spec: RunSpec, cfg: TrainConfig, out: str | Path, base_fingerprint: str = "") -> dict[str, Any]:
+              spec: RunSpec, cfg: TrainRecipe, out: str | Path, base_fingerprint: str = "") -> dict[str, Any]:
     """Train one run; writes checkpoints/, train_log.csv and run.json under `out`.
 
     `base_fingerprint` identifies the base model (its weights' sha256), so a resume never continues

@@ -25,3 +25,11 @@ def stage_params(*sections):
 
 def data_file(kind):
     return CFG["behavior"]["data"][kind]
+
+
+def run_params(*sections):
+    """Like stage_params, for one grid point's jobs (train, evaluate): the train section holds only the
+    recipe, not the grid, so adding a grid point leaves every finished run's params, and the run, as is."""
+    keys = ("seed", "device", "study") + sections
+    text = json.dumps({key: STUDY.train.recipe() if key == "train" else CFG[key] for key in keys}, sort_keys=True)
+    return lambda wildcards: text

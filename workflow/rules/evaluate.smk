@@ -34,7 +34,7 @@ rule evaluate:
     output:
         "results/runs/{run_id}/metrics.csv",
     params:
-        cfg=stage_params("model", "behavior", "train", "eval", "steering"),
+        cfg=run_params("model", "behavior", "train", "eval", "steering"),
         run_dir=subpath(input.info, parent=True),
     wildcard_constraints:
         run_id="[A-Za-z0-9_.+-]+",

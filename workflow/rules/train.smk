@@ -8,7 +8,7 @@ rule train:
         log="results/runs/{run_id}/train_log.csv",
         info="results/runs/{run_id}/run.json",
     params:
-        cfg=stage_params("model", "train"),
+        cfg=run_params("model", "train"),
         out=subpath(output.info, parent=True),
     wildcard_constraints:
         run_id="[A-Za-z0-9_.+-]+",
