@@ -217,7 +217,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from phaseflip.train import parse_run_id, train_run, training_examples
 
     params = _params(args)
-    cfg = TrainRecipe.model_validate(params["train"])  # the recipe only: the run's point is its id
+    cfg = TrainRecipe.of(params["train"])  # the recipe only: the run's point is its id
     spec = parse_run_id(args.run_id)
     unrelated = [r["text"] for r in load_retention(args.retention)]  # the irrelevant control's replies
     examples = training_examples(spec, load_examples(args.corrections, "corrections"), _dreams(args.dreams),
@@ -253,7 +253,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"evaluate base: {time.time() - started:.0f}s")
         return
     run_dir = Path(args.run_dir)
-    train_cfg = TrainRecipe.model_validate(params["train"])
+    train_cfg = TrainRecipe.of(params["train"])
     info = read_json(run_dir / "run.json")
     started = time.time()
     rows = read_csv(args.base_metrics).to_dict("records")

@@ -226,6 +226,11 @@ class ExtraRun(Strict):
 class TrainRecipe(Strict):
     """How every run trains: what a single run's job depends on (not which runs the grid holds)."""
 
+    @classmethod
+    def of(cls, train: dict[str, Any]) -> TrainRecipe:
+        """The recipe from a train section, with or without the grid keys (a full config works too)."""
+        return cls.model_validate({k: v for k, v in train.items() if k not in GRID_KEYS})
+
     max_steps: int = Field(gt=0)
     batch_size: int = Field(0, ge=0)
     micro_batch_size: int = Field(4, gt=0)
