@@ -37,8 +37,10 @@ def test_every_metric_per_family_and_base_references(tiny) -> None:  # type: ign
         model.model.layers[0].self_attn.o_proj.weight.mul_(3.0)
     later = pd.DataFrame(ev.evaluate(model, step=2))
     assert later[later.metric == "retention_kl"].value.iloc[0] > 0
-    assert later[later.metric == "dissimilarity"].value.iloc[0] > 0
-    assert not math.isnan(later[later.metric == "steering_cosine"].value.iloc[0])
+    for family in ["all", "in_distribution", "french", "inverted"]:  # per family, like every other metric
+        rows = later[later.family == family].set_index("metric")
+        assert rows.value["dissimilarity"] > 0, family
+        assert not math.isnan(rows.value["steering_cosine"]), family
 
 
 def test_identical_model_has_zero_dissimilarity_and_same_numbers(tiny) -> None:  # type: ignore[no-untyped-def]

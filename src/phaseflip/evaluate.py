@@ -140,23 +140,25 @@ class Evaluator:
         return rows
 
     def _probe_rows(self, result: ProbeResult, step: int, is_base: bool) -> list[Row]:
-        """dissimilarity to the previous checkpoint, and steering_cosine against the steering vector."""
-        n = len(result.next_token_logprobs)
+        """dissimilarity to the previous checkpoint and steering_cosine against the steering vector, per family."""
         rows: list[Row] = []
+        families = self._families()
         if self.previous is not None and not is_base:
             prev_step, prev = self.previous
             # Jensen-Shannon per step between neighbouring checkpoints (steps may be unevenly spaced).
-            value = float(js_divergence(result.next_token_logprobs, prev).mean()) / max(1, step - prev_step)
-            rows.append(_row(step, "all", "dissimilarity", value, math.nan, math.nan, n))
+            js = js_divergence(result.next_token_logprobs, prev) / max(1, step - prev_step)
+            for family, idx in families.items():
+                rows.append(_row(step, family, "dissimilarity", float(js[idx].mean()), math.nan, math.nan, len(idx)))
         self.previous = (step, result.next_token_logprobs)
         if self.steering:
             hidden = result.hidden[self.steering.layer]
             if is_base:
                 self.base_hidden = hidden
             elif self.base_hidden is not None:
-                shift = (hidden - self.base_hidden).mean(dim=0)
-                rows.append(_row(step, "all", "steering_cosine", cosine(shift, self.steering.vector),
-                                 math.nan, math.nan, n))
+                for family, idx in families.items():
+                    shift = (hidden[idx] - self.base_hidden[idx]).mean(dim=0)
+                    rows.append(_row(step, family, "steering_cosine", cosine(shift, self.steering.vector),
+                                     math.nan, math.nan, len(idx)))
         return rows
 
     def _retention_rows(self, model: PreTrainedModel, step: int, is_base: bool) -> list[Row]:

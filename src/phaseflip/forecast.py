@@ -168,7 +168,7 @@ def detect(run_id: str, metrics: pd.DataFrame, train_log: pd.DataFrame, run_info
     and the sharpness of the binary vs the continuous metrics."""
     flip = transition_step(metrics, cfg.flip_threshold)
     cont = curve(metrics, cfg.continuous_metric)
-    dis = metrics[metrics.metric == "dissimilarity"].sort_values("step")
+    dis = metrics[(metrics.metric == "dissimilarity") & (metrics.family == "all")].sort_values("step")
     grad_peak = int(train_log.step[train_log.grad_norm.idxmax()]) if len(train_log) else None
     dis_peak = int(dis.step[dis.value.idxmax()]) if len(dis) else None
     cp = change_point(cont.step.to_numpy(), cont.value.to_numpy())
