@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from _project import copy_project
 from safetensors.torch import load_file
 
 from phaseflip import base_model, io
@@ -378,9 +378,7 @@ def test_empty_steering_layers_is_refused() -> None:
 @pytest.mark.integration
 def test_bad_config_stops_snakemake_before_any_job(tmp_path: Path) -> None:
     """Through `snakemake -n --config ...` as a user types it: the error, no job listed, nothing written."""
-    for name in ["Snakefile", "workflow", "conf", "data", "params.yaml"]:
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / name)
+    copy_project(tmp_path, ["Snakefile", "workflow", "conf", "data", "params.yaml"])
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     # One of each kind (each dry run imports torch: ~5-30 s): unknown key, wrong type, empty grid, lr <= 0,
     # missing data file, data outside data/. The unit test above covers every entry of BAD_CONFIGS.

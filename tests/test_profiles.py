@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _project import copy_project
 
 from phaseflip import base_model
 from phaseflip.io import pick_device
@@ -31,14 +31,7 @@ def _snakemake(args: list[str], cwd: Path, env: dict[str, str] | None = None) ->
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh copy (no results/): every job of the smoke study appears in a dry run."""
-    dest = tmp_path_factory.mktemp("project")
-    for name in COPY:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", ".snakemake"))
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
+    return copy_project(tmp_path_factory.mktemp("project"), COPY)
 
 
 def parse_jobs(dry_run: str) -> list[dict[str, str]]:

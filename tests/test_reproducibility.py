@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from _project import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
 COPY = ["src", "Snakefile", "dvc.yaml", "params.yaml", "workflow", "conf", "data", ".dvc", ".gitignore", ".dvcignore"]
@@ -43,16 +44,6 @@ def env(project: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(root / "src")}
 
 
-def copy_project(dest: Path, source: Path = ROOT) -> Path:
-    for name in COPY:
-        src = source / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("tmp", "cache", "__pycache__"))
-        elif src.exists():
-            shutil.copy2(src, dest / name)
-    return dest
-
-
 def tree_hashes(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -76,8 +67,8 @@ def metric_tables(results: Path) -> dict[str, pd.DataFrame]:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A git + DVC copy of the project where the smoke study ran via `dvc exp run -S` and was committed."""
-    snapshot = copy_project(tmp_path_factory.mktemp("snapshot"))
-    project = copy_project(tmp_path_factory.mktemp("history") / "project", source=snapshot)
+    snapshot = copy_project(tmp_path_factory.mktemp("snapshot"), COPY)
+    project = copy_project(tmp_path_factory.mktemp("history") / "project", COPY, source=snapshot)
     (project / ".dvc" / "config.local").unlink(missing_ok=True)  # the project's remote: ../dvc_remote
     run(["git", "init", "-q"], project)
     run([*GIT, "add", "-A"], project)
@@ -101,7 +92,7 @@ def test_second_repro_does_nothing(repo: dict) -> None:
 @pytest.mark.integration
 def test_same_config_from_scratch_gives_identical_metric_tables(repo: dict,
                                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
-    other = copy_project(tmp_path_factory.mktemp("again"), source=repo["snapshot"])
+    other = copy_project(tmp_path_factory.mktemp("again"), COPY, source=repo["snapshot"])
     run(["snakemake", "--cores", "all", "--config", "study=smoke"], other)
     first, second = metric_tables(repo["path"] / "results"), metric_tables(other / "results")
     assert first.keys() == second.keys() and len(first) >= 8, sorted(first)

@@ -1,12 +1,12 @@
 """End to end: the smoke study through Snakemake and DVC in a temporary copy of the project."""
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from _project import copy_project
 
 from phaseflip.config import compose
 
@@ -23,13 +23,7 @@ def run(cmd: list[str], cwd: Path) -> str:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dest = tmp_path_factory.mktemp("project")
-    for name in COPY:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("tmp", "cache"))
-        elif src.exists():
-            shutil.copy2(src, dest / name)
+    dest = copy_project(tmp_path_factory.mktemp("project"), COPY)
     run(["git", "init", "-q"], dest)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], dest)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], dest)
