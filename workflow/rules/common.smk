@@ -14,10 +14,10 @@ CFG = STUDY.model_dump(mode="json")
 RUN_IDS = [spec.run_id for spec in grid(STUDY.train)]
 
 
-def stage_params(*sections):
+def stage_params(*sections, config=CFG):
     """The config sections a stage needs, as JSON: Snakemake reruns a job when its sections change."""
     keys = ("seed", "device", "study") + sections
-    text = json.dumps({key: CFG[key] for key in keys}, sort_keys=True)
+    text = json.dumps({key: config[key] for key in keys}, sort_keys=True)
     # A function, not a string: Snakemake would read any "{name}" inside the JSON (e.g. a judge prompt
     # template) as a wildcard.
     return lambda wildcards: text
@@ -30,6 +30,4 @@ def data_file(kind):
 def run_params(*sections):
     """Like stage_params, for one grid point's jobs (train, evaluate): the train section holds only the
     recipe, not the grid, so adding a grid point leaves every finished run's params, and the run, as is."""
-    keys = ("seed", "device", "study") + sections
-    text = json.dumps({key: STUDY.train.recipe() if key == "train" else CFG[key] for key in keys}, sort_keys=True)
-    return lambda wildcards: text
+    return stage_params(*sections, config={**CFG, "train": STUDY.train.recipe()})
