@@ -1,8 +1,11 @@
+import math
+
 import torch
 
 from phaseflip.data import Example
 from phaseflip.scoring import (
     IGNORE,
+    _sample_token,
     encode_reply,
     generate,
     probe,
@@ -97,3 +100,18 @@ def test_n_samples_share_one_prompt_encoding(tiny) -> None:  # type: ignore[no-u
     assert torch.allclose(got.probe.hidden[1][1], alone.hidden[1][0], atol=1e-4)
     again = sample_replies(model, tok, prompts, n=3, max_new_tokens=6, batch_size=6, temperature=1.0, seed=3)
     assert again.replies == got.replies
+
+
+def test_sampled_tokens_follow_the_tempered_softmax() -> None:
+    """The inverse-CDF sampler draws from softmax(logits / T) and never draws a zero-probability token."""
+    logits = torch.tensor([[2.0, 0.0, -1.0, -math.inf]]).repeat(20_000, 1)
+    temperature = 0.7
+    want = torch.softmax(logits[0] / temperature, dim=-1)
+    drawn = _sample_token(logits.clone(), temperature, torch.Generator().manual_seed(0))
+    freq = torch.bincount(drawn, minlength=4).float() / len(drawn)
+    assert freq[3] == 0
+    # 20k draws: the standard error of each frequency is below 0.004; 0.015 is ~4 standard errors.
+    assert torch.allclose(freq, want, atol=0.015), (freq, want)
+    again = _sample_token(logits.clone(), temperature, torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, again)
+    assert torch.equal(_sample_token(logits.clone(), None, torch.Generator()), torch.zeros(20_000, dtype=torch.long))

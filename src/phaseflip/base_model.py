@@ -27,6 +27,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from phaseflip.attention import attention_implementation
 from phaseflip.config import ModelConfig
 from phaseflip.io import DataError, read_json, write_json
 
@@ -187,7 +188,8 @@ def load(model_dir: str | Path, device: torch.device | str = "cpu", trust_remote
     tokenizer.padding_side = "left"
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch_dtype
+            model_dir, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch_dtype,
+            attn_implementation=attention_implementation(device),
         )
     except (OSError, ValueError, RuntimeError) as err:
         raise DataError(f"{model_dir}: cannot load model weights ({err}); rerun rule base_model") from err

@@ -22,7 +22,7 @@ from phaseflip.config import EvalConfig
 from phaseflip.data import Example
 from phaseflip.judge import Judge
 from phaseflip.metrics import cosine, js_divergence, kl_divergence, wilson_interval
-from phaseflip.scoring import ProbeResult, probe, prompt_of, sample_replies, score_reply_pairs, text_logprobs
+from phaseflip.scoring import ProbeResult, ReplyScores, probe, prompt_of, score_and_sample, text_logprobs
 
 Row = dict[str, Any]
 PromptFn = Callable[[Example], str]
@@ -66,11 +66,15 @@ class Evaluator:
         prompt_fn = prompt_fn or (lambda ex: prompt_of(self.tok, ex))
         prompts = [prompt_fn(ex) for ex in self.scenarios]
         per_scenario: dict[str, list[float]] = defaultdict(list)
-        self._pairwise(model, prompts, per_scenario)
-        # One encoding of each prompt serves the n samples and the probe (dissimilarity, steering_cosine).
-        samples = sample_replies(model, self.tok, prompts, self.cfg.n_samples, self.cfg.max_new_tokens,
-                                 self.cfg.batch_size, temperature=self.cfg.temperature, seed=self.seed,
-                                 layers=self._layers())
+        # One encoding of each prompt serves the pair scores, the n samples and the probe
+        # (dissimilarity, steering_cosine).
+        pairs, samples = score_and_sample(
+            model, self.tok, prompts, [[ex.preferred or "" for ex in self.scenarios],
+                                       [ex.rejected or "" for ex in self.scenarios]],
+            n=self.cfg.n_samples, max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size,
+            temperature=self.cfg.temperature, seed=self.seed, layers=self._layers(),
+            prompt_formats=[ex.prompt_format for ex in self.scenarios])
+        self._pairwise(pairs[0], pairs[1], per_scenario)
         self._behavior(samples.replies, per_scenario)
         rows = self._aggregate(step, per_scenario)
         rows += self._probe_rows(samples.probe, step, is_base)
@@ -91,25 +95,18 @@ class Evaluator:
         self._probe_rows(probe(model, self.tok, prompts, self.cfg.batch_size, self._layers()), step, is_base=True)
         self._retention_rows(model, step, is_base=True)
 
-    def _pairwise(self, model: PreTrainedModel, prompts: list[str], out: dict[str, list[float]]) -> None:
-        """margin, p_preferred, forced_choice, heldout_loss from the reference replies."""
+    def _pairwise(self, pref: ReplyScores, rej: ReplyScores, out: dict[str, list[float]]) -> None:
+        """margin, p_preferred, forced_choice, heldout_loss from the reference replies' scores."""
         idx = [i for i, ex in enumerate(self.scenarios) if ex.preferred and ex.rejected]
         nan = [math.nan] * len(self.scenarios)
         for key in ("margin", "p_preferred", "forced_choice", "heldout_loss"):
             out[key] = list(nan)
-        if not idx:
-            return
-        fmts = [self.scenarios[i].prompt_format for i in idx]
-        pref, rej = score_reply_pairs(
-            model, self.tok, [prompts[i] for i in idx],
-            [[self.scenarios[i].preferred or "" for i in idx], [self.scenarios[i].rejected or "" for i in idx]],
-            self.cfg.batch_size, prompt_formats=fmts)
         margin = pref.logprob_mean - rej.logprob_mean
-        for j, i in enumerate(idx):
-            out["margin"][i] = float(margin[j])
-            out["p_preferred"][i] = float(torch.sigmoid(margin[j]))  # p(pref) / (p(pref) + p(rej))
-            out["forced_choice"][i] = float(margin[j] > 0)
-            out["heldout_loss"][i] = float(-pref.logprob_mean[j])
+        for i in idx:  # scenarios without both replies keep nan
+            out["margin"][i] = float(margin[i])
+            out["p_preferred"][i] = float(torch.sigmoid(margin[i]))  # p(pref) / (p(pref) + p(rej))
+            out["forced_choice"][i] = float(margin[i] > 0)
+            out["heldout_loss"][i] = float(-pref.logprob_mean[i])
 
     def _behavior(self, replies: list[list[str]], out: dict[str, list[float]]) -> None:
         """behavior_rate and coherence over the n sampled replies per scenario."""
