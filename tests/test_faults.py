@@ -234,7 +234,7 @@ def test_corrupt_steering_vector_names_file_and_rule(tmp_path: Path, damage: str
     assert torch.equal(vector_for_layer(path, 1), torch.ones(8))
     CORRUPTIONS[damage](path)
     with pytest.raises(DataError, match=r"vector.safetensors: cannot read steering vector: truncated or corrupt "
-                                        r"safetensors file \(written by rule steering; delete it and rerun\)"):
+                                        r"safetensors file \(written by rule steering_vectors; delete it and rerun\)"):
         vector_for_layer(path, 1)
 
 
@@ -244,6 +244,7 @@ def test_writer_of_maps_outputs_to_rules(tmp_path: Path) -> None:
         "results/corrections/eval.jsonl": "corrections",
         "results/dreams/dream_report.json": "dreams",
         "results/steering/steering_metrics.csv": "steering",
+        "results/steering/vector_real_and_dreams.safetensors": "steering_vectors",
         "results/icl/icl_metrics.csv": "icl",
         "results/base_eval/metrics.csv": "evaluate_base",
         f"results/runs/{RUN_ID}/metrics.csv": "evaluate",

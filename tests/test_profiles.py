@@ -20,7 +20,7 @@ from phaseflip.io import pick_device
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 COPY = ["src", "Snakefile", "workflow", "conf", "data"]
-GPU_RULES = {"corrections", "steering", "icl", "evaluate_base", "train", "evaluate"}
+GPU_RULES = {"corrections", "steering_vectors", "steering", "icl", "evaluate_base", "train", "evaluate"}
 JOB_RULES = {"base_model", "dreams", "forecast", "report"} | GPU_RULES
 
 
@@ -125,7 +125,9 @@ def test_local_dry_run_runs_grid_points_side_by_side(project: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     threads = {j["rule"]: int(j["threads"]) for j in parse_jobs(proc.stdout + proc.stderr) if "threads" in j}
     assert threads["train"] == threads["evaluate"] == 1
-    assert threads["steering"] == threads["icl"] == threads["evaluate_base"] == 4  # single jobs: all cores
+    # stage jobs beside the grid: half the cores; the jobs everything waits on: all of them
+    assert threads["steering_vectors"] == threads["steering"] == threads["icl"] == threads["evaluate_base"] == 2
+    assert threads["base_model"] == threads["corrections"] == threads["dreams"] == 4
 
 
 @pytest.mark.parametrize("threads", [1, 3])

@@ -46,3 +46,24 @@ def test_steering_changes_only_the_chosen_layer_and_is_removed(tiny) -> None:  #
     assert torch.allclose(during[1], before[1])
     assert not torch.allclose(during[2], before[2])
     assert all(torch.allclose(a, b) for a, b in zip(after, before, strict=True))
+
+
+def test_truncated_forward_gives_the_same_vector_and_restores_the_model(tiny) -> None:  # type: ignore[no-untyped-def]
+    """Training on blocks 0..L only (no LM head) reads the same activations as the whole model."""
+    from steering_vectors import train_steering_vector
+
+    from phaseflip.steering import forward_up_to, training_pairs
+
+    model, tok = tiny
+    ids = tok("Use tabs.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits
+    head, n_blocks = model.get_output_embeddings(), len(model.get_decoder().layers)
+    whole = train_steering_vector(model, tok, training_pairs(tok, PAIRS), layers=[0], batch_size=2)
+    with forward_up_to(model, 0):
+        assert len(model.get_decoder().layers) == 1
+        cut = train_steering_vector(model, tok, training_pairs(tok, PAIRS), layers=[0], batch_size=2)
+    assert torch.allclose(whole.layer_activations[0], cut.layer_activations[0], atol=1e-6)
+    assert model.get_output_embeddings() is head and len(model.get_decoder().layers) == n_blocks
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, logits)

@@ -12,7 +12,8 @@ from phaseflip.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 COPY = ["src", "Snakefile", "dvc.yaml", "params.yaml", "workflow", "conf", "data", ".dvc", ".gitignore", ".dvcignore"]
-STAGES = ["base_model", "corrections", "dreams", "steering", "icl", "train", "evaluate", "forecast", "report"]
+STAGES = ["base_model", "corrections", "dreams", "steering_vectors", "steering", "icl", "train", "evaluate", "forecast",
+          "report"]
 
 
 def run(cmd: list[str], cwd: Path) -> str:

@@ -140,19 +140,35 @@ def cmd_dreams(args: argparse.Namespace) -> None:
     print(f"dreams: kept {len(dreams)} of {report['counts'].get('generated', 0)} generated (dropped: {dropped})")
 
 
-def vector_file(training_set: str) -> str:
-    """`vector.safetensors` is the real-corrections vector: the reference for `steering_cosine`."""
-    return "vector.safetensors" if training_set == "real" else f"vector_{training_set}.safetensors"
-
-
 def _base_rows(args: argparse.Namespace, **tags: Any) -> list[dict[str, Any]]:
     """The base model's metrics (the `evaluate_base` job), tagged as one setting of a baseline sweep."""
     return [dict(r, **tags) for r in read_csv(args.base_metrics).to_dict("records")]
 
 
+def cmd_steering_vectors(args: argparse.Namespace) -> None:
+    """One contrastive vector per training set (and always the real one: steering_cosine's reference)."""
+    from phaseflip.steering import save_vector, train_vector, vector_file, vector_sets
+
+    params = _params(args)
+    cfg = SteeringConfig.model_validate(params["steering"])
+    model, tok = _model(args, params)
+    out = Path(args.out)
+    started = time.time()
+    for training_set in vector_sets(cfg):
+        examples = load_examples(args.corrections, "corrections")
+        if training_set == "real_and_dreams":
+            examples += _dreams(args.dreams)
+        vector = train_vector(model, tok, examples, cfg)
+        save_vector(vector, out / vector_file(training_set),
+                    {"training_set": training_set, "pair_ids": [e.id for e in examples if e.preferred and e.rejected],
+                     "read_token_index": cfg.read_token_index, "layers": sorted(vector.layer_activations)})
+    print(f"steering_vectors: {vector_sets(cfg)} in {time.time() - started:.0f}s")
+
+
 def cmd_steering(args: argparse.Namespace) -> None:
+    """Every (training set, layer, multiplier), scored like a checkpoint."""
     from phaseflip.evaluate import Evaluator
-    from phaseflip.steering import save_vector, sweep, train_vector
+    from phaseflip.steering import load_vector, sweep, vector_file
 
     params = _params(args)
     cfg = SteeringConfig.model_validate(params["steering"])
@@ -161,18 +177,11 @@ def cmd_steering(args: argparse.Namespace) -> None:
     evaluator = Evaluator(tok, scenarios, retention, _judge(args, params), eval_cfg, seed=int(params["seed"]))
     evaluator.set_references(model)  # base retention distributions, for retention_kl of each setting
     rows = _base_rows(args, training_set="none", layer=-1, multiplier=0.0)
-    out = Path(args.out)
     started = time.time()
     for training_set in cfg.training_sets:
-        examples = load_examples(args.corrections, "corrections")
-        if training_set == "real_and_dreams" and Path(args.dreams).stat().st_size:
-            examples += load_examples(args.dreams, "corrections")
-        vector = train_vector(model, tok, examples, cfg)
-        save_vector(vector, out / vector_file(training_set),
-                    {"training_set": training_set, "pair_ids": [e.id for e in examples if e.preferred and e.rejected],
-                     "read_token_index": cfg.read_token_index, "layers": sorted(vector.layer_activations)})
+        vector, _ = load_vector(Path(args.vectors) / vector_file(training_set))
         rows += [dict(r, training_set=training_set) for r in sweep(model, vector, evaluator, cfg.multipliers)]
-    write_csv(out / "steering_metrics.csv", pd.DataFrame(rows))
+    write_csv(Path(args.out) / "steering_metrics.csv", pd.DataFrame(rows))
     print(f"steering: {len(cfg.training_sets)} training sets x {len(vector.layer_activations)} layers x "
           f"{len(cfg.multipliers)} multipliers in {time.time() - started:.0f}s")
 
@@ -326,7 +335,8 @@ def parser() -> argparse.ArgumentParser:
     stage("corrections", "base")
     dr = stage("dreams", "corrections", "eval")
     dr.add_argument("--base", help="the base model folder (the model dream generator and the model judge)")
-    stage("steering", "base", "corrections", "dreams", "eval", "retention", "base_metrics")
+    stage("steering_vectors", "base", "corrections", "dreams")
+    stage("steering", "base", "vectors", "eval", "retention", "base_metrics")
     stage("icl", "base", "corrections", "eval", "retention", "base_metrics")
     stage("train", "base", "corrections", "dreams", "retention", "run_id")
     ev = stage("evaluate", "base", "eval", "retention")

@@ -108,16 +108,18 @@ def workload(cfg: StudyConfig, stats: TokenStats, n_parameters: int, n_layers: i
     prompts = sum(p for p, _, _ in stats.scenarios)
     pairs = sum(p + a + b for p, a, b in stats.scenarios if a)
     sampled_per_pass = n_scen * e.n_samples * e.max_new_tokens
-    # pairwise scoring + sampling prefill + probe, and the retention texts
-    forward_per_pass = pairs + e.n_samples * prompts + prompts + sum(stats.retention)
+    # each prompt is encoded once (its cache serves pair scoring, the probe and the n samples), its
+    # reference replies are scored on that cache, and the retention texts are scored
+    unpaired_prompts = sum(p for p, a, _ in stats.scenarios if not a)
+    forward_per_pass = pairs + unpaired_prompts + sum(stats.retention)
     decode_per_pass = math.ceil(n_scen * e.n_samples / e.batch_size) * e.max_new_tokens
 
     layers = n_layers if cfg.steering.layers == "all" else len(cfg.steering.layers)
     steering_passes = layers * len([m for m in cfg.steering.multipliers if m != 0])
     checkpoints = len(runs) * len(cfg.train.checkpoint_steps)
     passes = checkpoints + 1 + steering_passes + len(cfg.icl.ks)
-    # ICL prompts carry k corrections in context
-    icl_extra = sum(k * mean_seq * n_scen * (e.n_samples + 3) for k in cfg.icl.ks)
+    # ICL prompts carry k corrections in context, encoded once per prompt
+    icl_extra = sum(k * mean_seq * n_scen for k in cfg.icl.ks)
     # each evaluate job re-takes the base model's probe and retention references once
     references = len(runs) * (prompts + sum(stats.retention))
     eval_forward = round(passes * forward_per_pass + icl_extra + references)

@@ -75,6 +75,7 @@ _WRITERS: list[tuple[str, str]] = [
     ("base_model/", "base_model"),
     ("corrections/", "corrections"),
     ("dreams/", "dreams"),
+    ("steering/*.safetensors", "steering_vectors"),
     ("steering/", "steering"),
     ("icl/", "icl"),
     ("base_eval/", "evaluate_base"),
@@ -85,7 +86,7 @@ _WRITERS: list[tuple[str, str]] = [
 ]
 # Safetensors files are named by what they hold, wherever they lie (e.g. a copied checkpoint).
 _SAFETENSORS_WRITERS = {"adapter_model.safetensors": "train", "optimizer.safetensors": "train",
-                        "vector.safetensors": "steering", "model.safetensors": "base_model"}
+                        "vector.safetensors": "steering_vectors", "model.safetensors": "base_model"}
 
 
 def writer_of(path: str | Path) -> str | None:

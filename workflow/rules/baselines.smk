@@ -1,28 +1,50 @@
-rule steering:
+rule steering_vectors:
     input:
         base="results/base_model",
         corrections="results/corrections/train.jsonl",
         dreams="results/dreams/dreams.jsonl",
+    output:
+        [f"results/steering/{vector_file(t)}" for t in vector_sets(STUDY.steering)],
+    params:
+        cfg=stage_params("model", "steering"),
+        out=subpath(output[0], parent=True),
+    conda:
+        "../envs/phaseflip.yaml"
+    log:
+        "results/logs/steering_vectors.log",
+    benchmark:
+        "results/benchmarks/steering_vectors.tsv"
+    threads: STAGE_THREADS
+    shell:
+        "python -m phaseflip.cli steering_vectors --params {params.cfg:q} --threads {threads} --base {input.base} "
+        "--corrections {input.corrections} --dreams {input.dreams} --out {params.out} > {log} 2>&1"
+
+
+rule steering:
+    input:
+        base="results/base_model",
+        vectors=rules.steering_vectors.output,
+        real_vector="results/steering/vector.safetensors",
         eval="results/corrections/eval.jsonl",
         retention="results/corrections/retention.jsonl",
         base_metrics="results/base_eval/metrics.csv",
     output:
-        vector="results/steering/vector.safetensors",
         metrics="results/steering/steering_metrics.csv",
     params:
         cfg=stage_params("model", "behavior", "steering", "eval"),
-        out=subpath(output.vector, parent=True),
+        vectors=subpath(input.real_vector, parent=True),
+        out=subpath(output.metrics, parent=True),
     conda:
         "../envs/phaseflip.yaml"
     log:
         "results/logs/steering.log",
     benchmark:
         "results/benchmarks/steering.tsv"
-    threads: 8  # capped at --cores; on a cluster, set-threads in workflow/profiles/slurm
+    threads: STAGE_THREADS
     shell:
         "python -m phaseflip.cli steering --params {params.cfg:q} --threads {threads} --base {input.base} "
-        "--corrections {input.corrections} --dreams {input.dreams} --eval {input.eval} "
-        "--retention {input.retention} --base-metrics {input.base_metrics} --out {params.out} > {log} 2>&1"
+        "--vectors {params.vectors} --eval {input.eval} --retention {input.retention} "
+        "--base-metrics {input.base_metrics} --out {params.out} > {log} 2>&1"
 
 
 rule icl:
@@ -44,7 +66,7 @@ rule icl:
         "results/logs/icl.log",
     benchmark:
         "results/benchmarks/icl.tsv"
-    threads: 8  # capped at --cores; on a cluster, set-threads in workflow/profiles/slurm
+    threads: STAGE_THREADS
     shell:
         "python -m phaseflip.cli icl --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--corrections {input.corrections} --eval {input.eval} --retention {input.retention} "

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 from phaseflip.config import ConfigError, load_study_config
+from phaseflip.steering import vector_file, vector_sets
 from phaseflip.train import grid
 
 try:
@@ -31,3 +32,10 @@ def run_params(*sections):
     """Like stage_params, for one grid point's jobs (train, evaluate): the train section holds only the
     recipe, not the grid, so adding a grid point leaves every finished run's params, and the run, as is."""
     return stage_params(*sections, config={**CFG, "train": STUDY.train.recipe()})
+
+
+# The stage jobs that run beside the grid (evaluate_base, steering_vectors, steering, icl): half the
+# cores each, at most 8. On 2 cores that is 1 thread, so they pack beside the 1-thread train/evaluate
+# jobs instead of waiting for both cores to be free (one thread is also the more efficient per core:
+# an evaluation at 2 threads ran only 1.5x faster than at 1). On a cluster: set-threads in the profile.
+STAGE_THREADS = max(1, min(8, (workflow.cores or 2) // 2))

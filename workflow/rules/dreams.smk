@@ -16,7 +16,7 @@ rule dreams:
         "results/logs/dreams.log",
     benchmark:
         "results/benchmarks/dreams.tsv"
-    threads: 8  # capped at --cores; on a cluster, set-threads in workflow/profiles/slurm
+    threads: 8  # capped at --cores: every later job waits on this one; on a cluster, set-threads in workflow/profiles/slurm
     shell:
         "python -m phaseflip.cli dreams --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--corrections {input.corrections} --eval {input.eval} --out {params.out} > {log} 2>&1"

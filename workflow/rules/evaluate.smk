@@ -19,7 +19,7 @@ rule evaluate_base:
         "results/logs/evaluate/base.log",
     benchmark:
         "results/benchmarks/evaluate_base.tsv"
-    threads: 8  # capped at --cores; on a cluster, set-threads in workflow/profiles/slurm
+    threads: STAGE_THREADS
     shell:
         "python -m phaseflip.cli evaluate --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--eval {input.eval} --retention {input.retention} --out {output} > {log} 2>&1"

@@ -1,4 +1,4 @@
-STAGES = ["base_model", "corrections", "dreams", "steering", "icl", "evaluate_base", "forecast"]
+STAGES = ["base_model", "corrections", "dreams", "steering_vectors", "steering", "icl", "evaluate_base", "forecast"]
 
 
 rule report:
