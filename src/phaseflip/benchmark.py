@@ -9,8 +9,9 @@ Prints (and writes as JSON with --out):
   identical examples, LoRA config, learning rate and effective batch: the ratio;
 - pair scoring (margin/p_preferred) scenarios/s: batched vs one scenario at a time: the ratio;
 - sampling new tokens/s for behavior_rate, batched (prompt encoded once for its n samples);
-- a scenario's whole evaluation (pair scoring + n samples) per second: batched vs one scenario at a
-  time with `transformers` `generate` per sample: the ratio;
+- a scenario's whole evaluation (pair scoring + n samples) per second: the evaluator's batched pass
+  (`score_and_sample`: one prompt encoding for both) vs one scenario at a time with `transformers`
+  `generate` per sample: the ratio;
 - achieved FLOP/s of training and scoring as a fraction of this machine's dense fp32 matmul peak,
   measured in the same run (MFU; FLOPs counted as 2N per token forward, 4N per token for LoRA
   training: forward plus input gradients, no base-weight gradients);
@@ -33,7 +34,7 @@ from phaseflip import base_model
 from phaseflip.config import load_study_config
 from phaseflip.data import Example, load_examples, subset_per_family
 from phaseflip.io import seed_everything, write_json
-from phaseflip.scoring import IGNORE, encode_reply, prompt_of, sample_replies, score_reply_pairs
+from phaseflip.scoring import IGNORE, encode_reply, prompt_of, sample_replies, score_and_sample, score_reply_pairs
 from phaseflip.train import RunSpec, add_lora, train_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,7 +162,11 @@ def run(model_dir: Path, steps: int, threads: int) -> dict[str, Any]:
                                             eos_token_id=tok.eos_token_id)
             one_tokens += int(out.shape[1] - ids.input_ids.shape[1])
     one_at_a_time = time.perf_counter() - start
-    batched_eval = timings[cfg.eval.batch_size] + batched_sampling
+    # The evaluator's own pass: one encoding of each prompt for its pair scores, probe and n samples.
+    start = time.perf_counter()
+    score_and_sample(model, tok, prompts, pairs, n=n, max_new_tokens=cfg.eval.max_new_tokens,
+                     batch_size=cfg.eval.batch_size, temperature=cfg.eval.temperature)
+    batched_eval = time.perf_counter() - start
     figures["sampling_new_tokens_per_s_one_at_a_time"] = one_tokens / one_at_a_time
     figures["evaluation_scenarios_per_s_batched"] = len(scenarios) / batched_eval
     figures["evaluation_scenarios_per_s_one_at_a_time"] = len(scenarios) / one_at_a_time

@@ -14,6 +14,7 @@ rule steering_vectors:
         "results/logs/steering_vectors.log",
     benchmark:
         "results/benchmarks/steering_vectors.tsv"
+    priority: 3  # short, and every evaluate job waits on it (see common.smk)
     threads: STAGE_THREADS
     shell:
         "python -m phaseflip.cli steering_vectors --params {params.cfg:q} --threads {threads} --base {input.base} "

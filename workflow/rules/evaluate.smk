@@ -19,6 +19,7 @@ rule evaluate_base:
         "results/logs/evaluate/base.log",
     benchmark:
         "results/benchmarks/evaluate_base.tsv"
+    priority: 3  # short, and every evaluate job waits on it (see common.smk)
     threads: STAGE_THREADS
     shell:
         "python -m phaseflip.cli evaluate --params {params.cfg:q} --threads {threads} --base {input.base} "
@@ -44,6 +45,7 @@ rule evaluate:
         "results/logs/evaluate/{run_id}.log",
     benchmark:
         "results/benchmarks/evaluate_{run_id}.tsv"
+    priority: 1  # see common.smk
     threads: 1  # per grid point: --cores N runs N side by side (measured faster); --set-threads evaluate=K
     shell:
         "python -m phaseflip.cli evaluate --params {params.cfg:q} --threads {threads} --base {input.base} "

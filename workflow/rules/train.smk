@@ -18,6 +18,7 @@ rule train:
         "results/logs/train/{run_id}.log",
     benchmark:
         "results/benchmarks/train_{run_id}.tsv"
+    priority: 2  # the grid's chains (train -> evaluate) first; see common.smk
     threads: 1  # per grid point: --cores N runs N side by side (measured faster); --set-threads train=K
     shell:
         "python -m phaseflip.cli train --params {params.cfg:q} --threads {threads} --base {input.base} "
