@@ -335,15 +335,29 @@ def _q6(quality: pd.DataFrame, transitions: pd.DataFrame, **_: Any) -> list[str]
     return L
 
 
+def stage_of(job: str) -> str:
+    """`train_lr1e-03_nall_k0_s0` -> `train`: a benchmark file's job name without its grid point."""
+    for stage in ("evaluate_base", "steering_vectors", "train", "evaluate"):
+        if job == stage or job.startswith(stage + "_"):
+            return stage
+    return job
+
+
 def _costs(bench: pd.DataFrame, **_: Any) -> list[str]:
     if not len(bench):
         return []
-    L = ["", "## Cost per stage", "", "| job | wall s | peak RSS MB |", "|---|---|---|"]
+    per_stage = bench.assign(stage=bench.job.map(stage_of)).groupby("stage", sort=False).agg(
+        jobs=("s", "size"), s=("s", "sum"), max_rss=("max_rss", "max"))
+    L = ["", "## Cost per stage", "", "| stage | jobs | wall s (summed over its jobs) | peak RSS MB |",
+         "|---|---|---|---|"]
+    for stage, r in per_stage.iterrows():
+        L.append(f"| {stage} | {int(r.jobs)} | {r.s:.1f} | {r.max_rss:.0f} |")
+    L += [f"| **total** | {len(bench)} | {bench.s.sum():.1f} | {bench.max_rss.max():.0f} (max) |", "",
+          "Grid-point jobs (train, evaluate) and the stage jobs beside them run side by side, so the study's "
+          "wall time is less than the total; `snakemake`'s log gives it. Per job:", "",
+          "| job | wall s | peak RSS MB |", "|---|---|---|"]
     for r in bench.itertuples():
         L.append(f"| {r.job} | {r.s:.1f} | {r.max_rss:.0f} |")
-    L += [f"| sum of job times | {bench.s.sum():.1f} | {bench.max_rss.max():.0f} (max) |", "",
-          "Grid-point jobs (train, evaluate) run side by side (1 thread each), so the study's wall time is less "
-          "than this sum; `snakemake`'s log gives it.", "",
-          "Figures: " + ", ".join(f"`{f}.png`" for f in FIGURES) + ". Tables: `study_metrics.csv` (every run, "
+    L += ["", "Figures: " + ", ".join(f"`{f}.png`" for f in FIGURES) + ". Tables: `study_metrics.csv` (every run, "
           "step, family, metric), `comparison.csv`, `stage_costs.csv`, `../forecast/*.csv`."]
     return L

@@ -38,7 +38,10 @@ def run_params(*sections):
 # cores each, at most 8. On 2 cores that is 1 thread, so they pack beside the 1-thread train/evaluate
 # jobs instead of waiting for both cores to be free (one thread is also the more efficient per core:
 # an evaluation at 2 threads ran only 1.5x faster than at 1). On a cluster: set-threads in the profile.
-STAGE_THREADS = max(1, min(8, (workflow.cores or 2) // 2))
+try:
+    STAGE_THREADS = max(1, min(8, (workflow.cores or 2) // 2))
+except WorkflowError:  # no --cores: commands that run no job (--report, --lint, --summary)
+    STAGE_THREADS = 1
 # Scheduling on a few cores (priority: in the rules): the short jobs every evaluate waits on
 # (evaluate_base, steering_vectors) first, then the grid's train -> evaluate chains, and the two long
 # baselines (steering, icl) last, where they run side by side instead of one long job finishing alone.
