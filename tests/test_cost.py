@@ -42,6 +42,7 @@ def test_full_costs_more_than_default_and_gpu_is_faster() -> None:
     _, full = _work("full")
     rates = cpu_rates(default)
     small, big = estimate(default, rates), estimate(full, rates)
-    assert big["cpu_hours_2_cores"] > 50 * small["cpu_hours_2_cores"]
-    assert 0 < big["gpu_hours"] < big["cpu_hours_2_cores"]
+    assert big["cpu_core_hours"] > 50 * small["cpu_core_hours"]
+    assert big["cpu_wall_hours_2_cores"] == pytest.approx(big["cpu_core_hours"] / 2)
+    assert 0 < big["gpu_hours"] < big["cpu_wall_hours_2_cores"]
     assert big["gpu_hours"] >= big["gpu_hours_train"] + big["gpu_hours_sampling"]

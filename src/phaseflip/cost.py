@@ -8,7 +8,7 @@ runs, evaluated checkpoints, training steps and tokens, evaluation forward token
 FLOPs: 6 x params per training token (forward + backward; LoRA needs less, so this is an upper bound),
 2 x params per scored, prefilled or sampled token.
 
-CPU-hours: FLOPs divided by the effective FLOP/s *measured* in the default study on 2 CPU cores
+CPU core-hours: FLOPs divided by the effective FLOP/s *measured* in the default study on 2 CPU cores
 (its train and evaluate jobs' wall time, `results/benchmarks/`, counted with the same FLOP model), plus
 a per-job start-up cost. GPU-hours: FLOPs at an *assumed* GPU peak and utilisation, or the assumed
 per-step latency where a small model is latency-bound (sampling, small micro-batches), whichever is
@@ -29,10 +29,11 @@ from phaseflip.config import PROJECT_ROOT, StudyConfig, load_study_config
 from phaseflip.data import Example, load_examples, load_retention, subset_per_family
 from phaseflip.train import grid
 
-# The default study on 2 CPU cores (fp32, threads=2), SmolLM2-135M, results/benchmarks/*.tsv of the
-# committed dvc.lock: train jobs 117.0 / 124.6 / 121.9 s (16 steps), evaluate jobs 299.5 / 317.4 / 302.6 s
-# (7 checkpoints), base model load + imports ~13 s per job.
-MEASURED_CPU = {"train_job_s": 121.1, "evaluate_job_s": 306.5, "job_startup_s": 13.0, "n_parameters": 134_515_008}
+# The default study on 2 CPU cores (fp32, 1 thread per job, two jobs side by side), SmolLM2-135M,
+# results/benchmarks/*.tsv of the committed dvc.lock: train jobs 73.7 / 127.0 / 166.4 / 200.7 / 203.6 s
+# (16 steps; 4 to 12 examples), evaluate jobs 228.1 / 231.0 / 234.8 / 237.8 / 239.4 s (7 checkpoints);
+# imports + model load + references ~9 s per job.
+MEASURED_CPU = {"train_job_s": 154.3, "evaluate_job_s": 234.2, "job_startup_s": 9.0, "n_parameters": 134_515_008}
 
 # Assumptions for one GPU (not measured: this project's machines have none). H100 SXM dense bf16 peak;
 # utilisation of a 135M-parameter model with ~100-token sequences is low, and Hugging Face `generate`
@@ -154,7 +155,9 @@ def estimate(work: Workload, rates: dict[str, float], n_parameters: float = MEAS
     sample_gpu = max(2.0 * n_parameters * work.sampled_tokens / (gpu["peak_flops"] * gpu["mfu_eval"]),
                      work.decode_steps * gpu["decode_step_s"])
     gpu_s = train_gpu + score_gpu + sample_gpu + work.jobs * gpu["job_startup_s"]
-    return {"cpu_hours_2_cores": cpu_s / 3600, "gpu_hours": gpu_s / 3600,
+    # The rates were measured with 1-thread jobs, two side by side: job-seconds are core-seconds, and
+    # 2 cores run two jobs at once.
+    return {"cpu_core_hours": cpu_s / 3600, "cpu_wall_hours_2_cores": cpu_s / 2 / 3600, "gpu_hours": gpu_s / 3600,
             "gpu_hours_train": train_gpu / 3600, "gpu_hours_sampling": sample_gpu / 3600,
             "gpu_hours_scoring": score_gpu / 3600}
 
@@ -217,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
           f"tokens in {w['decode_steps']:,} decode steps, {w['eval_flops']:.3g} FLOPs (2 x params x tokens)")
     rates = out["cpu_rates_measured"]
     print(f"  CPU (measured, default study, 2 cores): train {rates['train_flops_per_s'] / 1e9:.1f} GFLOP/s, "
-          f"eval {rates['eval_flops_per_s'] / 1e9:.1f} GFLOP/s effective -> {est['cpu_hours_2_cores']:.1f} "
-          "CPU-hours on 2 cores")
+          f"eval {rates['eval_flops_per_s'] / 1e9:.1f} GFLOP/s effective per 1-thread job -> "
+          f"{est['cpu_core_hours']:.1f} core-hours, {est['cpu_wall_hours_2_cores']:.1f} h on 2 cores")
     g = out["gpu_assumptions"]
     print(f"  GPU (assumed: {g['gpu']}, peak {g['peak_flops'] / 1e12:.0f} TFLOP/s, MFU train {g['mfu_train']:.0%} / "
           f"eval {g['mfu_eval']:.0%}, {g['decode_step_s'] * 1e3:.0f} ms per decode step, "
