@@ -37,7 +37,7 @@ def run_params(*sections):
 # The stage jobs that run beside the grid (evaluate_base, steering_vectors, steering, icl): half the
 # cores each, at most 8. On 2 cores that is 1 thread, so they pack beside the 1-thread train/evaluate
 # jobs instead of waiting for both cores to be free (one thread is also the more efficient per core:
-# an evaluation at 2 threads ran only 1.5x faster than at 1). On a cluster: set-threads in the profile.
+# evaluate_base took 37.6 s at 1 thread, 28.1 s at 2: 1.34x). On a cluster: set-threads in the profile.
 try:
     STAGE_THREADS = max(1, min(8, (workflow.cores or 2) // 2))
 except WorkflowError:  # no --cores: commands that run no job (--report, --lint, --summary)
