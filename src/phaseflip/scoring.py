@@ -77,7 +77,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
     # Flattened to (tokens, vocab): a softmax over the contiguous last dim. Cross-entropy on the
-    # (batch, vocab, seq) transpose instead strides across memory and took 5x longer on CPU.
+    # (batch, vocab, seq) transpose strides across memory: 1.2 s more per 19 s pair-scoring pass on CPU.
     nll = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.clamp(min=0).reshape(-1),
                           reduction="none").view(shift_labels.shape)
     return -nll * (shift_labels != IGNORE)
