@@ -1,12 +1,13 @@
 import math
+import random
 
 import pandas as pd
 import torch
 
-from phaseflip.config import load_study_config
+from phaseflip.config import AdaptiveSampling, load_study_config
 from phaseflip.data import Example
-from phaseflip.evaluate import Evaluator, SteeringReference
-from phaseflip.judge import RubricJudge
+from phaseflip.evaluate import Evaluator, SteeringReference, best_step
+from phaseflip.judge import RubricJudge, Verdict
 
 SCENARIOS = [
     Example(id=f"e{i}", family=fam, messages=[{"role": "user", "content": f"Task {i}: use tabs, not spaces."}],
@@ -51,3 +52,73 @@ def test_identical_model_has_zero_dissimilarity_and_same_numbers(tiny) -> None: 
     assert second[second.metric == "dissimilarity"].value.iloc[0] < 1e-5  # float noise only
     keep = first.metric.isin(METRICS)
     assert first[keep].value.tolist() == second[second.metric.isin(METRICS)].value.tolist()  # seeded sampling
+
+
+class CoinJudge:
+    """A judge that calls a reply the behavior with a fixed probability per family (seeded)."""
+
+    def __init__(self, rates: dict[str, float]) -> None:
+        self.rates = rates
+        self.rng = random.Random(0)
+
+    def __call__(self, text: str, family: str = "in_distribution", prompt: str | None = None) -> Verdict:
+        return Verdict(behavior=self.rng.random() < self.rates.get(family, 0.0), coherent=True, matched=())
+
+
+def coin_evaluator(tok, rates: dict[str, float], n_id: int = 10, n_ood: int = 4):  # type: ignore[no-untyped-def]
+    cfg = load_study_config({"study": "smoke"}).eval.model_copy(
+        update={"n_samples": 2, "max_new_tokens": 2,
+                "adaptive": AdaptiveSampling(band=(0.35, 0.65), samples_per_round=2, max_samples=8,
+                                             ood_half_width=0.15, ood_max_samples=6)})
+    scenarios = [Example(id=f"i{i}", family="in_distribution", messages=[{"role": "user", "content": f"Do {i}."}],
+                         preferred="Done.", rejected="No.") for i in range(n_id)]
+    scenarios += [Example(id=f"o{i}", family="french", messages=[{"role": "user", "content": f"Fais {i}."}],
+                          preferred="Fait.", rejected="Non.") for i in range(n_ood)]
+    return Evaluator(tok, scenarios, ["The sky is blue."], CoinJudge(rates), cfg, seed=0)
+
+
+def _n(table: pd.DataFrame, family: str) -> int:
+    return int(table[(table.metric == "behavior_rate") & (table.family == family)].n.iloc[0])
+
+
+def test_adaptive_sampling_stops_early_when_clear_and_continues_near_threshold(tiny) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny
+    clear = pd.DataFrame(coin_evaluator(tok, {"in_distribution": 0.0})
+                         .evaluate(model, step=1, sample="in_distribution"))
+    assert _n(clear, "in_distribution") == 10 * 2  # the first round already lies below the band: stop
+    near = pd.DataFrame(coin_evaluator(tok, {"in_distribution": 0.5})
+                        .evaluate(model, step=1, sample="in_distribution"))
+    assert _n(near, "in_distribution") == 10 * 8  # a coin at the threshold never clears the band: the cap
+    # Only in-distribution was sampled: no out-of-distribution or pooled rate, but pairwise metrics for all.
+    assert set(near[near.metric == "behavior_rate"].family) == {"in_distribution"}
+    assert {"in_distribution", "french", "all"} <= set(near[near.metric == "p_preferred"].family)
+
+
+def test_ood_sampling_reaches_its_half_width_and_is_deterministic(tiny) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny
+    ev = coin_evaluator(tok, {"in_distribution": 1.0, "french": 0.0}, n_ood=10)
+    table = pd.DataFrame(ev.evaluate(model, step=3, sample="all"))
+    fr = table[(table.metric == "behavior_rate") & (table.family == "french")].iloc[0]
+    assert (fr.hi - fr.lo) / 2 <= 0.15 and fr.n == 10 * 2
+    assert {"wilson_lo", "wilson_hi"} <= set(table.columns)
+    counts = pd.DataFrame(ev.scenario_rows)
+    assert set(counts.columns) >= {"step", "scenario_id", "family", "margin", "behavior_k", "n"}
+    assert counts[counts.family == "french"].n.eq(2).all()
+    again = pd.DataFrame(coin_evaluator(tok, {"in_distribution": 1.0, "french": 0.0}, n_ood=10)
+                         .evaluate(model, step=3, sample="all"))
+    assert table.value.tolist() == again.value.tolist()
+
+
+def test_sample_ood_adds_the_other_families_to_an_evaluated_step(tiny) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny
+    ev = coin_evaluator(tok, {"in_distribution": 0.0, "french": 1.0})
+    ev.evaluate(model, step=5, sample="in_distribution")
+    extra = pd.DataFrame(ev.sample_ood(model, step=5))
+    assert {"french", "all"} <= set(extra[extra.metric == "behavior_rate"].family)
+    assert extra[(extra.family == "french") & (extra.metric == "behavior_rate")].value.iloc[0] == 1.0
+
+
+def test_best_step_is_the_highest_in_distribution_rate() -> None:
+    rows = [{"step": s, "family": "in_distribution", "metric": "behavior_rate", "value": v}
+            for s, v in [(0, 0.9), (2, 0.1), (4, 0.8), (6, 0.8)]]
+    assert best_step(rows) == 6  # the base model (step 0) is not a checkpoint; ties go to the later step

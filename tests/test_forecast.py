@@ -10,7 +10,6 @@ from phaseflip.forecast import (
     logistic_forecast,
     penalised_change_point,
     sharpness,
-    transition_step,
 )
 from phaseflip.metrics import wilson_interval
 
@@ -27,18 +26,28 @@ def metrics_table(rates: np.ndarray, continuous: np.ndarray, n: int = 40) -> pd.
     return pd.DataFrame(rows)
 
 
+def scenario_counts(rates: np.ndarray, scenarios: int = 10, samples: int = 4) -> pd.DataFrame:
+    """Per (step, scenario) counts whose pooled rate follows `rates` (rounded to whole replies)."""
+    rows = []
+    for s, r in zip(STEPS, rates, strict=True):
+        total = round(r * scenarios * samples)
+        for c in range(scenarios):  # spread the successes over the scenarios as evenly as possible
+            k = min(samples, max(0, total - c * samples))
+            rows.append({"step": s, "scenario_id": f"s{c}", "family": "in_distribution", "behavior_k": k,
+                         "n": samples})
+    return pd.DataFrame(rows)
+
+
 def logistic(s: np.ndarray, mid: float, width: float) -> np.ndarray:
     return 1 / (1 + np.exp(-(s - mid) / width))
 
 
-def test_transition_on_sharp_smooth_and_flat_curves() -> None:
+def test_detect_reports_t50_with_interval_and_the_confirmed_flip() -> None:
     sharp = (STEPS >= 12).astype(float)
-    assert transition_step(metrics_table(sharp, sharp), 0.5) == 12
-    smooth = logistic(STEPS, 10, 3)
-    step = transition_step(metrics_table(smooth, smooth), 0.5)
-    assert step is not None and 11 <= step <= 16  # the interval must clear 0.5, so after the midpoint
-    flat = np.full(len(STEPS), 0.1)
-    assert transition_step(metrics_table(flat, flat), 0.5) is None
+    (row,), _ = analyse_study([("r", metrics_table(sharp, sharp), scenario_counts(sharp), log_table(np.ones(20)),
+                                {"control": False})], CFG, max_steps=20)
+    assert 11 <= row["t50"] <= 12 and row["t50_lo"] <= row["t50"] <= row["t50_hi"]
+    assert row["confirmed_flip_step"] == 12 and row["flipped"] and row["t50_censored"] == ""
 
 
 def test_change_point_finds_the_jump() -> None:
@@ -68,9 +77,10 @@ def log_table(grad: np.ndarray) -> pd.DataFrame:
 
 def test_never_flipping_runs_are_reported_as_such() -> None:
     flat = np.full(len(STEPS), 0.05)
-    runs = [("r", metrics_table(flat, flat), log_table(np.linspace(1, 2, 20)), {"control": True})]
+    runs = [("r", metrics_table(flat, flat), scenario_counts(flat), log_table(np.linspace(1, 2, 20)),
+             {"control": True})]
     (trow,), frows = analyse_study(runs, CFG, max_steps=20)
-    assert trow["flipped"] is False and trow["transition_step"] is None
+    assert trow["flipped"] is False and trow["t50"] is None and trow["t50_text"] == "t50 > 20"
     assert all(f["actual"] is None and f["relative_error"] is None for f in frows)
     assert not any(f["false_alarm"] for f in frows if f["method"] in ("logistic", "change_point"))
 
@@ -82,8 +92,8 @@ def test_level_is_calibrated_on_the_other_runs_only() -> None:
     for run_id, mid in [("a", 10), ("b", 12), ("c", 14)]:
         cont = logistic(STEPS, mid, 3) + rng.normal(0, 0.005, len(STEPS))
         rate = (STEPS >= mid + 2).astype(float)
-        runs.append((run_id, metrics_table(rate, cont), log_table(np.exp(-((STEPS[1:] - mid + 4) ** 2) / 8)),
-                     {"control": False}))
+        runs.append((run_id, metrics_table(rate, cont), scenario_counts(rate),
+                     log_table(np.exp(-((STEPS[1:] - mid + 4) ** 2) / 8)), {"control": False}))
     transitions, forecasts = analyse_study(runs, CFG, max_steps=20)
     levels = {t["run_id"]: t["continuous_level_at_flip"] for t in transitions}
     fc = pd.DataFrame(forecasts)
@@ -91,7 +101,7 @@ def test_level_is_calibrated_on_the_other_runs_only() -> None:
     assert a.level == np.median([levels["b"], levels["c"]]) and "2 other" in a.level_source
     q = forecast_quality(fc).set_index(["method", "cutoff_fraction"])
     assert q.loc[("logistic", 0.75), "forecasts_made"] == 3
-    assert q.loc[("logistic", 0.75), "median_relative_error"] < 0.2  # flips at mid+2; forecasts near it
+    assert q.loc[("logistic", 0.75), "median_relative_error"] < 0.2  # t50 between mid+1 and mid+2; forecasts near it
     # the gradient-norm peak (4 steps before the midpoint) is behind us by the 75% cutoff: that baseline forecasts
     assert q.loc[("grad_norm_peak", 0.75), "forecasts_made"] == 3
 

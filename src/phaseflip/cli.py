@@ -240,11 +240,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Base model as step 0, then every checkpoint of the run: adapters swapped in, model loaded once."""
-    from tqdm import tqdm
+    from functools import partial
 
-    from phaseflip.evaluate import Evaluator, SteeringReference
+    from phaseflip.evaluate import Evaluator, SteeringReference, evaluate_run
     from phaseflip.steering import sweep_layers, vector_for_layer
-    from phaseflip.train import add_lora, checkpoints, load_adapter_weights
+    from phaseflip.train import add_lora, merged_checkpoint
 
     params = _params(args)
     model, tok = _model(args, params)
@@ -256,32 +256,33 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     scenarios, retention, eval_cfg = _eval_set(args, params)
     evaluator = Evaluator(tok, scenarios, retention, _judge(args, params), eval_cfg, seed=int(params["seed"]),
                           steering=steering)
+    out = Path(args.out)
+    started = time.time()
     if args.run_dir is None:  # the base model alone, step 0: shared by every run of the grid
-        started = time.time()
-        write_csv(args.out, pd.DataFrame(evaluator.evaluate(model, step=0, is_base=True)))
+        write_csv(out, pd.DataFrame(evaluator.evaluate(model, step=0, is_base=True)))
+        write_csv(scenario_table(out), pd.DataFrame(evaluator.scenario_rows))
         print(f"evaluate base: {time.time() - started:.0f}s")
         return
     run_dir = Path(args.run_dir)
-    train_cfg = TrainRecipe.of(params["train"])
     info = read_json(run_dir / "run.json")
-    started = time.time()
-    rows = read_csv(args.base_metrics).to_dict("records")
     evaluator.set_references(model)
-    peft_model = add_lora(model, train_cfg.lora)
+    peft_model: Any = add_lora(model, TrainRecipe.of(params["train"]).lora)
     peft_model.eval()
-    for step, folder in tqdm(checkpoints(run_dir), desc=f"evaluate {info['run_id']}", unit="ckpt"):
-        load_adapter_weights(peft_model, folder)
-        peft_model.merge_adapter()  # evaluate at base-model speed: W + BA in place, no LoRA branch per call
-        try:
-            rows += evaluator.evaluate(peft_model, step=step)  # type: ignore[arg-type]
-        finally:
-            peft_model.unmerge_adapter()
-    table = pd.DataFrame(rows)
-    table.insert(0, "run_id", info["run_id"])
-    for key in RUN_METADATA:
-        table[key] = info[key]
-    write_csv(args.out, table)
-    print(f"evaluate {info['run_id']}: {table.step.nunique()} steps in {time.time() - started:.0f}s")
+    base_metrics = Path(args.base_metrics)
+    rows, per_scenario = evaluate_run(evaluator, peft_model, run_dir, partial(merged_checkpoint, peft_model),
+                                      read_csv(base_metrics).to_dict("records"),
+                                      read_csv(scenario_table(base_metrics)).to_dict("records"))
+    for name, table in ((out, pd.DataFrame(rows)), (scenario_table(out), pd.DataFrame(per_scenario))):
+        table.insert(0, "run_id", info["run_id"])
+        for key in RUN_METADATA:
+            table[key] = info[key]
+        write_csv(name, table)
+    print(f"evaluate {info['run_id']}: {len(set(r['step'] for r in rows))} steps in {time.time() - started:.0f}s")
+
+
+def scenario_table(metrics_csv: Path) -> Path:
+    """The per-scenario counts written beside a metrics table: metrics.csv -> scenarios.csv."""
+    return metrics_csv.with_name("scenarios.csv")
 
 
 def cmd_forecast(args: argparse.Namespace) -> None:
@@ -293,7 +294,8 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     runs = []
     for metrics_path, run_dir in zip(args.metrics, args.run_dirs, strict=True):
         info = read_json(Path(run_dir) / "run.json")
-        runs.append((info["run_id"], read_csv(metrics_path), read_csv(Path(run_dir) / "train_log.csv"), info))
+        runs.append((info["run_id"], read_csv(metrics_path), read_csv(scenario_table(Path(metrics_path))),
+                     read_csv(Path(run_dir) / "train_log.csv"), info))
     transitions, forecasts = analyse_study(runs, cfg, max_steps)
     out = Path(args.out)
     fc = pd.DataFrame(forecasts)

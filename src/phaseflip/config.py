@@ -281,11 +281,37 @@ class TrainConfig(TrainRecipe):
         return self.model_dump(mode="json", exclude=set(GRID_KEYS))
 
 
+class AdaptiveSampling(Strict):
+    """How many replies to sample per scenario (§7): in rounds, until the rate's interval answers.
+
+    In-distribution (every checkpoint): stop once the rate's clustered 95% interval lies wholly below
+    `band[0]` or above `band[1]`, i.e. the checkpoint is clearly before or after the flip; checkpoints
+    near the threshold keep sampling up to `max_samples` per scenario. Out-of-distribution families
+    (sampled only where Q5 needs them: the base model, each run's last and best checkpoint): sample
+    until the interval's half-width is at most `ood_half_width`, up to `ood_max_samples`.
+    """
+
+    band: tuple[float, float] = (0.35, 0.65)
+    samples_per_round: int = Field(2, gt=0)
+    max_samples: int = Field(8, gt=0)
+    ood_half_width: float = Field(0.15, gt=0, lt=0.5)
+    ood_max_samples: int = Field(6, gt=0)
+
+    @field_validator("band")
+    @classmethod
+    def _ordered(cls, band: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < band[0] <= band[1] < 1:
+            raise ValueError(f"eval.adaptive.band must satisfy 0 < low <= high < 1, got {list(band)}")
+        return band
+
+
 class EvalConfig(Strict):
-    # An int for every family, or per family with an optional "default": more in-distribution
-    # scenarios make the transition (Wilson interval above the threshold) detectable.
+    # An int for every family, or per family with an optional "default"; null = every scenario.
     max_scenarios_per_family: int | dict[str, int] | None = None
-    n_samples: int = Field(2, gt=0)
+    n_samples: int = Field(2, gt=0)  # first round of replies per sampled scenario (see `adaptive`)
+    adaptive: AdaptiveSampling = AdaptiveSampling()
+    # Sample the out-of-distribution families at every checkpoint (not only where Q5 needs them).
+    ood_every_checkpoint: bool = False
     temperature: float = Field(0.7, gt=0)
     max_new_tokens: int = Field(40, gt=0)
     batch_size: int = Field(16, gt=0)
@@ -331,6 +357,14 @@ class StudyConfig(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = None
+
+    @model_validator(mode="after")
+    def _threshold_in_band(self) -> StudyConfig:
+        low, high = self.eval.adaptive.band
+        if not low <= self.forecast.flip_threshold <= high:
+            raise ValueError(f"forecast.flip_threshold={self.forecast.flip_threshold} lies outside "
+                             f"eval.adaptive.band={list(self.eval.adaptive.band)}: the band must contain it")
+        return self
 
     @model_validator(mode="after")
     def _dream_k_available(self) -> StudyConfig:

@@ -4,7 +4,18 @@ One `Evaluator` serves a whole job: it holds the eval set, the base model's refe
 (for `retention_kl`) and the previous checkpoint's probe (for `dissimilarity`), so the base model is
 loaded once and adapters are swapped in. Baselines (steering, ICL) use the same code.
 
-Rows: {step, family, metric, value, lo, hi}; family "all" pools every scenario.
+Every scenario is scored on its reference pair at every checkpoint (cheap: one forward pass). Replies
+are sampled adaptively (§7, `eval.adaptive`): in-distribution scenarios in rounds until the rate's
+interval clears the band around the flip threshold; out-of-distribution families only where Q5 needs
+them (the base model, each run's last and best checkpoint), until their interval is narrow enough.
+
+Rows: {step, family, metric, value, lo, hi, n, wilson_lo, wilson_hi}; family "all" pools every
+scenario. For a rate, `lo`/`hi` is the clustered interval (samples of one scenario are correlated,
+`metrics.clustered_interval`), `wilson_*` the binomial one that treats samples as independent, and `n`
+the number of sampled replies. `scenario_rows` holds the per-scenario counts behind them (the
+transition fit and the forecasts bootstrap over scenarios).
+
+    python -m phaseflip.cli evaluate --params '{...}' --base results/base_model --eval ... --run-dir results/runs/<id>
 """
 
 from __future__ import annotations
@@ -13,7 +24,8 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -21,17 +33,34 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from phaseflip.config import EvalConfig
 from phaseflip.data import Example
 from phaseflip.judge import Judge
-from phaseflip.metrics import cosine, js_divergence, kl_divergence, wilson_interval
+from phaseflip.metrics import clustered_interval, cosine, js_divergence, kl_divergence, wilson_interval
 from phaseflip.scoring import ProbeResult, ReplyScores, probe, prompt_of, score_and_sample, text_logprobs
 
 Row = dict[str, Any]
 PromptFn = Callable[[Example], str]
+ID = "in_distribution"
+Sampled = Literal["in_distribution", "all"]
+# Round r of sampling draws with seed + ROUND_SEED * r, so rounds never repeat each other's draws.
+ROUND_SEED = 7919
 
 
 @dataclass
 class SteeringReference:
     layer: int
     vector: torch.Tensor
+
+
+@dataclass
+class Counts:
+    """Per scenario: sampled replies judged as the behavior, judged coherent, and sampled in all."""
+
+    behavior: list[int]
+    coherent: list[int]
+    trials: list[int]
+
+    @classmethod
+    def empty(cls, n: int) -> Counts:
+        return cls([0] * n, [0] * n, [0] * n)
 
 
 class Evaluator:
@@ -48,6 +77,9 @@ class Evaluator:
         self.base_retention: list[torch.Tensor] | None = None
         self.base_hidden: torch.Tensor | None = None
         self.previous: tuple[int, torch.Tensor] | None = None  # (step, probe log-probs)
+        self.scenario_rows: list[Row] = []  # per (step, scenario): pairwise metrics and sample counts
+        self._counts: dict[int, Counts] = {}  # step -> counts so far (a later OOD pass adds to them)
+        self._pairs: dict[int, dict[str, list[float]]] = {}
 
     def _families(self) -> dict[str, list[int]]:
         groups: dict[str, list[int]] = defaultdict(list)
@@ -56,31 +88,78 @@ class Evaluator:
             groups["all"].append(i)
         return groups
 
+    def _prompts(self, prompt_fn: PromptFn | None) -> list[str]:
+        prompt_fn = prompt_fn or (lambda ex: prompt_of(self.tok, ex))
+        return [prompt_fn(ex) for ex in self.scenarios]
+
     def evaluate(self, model: PreTrainedModel, step: int, prompt_fn: PromptFn | None = None,
-                 is_base: bool = False, retention: bool = True) -> list[Row]:
+                 is_base: bool = False, retention: bool = True, sample: Sampled = "all") -> list[Row]:
         """All metrics at one step. `prompt_fn` lets ICL put examples in context; `is_base` sets references.
 
+        `sample`: which families get sampled replies (behavior_rate, coherence): "all", or only
+        "in_distribution" (a run's intermediate checkpoints; `sample_ood` adds the rest later).
         `retention=False` skips retention_kl/retention_loss, for setups that leave the weights and the
         retention prompts untouched (ICL), where they are zero by construction.
         """
-        prompt_fn = prompt_fn or (lambda ex: prompt_of(self.tok, ex))
-        prompts = [prompt_fn(ex) for ex in self.scenarios]
-        per_scenario: dict[str, list[float]] = defaultdict(list)
-        # One encoding of each prompt serves the pair scores, the n samples and the probe
-        # (dissimilarity, steering_cosine).
-        pairs, samples = score_and_sample(
+        prompts = self._prompts(prompt_fn)
+        formats = [ex.prompt_format for ex in self.scenarios]
+        # One encoding of each prompt serves the pair scores and the probe (dissimilarity, steering_cosine).
+        pairs, scored = score_and_sample(
             model, self.tok, prompts, [[ex.preferred or "" for ex in self.scenarios],
                                        [ex.rejected or "" for ex in self.scenarios]],
-            n=self.cfg.n_samples, max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size,
-            temperature=self.cfg.temperature, seed=self.seed, layers=self._layers(),
-            prompt_formats=[ex.prompt_format for ex in self.scenarios])
-        self._pairwise(pairs[0], pairs[1], per_scenario)
-        self._behavior(samples.replies, per_scenario)
-        rows = self._aggregate(step, per_scenario)
-        rows += self._probe_rows(samples.probe, step, is_base)
+            batch_size=self.cfg.batch_size, seed=self.seed, layers=self._layers(), prompt_formats=formats)
+        self._pairs[step] = self._pairwise(pairs[0], pairs[1])
+        self._counts[step] = Counts.empty(len(self.scenarios))
+        families = self._families()
+        self._sample_adaptively(model, prompts, step, families[ID], _outside_band(self.cfg))
+        if sample == "all" or self.cfg.ood_every_checkpoint:
+            self._sample_ood(model, prompts, step)
+        rows = self._aggregate(step)
+        rows += self._probe_rows(scored.probe, step, is_base)
         if retention:
             rows += self._retention_rows(model, step, is_base)
         return rows
+
+    def sample_ood(self, model: PreTrainedModel, step: int, prompt_fn: PromptFn | None = None) -> list[Row]:
+        """Add the out-of-distribution families' samples to an evaluated step; its rate rows, recomputed."""
+        if step not in self._counts:
+            raise ValueError(f"step {step} was not evaluated by this Evaluator")
+        self._sample_ood(model, self._prompts(prompt_fn), step)
+        return [r for r in self._aggregate(step) if r["metric"] in ("behavior_rate", "coherence")]
+
+    def _sample_ood(self, model: PreTrainedModel, prompts: list[str], step: int) -> None:
+        for family, idx in self._families().items():
+            if family not in ("all", ID):
+                self._sample_adaptively(model, prompts, step, idx, _narrow_enough(self.cfg),
+                                        cap=self.cfg.adaptive.ood_max_samples)
+
+    def _sample_adaptively(self, model: PreTrainedModel, prompts: list[str], step: int, idx: list[int],
+                           done: Callable[[tuple[float, float]], bool], cap: int | None = None) -> None:
+        """Sample replies to scenarios `idx` in rounds until `done(interval)` or the per-scenario cap."""
+        counts = self._counts[step]
+        cap = cap or self.cfg.adaptive.max_samples
+        round_no = 0
+        while idx:
+            have = counts.trials[idx[0]]
+            if have >= cap:
+                break
+            if have and done(clustered_interval([counts.behavior[i] for i in idx], [counts.trials[i] for i in idx])):
+                break
+            n = min(self.cfg.n_samples if not have else self.cfg.adaptive.samples_per_round, cap - have)
+            # The seed depends on the round and on which scenarios are sampled, not on the checkpoint:
+            # equal models give equal numbers (a test relies on it), and a family's draws are its own.
+            seed = self.seed + ROUND_SEED * round_no + idx[0]
+            _, samples = score_and_sample(
+                model, self.tok, [prompts[i] for i in idx], n=n, max_new_tokens=self.cfg.max_new_tokens,
+                batch_size=self.cfg.batch_size, temperature=self.cfg.temperature, seed=seed,
+                prompt_formats=[self.scenarios[i].prompt_format for i in idx])
+            for i, texts in zip(idx, samples.replies, strict=True):
+                ex = self.scenarios[i]
+                verdicts = [self.judge(r, ex.family, prompt=ex.direction) for r in texts]
+                counts.behavior[i] += sum(v.behavior for v in verdicts)
+                counts.coherent[i] += sum(v.coherent for v in verdicts)
+                counts.trials[i] += len(texts)
+            round_no += 1
 
     def _layers(self) -> list[int]:
         return [self.steering.layer] if self.steering else []
@@ -95,30 +174,22 @@ class Evaluator:
         self._probe_rows(probe(model, self.tok, prompts, self.cfg.batch_size, self._layers()), step, is_base=True)
         self._retention_rows(model, step, is_base=True)
 
-    def _pairwise(self, pref: ReplyScores, rej: ReplyScores, out: dict[str, list[float]]) -> None:
+    def _pairwise(self, pref: ReplyScores, rej: ReplyScores) -> dict[str, list[float]]:
         """margin, p_preferred, forced_choice, heldout_loss from the reference replies' scores."""
-        idx = [i for i, ex in enumerate(self.scenarios) if ex.preferred and ex.rejected]
-        nan = [math.nan] * len(self.scenarios)
-        for key in ("margin", "p_preferred", "forced_choice", "heldout_loss"):
-            out[key] = list(nan)
+        out = {key: [math.nan] * len(self.scenarios) for key in ("margin", "p_preferred", "forced_choice",
+                                                                   "heldout_loss")}
         margin = pref.logprob_mean - rej.logprob_mean
-        for i in idx:  # scenarios without both replies keep nan
-            out["margin"][i] = float(margin[i])
-            out["p_preferred"][i] = float(torch.sigmoid(margin[i]))  # p(pref) / (p(pref) + p(rej))
-            out["forced_choice"][i] = float(margin[i] > 0)
-            out["heldout_loss"][i] = float(-pref.logprob_mean[i])
+        for i, ex in enumerate(self.scenarios):  # scenarios without both replies keep nan
+            if ex.preferred and ex.rejected:
+                out["margin"][i] = float(margin[i])
+                out["p_preferred"][i] = float(torch.sigmoid(margin[i]))  # p(pref) / (p(pref) + p(rej))
+                out["forced_choice"][i] = float(margin[i] > 0)
+                out["heldout_loss"][i] = float(-pref.logprob_mean[i])
+        return out
 
-    def _behavior(self, replies: list[list[str]], out: dict[str, list[float]]) -> None:
-        """behavior_rate and coherence over the n sampled replies per scenario."""
-        out["behavior"], out["coherent"] = [], []
-        for ex, texts in zip(self.scenarios, replies, strict=True):
-            verdicts = [self.judge(r, ex.family, prompt=ex.direction) for r in texts]
-            out["behavior"].append(sum(v.behavior for v in verdicts))
-            out["coherent"].append(sum(v.coherent for v in verdicts))
-
-    def _aggregate(self, step: int, per: dict[str, list[float]]) -> list[Row]:
+    def _aggregate(self, step: int) -> list[Row]:
+        per, counts = self._pairs[step], self._counts[step]
         rows: list[Row] = []
-        n = self.cfg.n_samples
         for family, idx in self._families().items():
             for metric in ("margin", "p_preferred", "heldout_loss"):
                 vals = [per[metric][i] for i in idx if not math.isnan(per[metric][i])]
@@ -129,11 +200,18 @@ class Evaluator:
                     rows.append(_row(step, family, metric, mean, mean - half, mean + half, len(vals)))
             choices = [per["forced_choice"][i] for i in idx if not math.isnan(per["forced_choice"][i])]
             if choices:
-                rows.append(_proportion(step, family, "forced_choice", int(sum(choices)), len(choices)))
-            rows.append(_proportion(step, family, "behavior_rate", int(sum(per["behavior"][i] for i in idx)),
-                                    n * len(idx)))
-            rows.append(_proportion(step, family, "coherence", int(sum(per["coherent"][i] for i in idx)),
-                                    n * len(idx)))
+                rows.append(_rate(step, family, "forced_choice", [int(c) for c in choices], [1] * len(choices)))
+            sampled = [i for i in idx if counts.trials[i] > 0]
+            if sampled and len(sampled) == len(idx):  # a family's rate only when all its scenarios were sampled
+                trials = [counts.trials[i] for i in sampled]
+                rows.append(_rate(step, family, "behavior_rate", [counts.behavior[i] for i in sampled], trials))
+                rows.append(_rate(step, family, "coherence", [counts.coherent[i] for i in sampled], trials))
+        self.scenario_rows = [r for r in self.scenario_rows if r["step"] != step]
+        self.scenario_rows += [
+            {"step": step, "scenario_id": ex.id, "family": ex.family, "margin": per["margin"][i],
+             "p_preferred": per["p_preferred"][i], "behavior_k": counts.behavior[i],
+             "coherent_k": counts.coherent[i], "n": counts.trials[i]}
+            for i, ex in enumerate(self.scenarios)]
         return rows
 
     def _probe_rows(self, result: ProbeResult, step: int, is_base: bool) -> list[Row]:
@@ -171,10 +249,60 @@ class Evaluator:
         ]
 
 
+def _outside_band(cfg: EvalConfig) -> Callable[[tuple[float, float]], bool]:
+    low, high = cfg.adaptive.band
+    return lambda interval: interval[1] < low or interval[0] > high
+
+
+def _narrow_enough(cfg: EvalConfig) -> Callable[[tuple[float, float]], bool]:
+    return lambda interval: (interval[1] - interval[0]) / 2 <= cfg.adaptive.ood_half_width
+
+
 def _row(step: int, family: str, metric: str, value: float, lo: float, hi: float, n: int) -> Row:
-    return {"step": step, "family": family, "metric": metric, "value": value, "lo": lo, "hi": hi, "n": n}
+    return {"step": step, "family": family, "metric": metric, "value": value, "lo": lo, "hi": hi, "n": n,
+            "wilson_lo": math.nan, "wilson_hi": math.nan}
 
 
-def _proportion(step: int, family: str, metric: str, successes: int, n: int) -> Row:
-    lo, hi = wilson_interval(successes, n)
-    return _row(step, family, metric, successes / n if n else math.nan, lo, hi, n)
+def _rate(step: int, family: str, metric: str, successes: list[int], trials: list[int]) -> Row:
+    """A rate over scenarios: clustered interval (primary) and the independent-samples Wilson one beside it."""
+    k, n = sum(successes), sum(trials)
+    lo, hi = clustered_interval(successes, trials)
+    row = _row(step, family, metric, k / n if n else math.nan, lo, hi, n)
+    row["wilson_lo"], row["wilson_hi"] = wilson_interval(k, n)
+    return row
+
+
+def best_step(rows: list[Row]) -> int | None:
+    """The checkpoint (step > 0) with the highest in-distribution behavior_rate; ties: later step."""
+    rates = [(r["value"], r["step"]) for r in rows
+             if r["metric"] == "behavior_rate" and r["family"] == ID and r["step"] > 0]
+    return max(rates)[1] if rates else None
+
+
+def evaluate_run(evaluator: Evaluator, model: PreTrainedModel, run_dir: Path,
+                 load_checkpoint: Callable[[Path], Any], base_rows: list[Row],
+                 base_scenarios: list[Row]) -> tuple[list[Row], list[Row]]:
+    """Every checkpoint of a run (the base model's rows as step 0): metric rows and per-scenario rows.
+
+    In-distribution replies are sampled at every checkpoint; the other families at the last checkpoint
+    and, once all are seen, at the best one (Q5 compares those with the base model).
+    `load_checkpoint(folder)` puts a checkpoint's weights in `model` and returns a context manager.
+    """
+    from tqdm import tqdm
+
+    from phaseflip.train import checkpoints
+
+    found = checkpoints(run_dir)
+    rows = list(base_rows)
+    for step, folder in tqdm(found, desc=f"evaluate {run_dir.name}", unit="ckpt"):
+        with load_checkpoint(folder):
+            last = step == found[-1][0]
+            sample: Sampled = "all" if last else "in_distribution"
+            rows += evaluator.evaluate(model, step=step, sample=sample)
+    best = best_step(rows)
+    if best is not None and best != found[-1][0]:
+        with load_checkpoint(dict(found)[best]):
+            extra = evaluator.sample_ood(model, best)
+        replaced = {(r["family"], r["metric"]) for r in extra}
+        rows = [r for r in rows if r["step"] != best or (r["family"], r["metric"]) not in replaced] + extra
+    return rows, list(base_scenarios) + evaluator.scenario_rows

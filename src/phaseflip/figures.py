@@ -55,8 +55,10 @@ def curves_figure(study: pd.DataFrame, transitions: pd.DataFrame, forecasts: pd.
                 ax.plot(c.step, c.value, marker="o", ms=3, color=color, label=run_id)
                 ax.fill_between(c.step, c.lo, c.hi, color=color, alpha=0.12)
                 t = transitions[transitions.run_id == run_id]
-                if len(t) and bool(t.flipped.iloc[0]):
-                    ax.axvline(float(t.transition_step.iloc[0]), color=color, ls="--", lw=1)
+                if len(t) and bool(t.flipped.iloc[0]):  # t50 and its 95% interval
+                    ax.axvline(float(t.t50.iloc[0]), color=color, ls="--", lw=1)
+                    hi = min(float(t.t50_hi.iloc[0]), float(t.last_step.iloc[0]))
+                    ax.axvspan(float(t.t50_lo.iloc[0]), hi, color=color, alpha=0.12, lw=0)
             fc = forecasts[(forecasts.run_id == run_id) & (forecasts.method == "logistic")
                            & forecasts.predicted.notna()]
             for f in fc.itertuples():  # where each cutoff's forecast put the flip, at the threshold line
@@ -99,7 +101,7 @@ def all_metrics_figure(study: pd.DataFrame, path: Path) -> None:
 
 
 def phase_diagram(transitions: pd.DataFrame, max_steps: int, path: Path) -> None:
-    """n_real x lr -> transition step (mean over seeds), or 'no flip'; real-only runs (dream_k=0)."""
+    """n_real x lr -> t50 with its 95% interval (one line per seed), or 't50 > max'; real-only runs."""
     runs = transitions[~transitions.control.astype(bool) & (transitions.dream_k == 0)].copy()
     runs["n_real"] = runs.n_real.astype(str)
     lrs = sorted(runs.lr.unique())
@@ -113,10 +115,9 @@ def phase_diagram(transitions: pd.DataFrame, max_steps: int, path: Path) -> None
                 continue
             flipped = cell[cell.flipped.astype(bool)]
             if len(flipped):
-                grid[i, j] = flipped.transition_step.astype(float).mean()
-                text[i][j] = f"{grid[i, j]:.0f}" + (f"\n({len(flipped)}/{len(cell)} seeds)" if len(cell) > 1 else "")
-            else:
-                text[i][j] = f"no flip\nby {max_steps}"
+                grid[i, j] = flipped.t50.astype(float).mean()
+            text[i][j] = "\n".join(str(t).replace(" [", "\n[") if len(cell) == 1 else str(t)
+                                   for t in cell.t50_text)
     fig, ax = plt.subplots(figsize=(1.6 * len(lrs) + 2, 1.0 * len(ns) + 1.5))
     im = ax.imshow(grid, cmap="viridis_r", vmin=0, vmax=max_steps, aspect="auto")
     for i in range(len(ns)):
@@ -127,8 +128,8 @@ def phase_diagram(transitions: pd.DataFrame, max_steps: int, path: Path) -> None
     ax.set_yticks(range(len(ns)), ns)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("real corrections (n_real)")
-    ax.set_title("Phase diagram: transition step")
-    fig.colorbar(im, ax=ax, label="transition step")
+    ax.set_title("Phase diagram: t50 [95% interval] per seed")
+    fig.colorbar(im, ax=ax, label="t50 (step where the fitted rate crosses the threshold)")
     savefig(fig, path)
 
 

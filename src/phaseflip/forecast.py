@@ -1,8 +1,10 @@
 """Stage forecast (§7): locate each run's transition and forecast it from checkpoint prefixes.
 
-Transition: the first step whose `behavior_rate` Wilson interval lies wholly above the pre-registered
-flip threshold (in-distribution family). Beside it: the dissimilarity peak, the gradient-norm peak
-and a change point of the continuous metric (ruptures), and their lags to the transition.
+Transition: `t50`, the step where a binomial GLM of the in-distribution behavior counts crosses the
+pre-registered flip threshold, with a bootstrap interval over scenarios and samples, or right-censored
+(`phaseflip.transition`); beside it the confirmed flip (first checkpoint whose interval lies above the
+threshold), the dissimilarity peak, the gradient-norm peak and a change point of the continuous metric
+(ruptures), and their lags to t50. Forecasts predict t50.
 
 Forecast: from checkpoints up to a cutoff only, fit the continuous order parameter as a logistic
 curve in step or in log-step (= a line in logit space; the form with the smaller leave-last-out error
@@ -27,6 +29,7 @@ import pandas as pd
 import ruptures as rpt
 
 from phaseflip.config import ForecastConfig
+from phaseflip.transition import confirmed_flip, fit_t50
 
 FAMILY = "in_distribution"
 EPS = 1e-3
@@ -35,13 +38,6 @@ EPS = 1e-3
 def curve(metrics: pd.DataFrame, metric: str, family: str = FAMILY) -> pd.DataFrame:
     sel = metrics[(metrics.metric == metric) & (metrics.family == family)]
     return sel.sort_values("step")[["step", "value", "lo", "hi"]].reset_index(drop=True)
-
-
-def transition_step(metrics: pd.DataFrame, threshold: float) -> int | None:
-    """First step whose behavior_rate interval lies above the threshold; None if the run never flips."""
-    rate = curve(metrics, "behavior_rate")
-    above = rate[rate.lo > threshold]
-    return int(above.step.iloc[0]) if len(above) else None
 
 
 def change_point(steps: np.ndarray, values: np.ndarray) -> int | None:
@@ -128,10 +124,12 @@ def sharpness(steps: np.ndarray, values: np.ndarray) -> float | None:
     return float(np.max(slopes * np.sign(total)) / abs(total))
 
 
-def level_at(metrics: pd.DataFrame, metric: str, step: int) -> float | None:
+def level_at(metrics: pd.DataFrame, metric: str, step: float) -> float | None:
+    """The metric at `step`, linearly interpolated between the checkpoints around it."""
     c = curve(metrics, metric)
-    at = c[c.step == step]
-    return float(at.value.iloc[0]) if len(at) else None
+    if c.empty or not c.step.min() <= step <= c.step.max():
+        return None
+    return float(np.interp(step, c.step.to_numpy(float), c.value.to_numpy(float)))
 
 
 def penalised_change_point(steps: np.ndarray, values: np.ndarray, min_t: float = 5.0) -> int | None:
@@ -162,25 +160,37 @@ def grad_norm_peak_forecast(train_log: pd.DataFrame, cutoff: float) -> dict[str,
     return {"predicted": float(peak), "reason": ""}
 
 
-def detect(run_id: str, metrics: pd.DataFrame, train_log: pd.DataFrame, run_info: dict[str, Any],
-           cfg: ForecastConfig) -> dict[str, Any]:
-    """The run's transition row: flip step, peaks, change point, lags, the continuous level at the flip,
-    and the sharpness of the binary vs the continuous metrics."""
-    flip = transition_step(metrics, cfg.flip_threshold)
+def behavior_counts(scenarios: pd.DataFrame, family: str = FAMILY) -> pd.DataFrame:
+    """Per (step, scenario) behavior counts of one family: the transition fit's input."""
+    sel = scenarios[(scenarios.family == family) & (scenarios.n > 0)]
+    return sel.rename(columns={"behavior_k": "k"})[["step", "scenario_id", "k", "n"]]
+
+
+def detect(run_id: str, metrics: pd.DataFrame, scenarios: pd.DataFrame, train_log: pd.DataFrame,
+           run_info: dict[str, Any], cfg: ForecastConfig) -> dict[str, Any]:
+    """The run's transition row: t50 with its interval (or censored), the confirmed flip, peaks, change
+    point, their lags to t50, the continuous level at t50, and the sharpness of binary vs continuous."""
+    fit = fit_t50(behavior_counts(scenarios), cfg.flip_threshold, cfg.n_bootstrap, cfg.interval,
+                  seed=int(run_info.get("seed") or 0))
+    t50 = fit.t50
     cont = curve(metrics, cfg.continuous_metric)
     dis = metrics[(metrics.metric == "dissimilarity") & (metrics.family == "all")].sort_values("step")
     grad_peak = int(train_log.step[train_log.grad_norm.idxmax()]) if len(train_log) else None
     dis_peak = int(dis.step[dis.value.idxmax()]) if len(dis) else None
     cp = change_point(cont.step.to_numpy(), cont.value.to_numpy())
+
+    def lag(step: int | None) -> float | None:
+        return None if t50 is None or step is None else round(t50 - step, 3)
+
     row = {
         "run_id": run_id, "control": bool(run_info.get("control", False)), "status": run_info.get("status"),
         "lr": run_info.get("lr"), "n_real": run_info.get("n_real"), "dream_k": run_info.get("dream_k"),
-        "seed": run_info.get("seed"), "transition_step": flip, "flipped": flip is not None,
+        "seed": run_info.get("seed"), **fit.as_row(), "t50_text": fit.describe(), "flipped": t50 is not None,
+        "last_step": fit.last_step,
+        "confirmed_flip_step": confirmed_flip(curve(metrics, "behavior_rate"), cfg.flip_threshold),
         "grad_norm_peak_step": grad_peak, "dissimilarity_peak_step": dis_peak, "change_point_step": cp,
-        "lag_grad_norm_peak": None if flip is None or grad_peak is None else flip - grad_peak,
-        "lag_dissimilarity_peak": None if flip is None or dis_peak is None else flip - dis_peak,
-        "lag_change_point": None if flip is None or cp is None else flip - cp,
-        "continuous_level_at_flip": None if flip is None else level_at(metrics, cfg.continuous_metric, flip),
+        "lag_grad_norm_peak": lag(grad_peak), "lag_dissimilarity_peak": lag(dis_peak), "lag_change_point": lag(cp),
+        "continuous_level_at_flip": None if t50 is None else level_at(metrics, cfg.continuous_metric, t50),
     }
     for metric in ("behavior_rate", "p_preferred", "margin"):
         c = curve(metrics, metric)
@@ -191,7 +201,7 @@ def detect(run_id: str, metrics: pd.DataFrame, train_log: pd.DataFrame, run_info
 def forecast_run(transition: dict[str, Any], metrics: pd.DataFrame, train_log: pd.DataFrame, level: float,
                  level_source: str, cfg: ForecastConfig, max_steps: int) -> list[dict[str, Any]]:
     """Forecast rows of one run: every cutoff x method, each seeing only checkpoints up to its cutoff."""
-    flip = transition["transition_step"]
+    flip = transition["t50"]
     cont = curve(metrics, cfg.continuous_metric)
     horizon = flip if flip is not None else max_steps  # never-flipping runs: the same absolute cutoffs
     rows = []
@@ -235,12 +245,14 @@ def flip_level(transitions: list[dict[str, Any]], run_id: str, cfg: ForecastConf
     return cfg.continuous_level_prior, "prior (no other run flipped)"
 
 
-def analyse_study(runs: list[tuple[str, pd.DataFrame, pd.DataFrame, dict[str, Any]]], cfg: ForecastConfig,
-                  max_steps: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Transitions of every run, then forecasts calibrated leave-one-run-out. runs: (id, metrics, log, info)."""
-    transitions = [detect(run_id, m, log, info, cfg) for run_id, m, log, info in runs]
+def analyse_study(runs: list[tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]],
+                  cfg: ForecastConfig, max_steps: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Transitions of every run, then forecasts calibrated leave-one-run-out.
+
+    runs: (id, metrics, per-scenario counts, train log, run info)."""
+    transitions = [detect(run_id, m, sc, log, info, cfg) for run_id, m, sc, log, info in runs]
     forecasts = []
-    for (run_id, metrics, log, _), transition in zip(runs, transitions, strict=True):
+    for (run_id, metrics, _, log, _), transition in zip(runs, transitions, strict=True):
         level, source = flip_level(transitions, run_id, cfg)
         forecasts += forecast_run(transition, metrics, log, level, source, cfg, max_steps)
     return transitions, forecasts

@@ -156,7 +156,7 @@ def _q1_q2(study: pd.DataFrame, transitions: pd.DataFrame, best_ckpt: Any, max_s
          "| run | lr | n_real | dream_k | status | transition | grad-norm peak (lag) | dissimilarity peak (lag) "
          "| change point (lag) |", "|---|---|---|---|---|---|---|---|---|"]
     for t in transitions.itertuples():
-        flip = _int(t.transition_step) if t.flipped else f"no flip by {max_steps}"
+        flip = t.t50_text
         L.append(f"| {t.run_id} | {t.lr:g} | {t.n_real} | {t.dream_k} | {t.status} | {flip} | "
                  f"{_int(t.grad_norm_peak_step)} ({_int(t.lag_grad_norm_peak)}) | "
                  f"{_int(t.dissimilarity_peak_step)} ({_int(t.lag_dissimilarity_peak)}) | "
@@ -165,8 +165,8 @@ def _q1_q2(study: pd.DataFrame, transitions: pd.DataFrame, best_ckpt: Any, max_s
     flipped = real[real.flipped.astype(bool)]
     ns = sorted({str(n) for n in real.n_real})
     L += ["", f"{len(flipped)} of {len(real)} real runs flipped within {max_steps} steps"
-          + (f"; the earliest at step {_int(flipped.transition_step.min())} "
-             f"({flipped.loc[flipped.transition_step.idxmin()].run_id})." if len(flipped) else ".")]
+          + (f"; the earliest t50 {flipped.loc[flipped.t50.idxmin()].t50_text} "
+             f"({flipped.loc[flipped.t50.idxmin()].run_id})." if len(flipped) else ".")]
     L.append(f"This grid covers n_real in {{{', '.join(ns)}}}: the design's 0–10 / 10–50 / 50–200 zones can "
              + ("only be probed where the grid has points; zones without runs are not claimed."
                 if len(ns) < 3 else "be read off the phase diagram."))
@@ -223,16 +223,15 @@ def _q3(transitions: pd.DataFrame, study: pd.DataFrame, dreams: dict[str, Any], 
                      & (real.seed == d.seed)]
         for r in match.itertuples():
             pairs += 1
-            L.append(f"| {d.effective} | {d.lr:g} | {r.run_id} | {_int(r.transition_step) if r.flipped else 'no flip'}"
-                     f" | {d.run_id} | {_int(d.transition_step) if d.flipped else 'no flip'} |")
+            L.append(f"| {d.effective} | {d.lr:g} | {r.run_id} | {r.t50_text}"
+                     f" | {d.run_id} | {d.t50_text} |")
     if not pairs:
         L.append("| – | – | no real-only run with the same effective count | | | |")
     for d in with_dreams.itertuples():  # the confound: fewer real corrections alone can also flip sooner
         same = real[(real.dream_k == 0) & (real.n_real.astype(str) == str(d.n_real)) & (real.lr == d.lr)
                     & (real.seed == d.seed)]
         for r in same.itertuples():
-            without = _int(r.transition_step) if r.flipped else "no flip"
-            with_d = _int(d.transition_step) if d.flipped else "no flip"
+            without, with_d = r.t50_text, d.t50_text
             L.append(f"\nSame {r.n_real} real corrections without dreams (`{r.run_id}`): transition {without} vs "
                      f"{with_d} with dreams. If these match, the dreams did not move the flip: compare the "
                      "curves, not only the equal-count pair above.")

@@ -19,6 +19,8 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -276,3 +278,17 @@ def load_adapter_weights(model: PeftModel, folder: Path) -> None:
     path = folder / "adapter_model.safetensors"
     set_peft_model_state_dict(model, read_safetensors(path, "adapter"))
 
+
+
+@contextmanager
+def merged_checkpoint(model: PeftModel, folder: Path) -> Iterator[None]:
+    """A checkpoint's LoRA weights merged into the base weights (W + BA in place) for the block's duration.
+
+    Evaluation then runs at base-model speed, with no LoRA branch per call; unmerged afterwards.
+    """
+    load_adapter_weights(model, folder)
+    model.merge_adapter()
+    try:
+        yield
+    finally:
+        model.unmerge_adapter()

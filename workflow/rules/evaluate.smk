@@ -10,7 +10,8 @@ rule evaluate_base:
     input:
         **EVALUATE_INPUTS,
     output:
-        "results/base_eval/metrics.csv",
+        metrics="results/base_eval/metrics.csv",
+        scenarios="results/base_eval/scenarios.csv",  # per-scenario counts, written beside metrics.csv
     params:
         cfg=stage_params("model", "behavior", "eval"),
     conda:
@@ -23,7 +24,7 @@ rule evaluate_base:
     threads: STAGE_THREADS
     shell:
         "python -m phaseflip.cli evaluate --params {params.cfg:q} --threads {threads} --base {input.base} "
-        "--eval {input.eval} --retention {input.retention} --out {output} > {log} 2>&1"
+        "--eval {input.eval} --retention {input.retention} --out {output.metrics} > {log} 2>&1"
 
 
 rule evaluate:
@@ -32,8 +33,10 @@ rule evaluate:
         vector="results/steering/vector.safetensors",
         info="results/runs/{run_id}/run.json",
         base_metrics="results/base_eval/metrics.csv",
+        base_scenarios="results/base_eval/scenarios.csv",
     output:
-        "results/runs/{run_id}/metrics.csv",
+        metrics="results/runs/{run_id}/metrics.csv",
+        scenarios="results/runs/{run_id}/scenarios.csv",  # per-scenario counts: the t50 bootstrap's input
     params:
         cfg=run_params("model", "behavior", "train", "eval", "steering"),
         run_dir=subpath(input.info, parent=True),
@@ -50,4 +53,4 @@ rule evaluate:
     shell:
         "python -m phaseflip.cli evaluate --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--eval {input.eval} --retention {input.retention} --steering-vector {input.vector} "
-        "--run-dir {params.run_dir} --base-metrics {input.base_metrics} --out {output} > {log} 2>&1"
+        "--run-dir {params.run_dir} --base-metrics {input.base_metrics} --out {output.metrics} > {log} 2>&1"

@@ -1,6 +1,7 @@
 rule forecast:
     input:
         metrics=expand("results/runs/{run_id}/metrics.csv", run_id=RUN_IDS),
+        scenarios=expand("results/runs/{run_id}/scenarios.csv", run_id=RUN_IDS),  # read beside metrics.csv
         info=expand("results/runs/{run_id}/run.json", run_id=RUN_IDS),
     output:
         transitions="results/forecast/transitions.csv",
