@@ -15,24 +15,12 @@ from typing import Any
 
 import pandas as pd
 
-from phaseflip import figures
+from phaseflip import answers, figures
+from phaseflip.answers import fmt as _fmt
 from phaseflip.figures import ID, pick
 from phaseflip.io import read_csv, read_json, write_csv, write_json, write_text
 
 FIGURES = ["curves", "all_metrics", "phase_diagram", "dreams", "families", "steering", "icl", "forecast"]
-
-
-def _fmt(value: Any, lo: Any = None, hi: Any = None, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    text = f"{value:.{digits}f}"
-    if lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi)):
-        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
-    return text
-
-
-def _int(value: Any) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else str(int(value))
 
 
 def _best(table: pd.DataFrame, keys: list[str]) -> pd.Series | None:
@@ -83,7 +71,10 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
 
     base = study[study.step == 0].drop_duplicates(["family", "metric"])
     trained = study[(study.step > 0) & (~study.control.astype(bool))]
-    best_ckpt = _best(trained, ["run_id", "step"])
+    # Q5 compares families: the best checkpoint is chosen (on in-distribution) among those whose every
+    # family was sampled (each run's last and its own best, see evaluate.evaluate_run).
+    every_family = trained[(trained.metric == "behavior_rate") & (trained.family == "all")][["run_id", "step"]]
+    best_ckpt = _best(trained.merge(every_family, on=["run_id", "step"]), ["run_id", "step"])
     best_steer = _best(steer[steer.layer >= 0], ["training_set", "layer", "multiplier"])
     best_icl = _best(icl[icl.k > 0], ["k"])
     comparison = _family_rows(base, "base model")
@@ -123,8 +114,10 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
     })
     ctx = dict(params=params, study=study, base=base, transitions=transitions, quality=quality, comp=comp,
                best_ckpt=best_ckpt, best_steer=best_steer, steer=steer, icl=icl, dreams=dreams, data=data,
-               bench=bench, threshold=threshold, max_steps=max_steps)
-    sections: list[Callable[..., list[str]]] = [_header, _q1_q2, _q3, _q4, _q5, _q6, _costs]
+               bench=bench, threshold=threshold, max_steps=max_steps, effective_count=effective_count,
+               family_notes=params["behavior"].get("family_notes"))
+    sections: list[Callable[..., list[str]]] = [_header, answers.q1, answers.q2, answers.q3, _q4, answers.q5, _q6,
+                                                _costs]
     write_text(out / "summary.md", "\n".join(line for section in sections for line in section(**ctx)) + "\n")
 
 
@@ -132,113 +125,27 @@ def _header(params: dict[str, Any], base: pd.DataFrame, data: dict[str, Any], th
             **_: Any) -> list[str]:
     limit = params["eval"]["max_scenarios_per_family"]
     per_family = ", ".join(f"{n} ({f})" for f, n in limit.items()) if isinstance(limit, dict) else str(limit or "all")
+    ad = params["eval"]["adaptive"]
     L = [f"# phaseflip report — study `{params['study']['name']}`", "",
          f"Model `{params['model']['name']}`, behavior `{params['behavior']['name']}`. Flip threshold "
-         f"(pre-registered): the {ID} behavior_rate's Wilson 95% interval lies above {threshold}. Data: "
+         f"(pre-registered): {threshold} on the {ID} behavior_rate; the transition is `t50`, where the fitted rate "
+         f"crosses it (Q1). Data: "
          f"{data['corrections']} corrections ({data['rejected_filled']} `rejected` filled from the base model), "
          f"{data['eval']} eval scenarios, {data['retention']} retention prompts; evaluation used up to "
-         f"{per_family} scenarios per family x {params['eval']['n_samples']} samples at temperature "
-         f"{params['eval']['temperature']}. Intervals: Wilson 95% (rates), ±1.96 s.e. (means).", "",
+         f"{per_family} scenarios per family. Sampling (temperature {params['eval']['temperature']}) is adaptive: "
+         f"{params['eval']['n_samples']} replies per scenario, then {ad['samples_per_round']} more per round until "
+         f"the {ID} rate's interval lies outside [{ad['band'][0]}, {ad['band'][1]}] (at most {ad['max_samples']}); "
+         "other families at the base model and each run's last and best checkpoint, until the half-width is at "
+         f"most {ad['ood_half_width']} (at most {ad['ood_max_samples']}); `n` in the tables is the replies sampled. "
+         "Intervals: 95%, clustered over scenarios for rates (replies to one scenario are correlated; Wilson at "
+         "the design-effect sample size, `wilson_lo`/`wilson_hi` in the metric tables treat replies as "
+         "independent), ±1.96 s.e. for means.", "",
          "## Base model (step 0): base rate per family", "",
          "| family | behavior_rate | p_preferred | margin | coherence |", "|---|---|---|---|---|"]
     for family in sorted(base.family.unique(), key=lambda f: (f != ID, f != "all", f)):
         cells = [pick(base, m, family) for m in ["behavior_rate", "p_preferred", "margin", "coherence"]]
         L.append(f"| {family} | " + " | ".join(
             _fmt(c.value.iloc[0], c.lo.iloc[0], c.hi.iloc[0]) if len(c) else "n/a" for c in cells) + " |")
-    return L
-
-
-def _q1_q2(study: pd.DataFrame, transitions: pd.DataFrame, best_ckpt: Any, max_steps: int,
-           **_: Any) -> list[str]:
-    L = ["", "## Q1 — How many corrections, at which learning rate, flip the behavior?", "",
-         "Transition step per run (`phase_diagram.png`, `curves.png`); lags are transition step minus the "
-         "earlier signal's step.", "",
-         "| run | lr | n_real | dream_k | status | transition | grad-norm peak (lag) | dissimilarity peak (lag) "
-         "| change point (lag) |", "|---|---|---|---|---|---|---|---|---|"]
-    for t in transitions.itertuples():
-        flip = t.t50_text
-        L.append(f"| {t.run_id} | {t.lr:g} | {t.n_real} | {t.dream_k} | {t.status} | {flip} | "
-                 f"{_int(t.grad_norm_peak_step)} ({_int(t.lag_grad_norm_peak)}) | "
-                 f"{_int(t.dissimilarity_peak_step)} ({_int(t.lag_dissimilarity_peak)}) | "
-                 f"{_int(t.change_point_step)} ({_int(t.lag_change_point)}) |")
-    real = transitions[~transitions.control.astype(bool)]
-    flipped = real[real.flipped.astype(bool)]
-    ns = sorted({str(n) for n in real.n_real})
-    L += ["", f"{len(flipped)} of {len(real)} real runs flipped within {max_steps} steps"
-          + (f"; the earliest t50 {flipped.loc[flipped.t50.idxmin()].t50_text} "
-             f"({flipped.loc[flipped.t50.idxmin()].run_id})." if len(flipped) else ".")]
-    L.append(f"This grid covers n_real in {{{', '.join(ns)}}}: the design's 0–10 / 10–50 / 50–200 zones can "
-             + ("only be probed where the grid has points; zones without runs are not claimed."
-                if len(ns) < 3 else "be read off the phase diagram."))
-    L += ["", "Curves (in-distribution; behavior_rate / p_preferred / margin by step):", ""]
-    for run_id, run in study.groupby("run_id"):
-        parts = []
-        for metric in ["behavior_rate", "p_preferred", "margin"]:
-            c = pick(run, metric).sort_values("step")
-            parts.append(f"{metric} " + ", ".join(f"{int(s)}:{v:.2f}" for s, v in zip(c.step, c.value, strict=True)))
-        L.append(f"- `{run_id}`: " + "; ".join(parts))
-    if best_ckpt is not None:
-        L += ["", f"Best LoRA checkpoint (chosen on {ID}): `{best_ckpt.run_id}` step {int(best_ckpt.step)}, "
-                  f"behavior_rate {_fmt(best_ckpt.value, best_ckpt.lo, best_ckpt.hi)}."]
-    L += ["", "## Q2 — Sharp or smooth? The mirage check", "",
-          "Sharpness = the steepest slope between neighbouring checkpoints / the average slope over the run "
-          "(1 = a straight line; the number of checkpoints - 1 at most = a single jump).", "",
-          "| run | behavior_rate (binary) | p_preferred | margin | reading |", "|---|---|---|---|---|"]
-    for t in transitions.itertuples():
-        b, p, m = t.sharpness_behavior_rate, t.sharpness_p_preferred, t.sharpness_margin
-        cont = [v for v in (p, m) if v is not None and not math.isnan(v)]
-        if b is None or math.isnan(b) or not cont:
-            reading = "no net change to compare"
-        elif not t.flipped:
-            reading = "no flip: the binary metric barely moved, nothing to compare"
-        elif b > 2 * max(cont):
-            reading = "binary much sharper than continuous: the sharpness is largely the yes/no metric (mirage)"
-        else:
-            reading = "continuous metrics about as sharp: a real change in the model"
-        L.append(f"| {t.run_id} | {_fmt(b)} | {_fmt(p)} | {_fmt(m)} | {reading} |")
-    return L
-
-
-def _q3(transitions: pd.DataFrame, study: pd.DataFrame, dreams: dict[str, Any], data: dict[str, Any],
-        **_: Any) -> list[str]:
-    counts = dreams.get("counts", {})
-    L = ["", "## Q3 — Do dreams multiply the corrections?", "",
-         "Dream report: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + "."]
-    if "diversity" in dreams:
-        L.append("Diversity: " + ", ".join(f"{k} {v}" for k, v in dreams["diversity"].items()) + ".")
-    real = transitions[~transitions.control.astype(bool)].copy()
-    n_corr = int(data["corrections"])
-    real["effective"] = [effective_count(n, k, n_corr) for n, k in zip(real.n_real, real.dream_k, strict=True)]
-    with_dreams = real[real.dream_k > 0]
-    if not len(with_dreams):
-        L.append("No run in this grid trains on dreams (train.dream_k=[0]), so real vs dreams cannot be compared "
-                 "from this study: add `train__dream_k=[0,10]` (or run `study=full`).")
-        return L
-    L += ["", "Runs at equal effective example count (n_real x (1 + dream_k)), same lr and seed:", "",
-          "| effective | lr | real-only run | its transition | real+dreams run | its transition |",
-          "|---|---|---|---|---|---|"]
-    pairs = 0
-    for d in with_dreams.itertuples():
-        match = real[(real.dream_k == 0) & (real.effective == d.effective) & (real.lr == d.lr)
-                     & (real.seed == d.seed)]
-        for r in match.itertuples():
-            pairs += 1
-            L.append(f"| {d.effective} | {d.lr:g} | {r.run_id} | {r.t50_text}"
-                     f" | {d.run_id} | {d.t50_text} |")
-    if not pairs:
-        L.append("| – | – | no real-only run with the same effective count | | | |")
-    for d in with_dreams.itertuples():  # the confound: fewer real corrections alone can also flip sooner
-        same = real[(real.dream_k == 0) & (real.n_real.astype(str) == str(d.n_real)) & (real.lr == d.lr)
-                    & (real.seed == d.seed)]
-        for r in same.itertuples():
-            without, with_d = r.t50_text, d.t50_text
-            L.append(f"\nSame {r.n_real} real corrections without dreams (`{r.run_id}`): transition {without} vs "
-                     f"{with_d} with dreams. If these match, the dreams did not move the flip: compare the "
-                     "curves, not only the equal-count pair above.")
-    final = pick(study[study.dream_k > 0], "behavior_rate")
-    last = final[final.step == final.step.max()]
-    for r in last.itertuples():
-        L.append(f"\n`{r.run_id}` ends at behavior_rate {_fmt(r.value, r.lo, r.hi)} (step {int(r.step)}).")
     return L
 
 
@@ -278,30 +185,6 @@ def _q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: 
                                  if len(beaten) == len(others) else
                                  "at least one training-free baseline's interval overlaps LoRA's best: "
                                  "the data do not show that training is needed."))
-    return L
-
-
-def _q5(study: pd.DataFrame, base: pd.DataFrame, best_ckpt: Any, comp: pd.DataFrame, **_: Any) -> list[str]:
-    L = ["", "## Q5 — Beyond the training format, and the cost elsewhere", ""]
-    if best_ckpt is None:
-        return L + ["No trained checkpoint to compare."]
-    lora = comp[comp.setup.str.startswith("LoRA")].set_index("family")
-    base_rows = comp[comp.setup == "base model"].set_index("family")
-    L += [f"Best checkpoint `{best_ckpt.run_id}` step {int(best_ckpt.step)} vs base, behavior_rate per family "
-          "(`families.png`):", "", "| family | base | best checkpoint | change |", "|---|---|---|---|"]
-    for family in sorted(lora.index, key=lambda f: (f != ID, f != "all", f)):
-        b, c = base_rows.loc[family], lora.loc[family]
-        moved = "up" if c.lo > b.hi else "down" if c.hi < b.lo else "no clear change"
-        L.append(f"| {family} | {_fmt(b.behavior_rate, b.lo, b.hi)} | {_fmt(c.behavior_rate, c.lo, c.hi)} | {moved} |")
-    L.append("\n(`inverted`: the user asks for alternatives, so the behavior there is offering them; a drop means "
-             "the model over-applies 'no alternatives'.)")
-    sel = study[(study.run_id == best_ckpt.run_id) & (study.step == best_ckpt.step)]
-    L.append("")
-    for metric in ["retention_kl", "retention_loss"]:
-        v, b = pick(sel, metric, "all"), pick(base, metric, "all")
-        if len(v) and len(b):
-            L.append(f"- {metric}: base {_fmt(b.value.iloc[0], digits=3)} → best checkpoint "
-                     f"{_fmt(v.value.iloc[0], digits=3)}")
     return L
 
 

@@ -1,0 +1,218 @@
+"""The summary's measured answers (§8): Q1 (when does it flip), Q2 (sharp or smooth), Q3 (dreams), Q5 (beyond
+the training format), each with its interval and, where a question is not answered, what would answer it.
+
+Every number comes from the study's outputs (`transitions.csv`, the metric tables); nothing here is
+specific to one behavior. `report.build_report` calls these with its context.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from phaseflip.figures import ID, pick
+from phaseflip.inference import Difference, rate_difference, seed_spread, seeds_per_arm
+
+# The smallest t50 difference (steps) the power statements are phrased for when the data give none.
+REFERENCE_DIFFERENCE = 2.0
+
+
+def fmt(value: Any, lo: Any = None, hi: Any = None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    if lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi)):
+        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return text
+
+
+def fmt_int(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else str(int(value))
+
+
+def _lag(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:+.1f}"
+
+
+def _last_rate(study: pd.DataFrame, run_id: str) -> str:
+    rate = pick(study[study.run_id == run_id], "behavior_rate").sort_values("step")
+    if rate.empty:
+        return "n/a"
+    r = rate.iloc[-1]
+    return f"{fmt(r.value, r.lo, r.hi)} (step {int(r.step)}, n={int(r.n)})"
+
+
+def q1(study: pd.DataFrame, transitions: pd.DataFrame, best_ckpt: Any, max_steps: int, threshold: float,
+       **_: Any) -> list[str]:
+    L = ["", "## Q1 — How many corrections, at which learning rate, flip the behavior?", "",
+         f"`t50`: the step where the fitted {ID} behavior_rate crosses {threshold} (binomial GLM in step or "
+         "log-step, chosen by likelihood; 95% interval: bootstrap over scenarios, then samples). "
+         f"`t50 > {max_steps}`: not crossed by the last checkpoint (right-censored), not \"never\". Confirmed flip: "
+         "the first checkpoint whose clustered 95% interval lies above the threshold. Lags: t50 minus the earlier "
+         "signal's step (`phase_diagram.png`, `curves.png`).", "",
+         "| run | lr | n_real | dream_k | seed | t50 [95%] | confirmed flip | rate at last checkpoint [95%] | "
+         "grad-norm peak (lag) | dissimilarity peak (lag) | change point (lag) |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for t in transitions.itertuples():
+        L.append(f"| {t.run_id} | {t.lr:g} | {t.n_real} | {t.dream_k} | {t.seed} | {t.t50_text} | "
+                 f"{fmt_int(t.confirmed_flip_step)} | {_last_rate(study, t.run_id)} | "
+                 f"{fmt_int(t.grad_norm_peak_step)} ({_lag(t.lag_grad_norm_peak)}) | "
+                 f"{fmt_int(t.dissimilarity_peak_step)} ({_lag(t.lag_dissimilarity_peak)}) | "
+                 f"{fmt_int(t.change_point_step)} ({_lag(t.lag_change_point)}) |")
+    real = transitions[~transitions.control.astype(bool)]
+    crossed = real[real.flipped.astype(bool)]
+    L += ["", f"**Answer.** {len(crossed)} of {len(real)} real runs crossed {threshold} within {max_steps} steps"
+          + (f", at {len(set(crossed.lr))} learning rate(s)." if len(crossed) else ".")]
+    for (lr, n_real, dream_k), grp in real.groupby(["lr", "n_real", "dream_k"], sort=True):
+        L.append(f"- lr {lr:g}, {n_real} real corrections, {dream_k} dreams each: "
+                 + "; ".join(f"seed {t.seed}: {t.t50_text}" for t in grp.itertuples()))
+    for t in transitions[transitions.control.astype(bool)].itertuples():
+        L.append(f"- negative control `{t.run_id}`: {t.t50_text}"
+                 + (" (it should not cross: a crossing here means the judge or the data leak the behavior)"
+                    if t.flipped else ""))
+    L += _seed_lines(real)
+    ns = sorted({str(n) for n in real.n_real})
+    L.append(f"\nThis grid covers n_real in {{{', '.join(ns)}}}: zones of n_real without runs are not claimed.")
+    if best_ckpt is not None:
+        L += ["", f"Best LoRA checkpoint (chosen on {ID}, among those evaluated on every family): "
+                  f"`{best_ckpt.run_id}` step {int(best_ckpt.step)}, behavior_rate "
+                  f"{fmt(best_ckpt.value, best_ckpt.lo, best_ckpt.hi)}."]
+    return L
+
+
+def _seed_lines(real: pd.DataFrame) -> list[str]:
+    """The seed spread of t50 at every replicated grid point, and what it implies for comparisons."""
+    L: list[str] = []
+    for (lr, n_real, dream_k), grp in real.groupby(["lr", "n_real", "dream_k"], sort=True):
+        if grp.seed.nunique() < 2:
+            continue
+        spread = seed_spread([float(v) for v in grp.t50.dropna()])
+        if spread is None:
+            L.append(f"\nSeeds at lr {lr:g}, n_real {n_real}, dream_k {dream_k}: fewer than 2 crossed, so the seed "
+                     "spread of t50 is not measured here.")
+            continue
+        need = seeds_per_arm(spread.sd, REFERENCE_DIFFERENCE)
+        L.append(f"\nSeed spread of t50 at lr {lr:g}, n_real {n_real}, dream_k {dream_k} ({spread.n} seeds): "
+                 f"SD {spread.sd:.2f} steps [95% {spread.lo:.2f}, {spread.hi:.2f}]. A t50 difference of "
+                 f"{REFERENCE_DIFFERENCE:g} steps between two arms needs {need} seeds per arm to be detected "
+                 "(two-sided t test, alpha 0.05, power 0.8); the upper end of the SD interval would need "
+                 f"{seeds_per_arm(spread.hi, REFERENCE_DIFFERENCE)}.")
+    return L
+
+
+def q2(transitions: pd.DataFrame, **_: Any) -> list[str]:
+    L = ["", "## Q2 — Sharp or smooth? The mirage check", "",
+         "Sharpness = the steepest slope between neighbouring checkpoints / the average slope over the run "
+         "(1 = a straight line; the number of checkpoints - 1 at most = a single jump).", "",
+         "| run | behavior_rate (binary) | p_preferred | margin | reading |", "|---|---|---|---|---|"]
+    for t in transitions.itertuples():
+        b, p, m = t.sharpness_behavior_rate, t.sharpness_p_preferred, t.sharpness_margin
+        cont = [v for v in (p, m) if v is not None and not math.isnan(v)]
+        if b is None or math.isnan(b) or not cont:
+            reading = "no net change to compare"
+        elif not t.flipped:
+            reading = "not crossed: nothing to compare"
+        elif b > 2 * max(cont):
+            reading = "binary much sharper than continuous: the sharpness is largely the yes/no metric (mirage)"
+        else:
+            reading = "continuous metrics about as sharp: a real change in the model"
+        L.append(f"| {t.run_id} | {fmt(b)} | {fmt(p)} | {fmt(m)} | {reading} |")
+    return L
+
+
+def t50_difference(a: Any, b: Any) -> Difference | None:
+    """a.t50 - b.t50 with a MOVER interval from the two bootstrap intervals; None if either is censored."""
+    if not (a.flipped and b.flipped) or not all(math.isfinite(float(v)) for v in (a.t50_hi, b.t50_hi)):
+        return None
+    lo = a.t50 - b.t50 - math.sqrt((a.t50 - a.t50_lo) ** 2 + (b.t50_hi - b.t50) ** 2)
+    hi = a.t50 - b.t50 + math.sqrt((a.t50_hi - a.t50) ** 2 + (b.t50 - b.t50_lo) ** 2)
+    return Difference(float(a.t50 - b.t50), lo, hi)
+
+
+def _compare(a: Any, b: Any) -> str:
+    d = t50_difference(a, b)
+    if d is None:
+        return "not comparable (a run did not cross, or its interval is open)"
+    reading = ("dreams later" if d.lo > 0 else "dreams earlier" if d.hi < 0 else "no difference resolved")
+    return f"{d.value:+.1f} steps [95% {d.lo:+.1f}, {d.hi:+.1f}]: {reading}"
+
+
+def q3(transitions: pd.DataFrame, study: pd.DataFrame, dreams: dict[str, Any], data: dict[str, Any],
+       effective_count: Any, **_: Any) -> list[str]:
+    counts = dreams.get("counts", {})
+    L = ["", "## Q3 — Do dreams multiply the corrections?", "",
+         "Dream report: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "no dreams") + "."]
+    if "diversity" in dreams:
+        L.append("Diversity: " + ", ".join(f"{k} {v}" for k, v in dreams["diversity"].items()) + ".")
+    real = transitions[~transitions.control.astype(bool)].copy()
+    n_corr = int(data["corrections"])
+    real["effective"] = [effective_count(n, k, n_corr) for n, k in zip(real.n_real, real.dream_k, strict=True)]
+    with_dreams = real[real.dream_k > 0]
+    if not len(with_dreams):
+        return L + ["No run in this grid trains on dreams (train.dream_k=[0]), so real vs dreams cannot be "
+                    "compared from this study: add `train__dream_k=[0,10]` (or run `study=full`)."]
+    L += ["", "t50 difference = with dreams minus without (95% interval from the two t50 intervals); same lr and "
+              "seed.", "",
+          "| comparison | with dreams | t50 | without dreams | t50 | difference |", "|---|---|---|---|---|---|"]
+    diffs: list[Difference] = []
+    for d in with_dreams.itertuples():
+        for label, match in (
+            ("equal effective count", real[(real.dream_k == 0) & (real.effective == d.effective)]),
+            ("same real corrections", real[(real.dream_k == 0) & (real.n_real.astype(str) == str(d.n_real))]),
+        ):
+            for r in match[(match.lr == d.lr) & (match.seed == d.seed)].itertuples():
+                diff = t50_difference(d, r)
+                if diff is not None:
+                    diffs.append(diff)
+                L.append(f"| {label} ({d.effective} vs {r.effective} examples) | `{d.run_id}` | {d.t50_text} | "
+                         f"`{r.run_id}` | {r.t50_text} | {_compare(d, r)} |")
+    spreads = [s for _, g in real.groupby(["lr", "n_real", "dream_k"]) if g.seed.nunique() > 1
+               for s in [seed_spread([float(v) for v in g.t50.dropna()])] if s is not None]
+    if spreads:
+        sd = max(s.sd for s in spreads)
+        target = max([abs(d.value) for d in diffs] + [REFERENCE_DIFFERENCE])
+        L.append(f"\nPower: one seed per arm here. The seed spread of t50 measured in this study is SD {sd:.2f} "
+                 f"steps; a difference of {target:.1f} steps between dreams and no dreams needs "
+                 f"{seeds_per_arm(sd, target)} seeds per arm (two-sided t test, alpha 0.05, power 0.8). "
+                 "A single-seed difference whose interval excludes 0 still mixes the dreams' effect with seed noise.")
+    else:
+        L.append("\nPower: no grid point has two crossing seeds, so the seed spread of t50 (the noise a dreams "
+                 "effect must beat) is not measured; add a second seed (`train__seeds=[0,1]`) at a crossing point.")
+    return L
+
+
+def q5(study: pd.DataFrame, best_ckpt: Any, comp: pd.DataFrame, base: pd.DataFrame,
+       family_notes: dict[str, str] | None = None, **_: Any) -> list[str]:
+    L = ["", "## Q5 — Beyond the training format, and the cost elsewhere", ""]
+    if best_ckpt is None:
+        return L + ["No trained checkpoint to compare."]
+    lora = comp[comp.setup.str.startswith("LoRA")].set_index("family")
+    base_rows = comp[comp.setup == "base model"].set_index("family")
+    L += [f"Best checkpoint `{best_ckpt.run_id}` step {int(best_ckpt.step)} vs the base model, behavior_rate per "
+          "family, every scenario of each family sampled until its interval half-width is small (`eval.adaptive`). "
+          "Change = best minus base with its 95% interval (MOVER from the two clustered intervals); "
+          "`families.png`.", "",
+          "| family | scenarios | base [95%] | best checkpoint [95%] | change [95%] | reading | resolves 0.3? |",
+          "|---|---|---|---|---|---|---|"]
+    scen = study[(study.run_id == best_ckpt.run_id) & (study.step == best_ckpt.step)
+                 & (study.metric == "p_preferred")].set_index("family").n
+    for family in sorted(lora.index, key=lambda f: (f != ID, f != "all", f)):
+        if family not in base_rows.index:
+            continue
+        b, c = base_rows.loc[family], lora.loc[family]
+        diff = rate_difference((c.behavior_rate, c.lo, c.hi), (b.behavior_rate, b.lo, b.hi))
+        L.append(f"| {family} | {fmt_int(scen.get(family))} | {fmt(b.behavior_rate, b.lo, b.hi)} | "
+                 f"{fmt(c.behavior_rate, c.lo, c.hi)} | {fmt(diff.value, diff.lo, diff.hi)} | {diff.verdict()} | "
+                 f"{'yes' if diff.half_width <= 0.3 else 'no'} (±{diff.half_width:.2f}) |")
+    for family, note in (family_notes or {}).items():
+        L.append(f"\n(`{family}`: {note})")
+    sel = study[(study.run_id == best_ckpt.run_id) & (study.step == best_ckpt.step)]
+    L.append("")
+    for metric in ["retention_kl", "retention_loss"]:
+        v, b = pick(sel, metric, "all"), pick(base, metric, "all")
+        if len(v) and len(b):
+            L.append(f"- {metric}: base {fmt(b.value.iloc[0], digits=3)} → best checkpoint "
+                     f"{fmt(v.value.iloc[0], digits=3)}")
+    return L
