@@ -9,7 +9,9 @@ build on each other.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -115,12 +117,15 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     run([*GIT, "commit", "-qm", "project"], project)
     mark_installed(project)
     made = run(["make", "study", "SET=study=smoke"], project)  # the README's main command, smoke preset
-    status = run(["dvc", "status"], project)  # before anything else touches the workspace
+    # Right after the main command, before anything else touches the workspace (the commit below moves
+    # HEAD, and `dvc exp show` lists the experiments of HEAD).
+    status = run(["dvc", "status"], project)
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project)
     run([*GIT, "add", "dvc.lock", "params.yaml"], project)
     run([*GIT, "commit", "-qm", "smoke study"], project)
     first = run(["git", "rev-parse", "HEAD"], project).strip()
     return {"path": project, "snapshot": snapshot, "first": first, "state": state(project),
-            "experiment": experiment_name(made), "status": status}
+            "experiment": experiment_name(made), "status": status, "exp_show": shown}
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +142,9 @@ def plain(repo: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.integration
 def test_main_command_leaves_dvc_up_to_date(repo: dict) -> None:
     assert "Data and pipelines are up to date." in repo["status"], repo["status"]
-    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo["path"])
-    assert repo["experiment"] in shown and "runs_flipped" in shown  # the experiment, with its metrics
+    rows = {row["Experiment"]: row for row in csv.DictReader(io.StringIO(repo["exp_show"]))}
+    experiment = rows[repo["experiment"]]  # with its metrics (results/report/metrics.json) as DVC recorded them
+    assert experiment["runs"] == "2" and experiment["runs_flipped"] not in ("", "!"), experiment
 
 
 @pytest.mark.integration
