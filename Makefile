@@ -12,13 +12,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[dev]"
 	touch $(STAMP)
 
-study: install        ## the default study: SmolLM2-135M on CPU, then its HTML report
-	snakemake --cores all
-	snakemake --report results/report/report.html
+# Hydra overrides for the study, space-separated, each passed to `dvc exp run -S`:
+#   make study SET='study=smoke train.lrs=[1e-3,3e-3]'
+SET ?=
 
-smoke: install        ## every stage on a tiny random model, in about a minute
-	snakemake --cores all --config study=smoke
-	snakemake --config study=smoke --report results/report/report.html
+# The study runs through DVC (dvc.yaml's one stage: Snakemake, then its HTML report), so DVC records
+# results/ in dvc.lock and its cache: `dvc status`, `dvc plots show`, `dvc exp show`, `dvc push` and
+# `git checkout` + `dvc checkout` all work right after. With Hydra on, `dvc exp run` composes
+# params.yaml from conf/ (plus SET) first, so the study run is always the one conf/ describes.
+study: install        ## the default study (SmolLM2-135M on CPU), its HTML report, recorded by DVC
+	dvc exp run $(foreach o,$(SET),-S '$(o)')
+
+smoke: install        ## every stage on a tiny random model, in about a minute (same path as study)
+	$(MAKE) study SET=study=smoke
 
 test: install         ## the test suite (integration tests included)
 	$(PY) -m pytest

@@ -1,6 +1,9 @@
+from pathlib import Path
+
 import pandas as pd
 
-from phaseflip.report import _costs, stage_of
+from phaseflip.io import write_csv
+from phaseflip.report import _costs, stage_of, train_log_table
 
 
 def test_stage_of_strips_the_grid_point() -> None:
@@ -21,3 +24,19 @@ def test_costs_sum_jobs_per_stage_and_in_total() -> None:
     assert "| evaluate | 1 | 250.0 | 1800 |" in lines
     assert "| **total** | 5 | 620.0 | 2400 (max) |" in lines
     assert _costs(pd.DataFrame()) == []
+
+
+def test_train_log_table_is_one_tidy_file_with_a_run_column(tmp_path: Path) -> None:
+    """The `dvc plots` source for loss / grad_norm: one line per run needs the run_id on every row."""
+    paths = []
+    for run_id, loss in [("lr3e-03_nall_k0_s0", [2.0, 1.0]), ("lr1e-03_nall_k0_s0", [3.0, 2.5])]:
+        path = tmp_path / run_id / "train_log.csv"
+        write_csv(path, pd.DataFrame({"step": [2, 1], "loss": loss[::-1], "grad_norm": [0.5, 0.7], "lr": 1e-3}))
+        paths.append(str(path))
+    table = train_log_table(paths)
+    assert list(table.columns) == ["run_id", "step", "loss", "grad_norm", "lr"]
+    assert table.run_id.tolist() == ["lr1e-03_nall_k0_s0"] * 2 + ["lr3e-03_nall_k0_s0"] * 2  # sorted
+    assert table.step.tolist() == [1, 2, 1, 2]
+    assert table.loss.tolist() == [3.0, 2.5, 2.0, 1.0]
+    assert train_log_table(paths[::-1]).equals(table)  # independent of the order the logs come in
+    assert list(train_log_table([]).columns) == ["run_id", "step", "loss", "grad_norm", "lr"]

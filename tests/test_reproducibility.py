@@ -1,13 +1,20 @@
-"""Reproducibility and experiment history (issue #7, DESIGN §10), end to end in temporary git repositories.
+"""Reproducibility, experiment history and DVC as a user meets it (issues #7, #18; DESIGN §10), end to end
+in temporary git repositories.
 
-One smoke study runs through DVC in a temp git repo (shared by every test here); a second runs from
-scratch in another copy to check determinism. The tests run in file order and build on each other.
+One smoke study runs the README's way (`make study SET=study=smoke`, i.e. through `dvc exp run`) in a
+temp git repo, shared by every test here; a second runs from scratch with plain Snakemake in another
+copy, to check determinism and that `dvc commit` records such a run. The tests run in file order and
+build on each other.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,7 +25,8 @@ import yaml
 from _project import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
-COPY = ["src", "Snakefile", "dvc.yaml", "params.yaml", "workflow", "conf", "data", ".dvc", ".gitignore", ".dvcignore"]
+COPY = ["src", "Snakefile", "dvc.yaml", "params.yaml", "workflow", "conf", "data", ".dvc", ".gitignore", ".dvcignore",
+        "Makefile", "pyproject.toml"]
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
 # As the README says to call Snakemake after a checkout or pull: DVC restores contents, not timestamps
 # nor Snakemake's own records (.snakemake/, unversioned), so once `dvc status` is clean, `--touch`
@@ -28,6 +36,7 @@ SNAKEMAKE_AFTER_CHECKOUT = ["snakemake", "-n", "--cores", "all", "--configfile",
 # Tables whose numbers must not depend on the run (timings, e.g. run.json's seconds, are left out).
 METRIC_TABLES = ["runs/*/metrics.csv", "runs/*/train_log.csv", "base_eval/metrics.csv", "forecast/*.csv",
                  "steering/steering_metrics.csv", "icl/icl_metrics.csv", "report/study_metrics.csv"]
+CONTROL = "control-irrelevant_lr1e-03_nall_k0_s0"  # the smoke study's negative control run
 TIMING_COLUMNS = {"seconds", "s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out",
                   "mean_load", "cpu_time", "reply_tokens_per_s"}
 
@@ -42,6 +51,39 @@ def env(project: Path) -> dict[str, str]:
     """Each copy runs its own src/ (a snapshot), whatever is edited in the checkout meanwhile."""
     root = next(p for p in [project, *project.parents] if (p / "src" / "phaseflip").is_dir())
     return {**os.environ, "PYTHONPATH": str(root / "src")}
+
+
+def mark_installed(project: Path) -> None:
+    """`make study` depends on `make install`; the test environment is installed already, and a pip
+    install from the copy would repoint the editable install at a temp folder. A stamp newer than
+    pyproject.toml tells make there is nothing to install."""
+    stamp = project / ".installed"
+    stamp.touch()
+    newer = (project / "pyproject.toml").stat().st_mtime + 60
+    os.utime(stamp, (newer, newer))
+
+
+def experiment_name(output: str) -> str:
+    """The name `dvc exp run` gives its experiment ("Ran experiment(s): <name>")."""
+    found = re.findall(r"Ran experiment\(s\): (\S+)", output)
+    assert found, output
+    return found[-1]
+
+
+def dvc_plot_definitions(project: Path) -> tuple[dict[str, dict], list[str]]:
+    """dvc.yaml's curves (id -> definition) and images (paths)."""
+    plots = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]
+    curves = {next(iter(p)): next(iter(p.values())) for p in plots if isinstance(p, dict)}
+    images = [p for p in plots if isinstance(p, str)]
+    return curves, images
+
+
+def curve_values(shown: dict, curve: str, definition: dict) -> list[dict]:
+    """The data points `dvc plots show/diff --json` gives a curve, with a value for its y field."""
+    (renderer,) = shown["data"][curve]
+    assert renderer["type"] == "vega", renderer
+    (y,) = definition["y"].values()
+    return [v for v in renderer["content"]["data"]["values"] if v.get(y) not in (None, "")]
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:
@@ -66,18 +108,68 @@ def metric_tables(results: Path) -> dict[str, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A git + DVC copy of the project where the smoke study ran via `dvc exp run -S` and was committed."""
+    """A git + DVC copy of the project where the smoke study ran the README's way and was committed."""
     snapshot = copy_project(tmp_path_factory.mktemp("snapshot"), COPY)
     project = copy_project(tmp_path_factory.mktemp("history") / "project", COPY, source=snapshot)
     (project / ".dvc" / "config.local").unlink(missing_ok=True)  # the project's remote: ../dvc_remote
     run(["git", "init", "-q"], project)
     run([*GIT, "add", "-A"], project)
     run([*GIT, "commit", "-qm", "project"], project)
-    run(["dvc", "exp", "run", "-S", "study=smoke"], project)
+    mark_installed(project)
+    made = run(["make", "study", "SET=study=smoke"], project)  # the README's main command, smoke preset
+    # Right after the main command, before anything else touches the workspace (the commit below moves
+    # HEAD, and `dvc exp show` lists the experiments of HEAD).
+    status = run(["dvc", "status"], project)
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project)
     run([*GIT, "add", "dvc.lock", "params.yaml"], project)
     run([*GIT, "commit", "-qm", "smoke study"], project)
     first = run(["git", "rev-parse", "HEAD"], project).strip()
-    return {"path": project, "snapshot": snapshot, "first": first, "state": state(project)}
+    return {"path": project, "snapshot": snapshot, "first": first, "state": state(project),
+            "experiment": experiment_name(made), "status": status, "exp_show": shown}
+
+
+@pytest.fixture(scope="module")
+def plain(repo: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git + DVC copy where the same smoke study ran through plain Snakemake, outside DVC."""
+    other = copy_project(tmp_path_factory.mktemp("again"), COPY, source=repo["snapshot"])
+    run(["git", "init", "-q"], other)
+    run([*GIT, "add", "-A"], other)
+    run([*GIT, "commit", "-qm", "project"], other)
+    run(["snakemake", "--cores", "all", "--config", "study=smoke"], other)
+    return other
+
+
+@pytest.mark.integration
+def test_main_command_leaves_dvc_up_to_date(repo: dict) -> None:
+    assert "Data and pipelines are up to date." in repo["status"], repo["status"]
+    rows = {row["Experiment"]: row for row in csv.DictReader(io.StringIO(repo["exp_show"]))}
+    experiment = rows[repo["experiment"]]  # with its metrics (results/report/metrics.json) as DVC recorded them
+    assert experiment["runs"] == "2" and experiment["runs_flipped"] not in ("", "!"), experiment
+
+
+@pytest.mark.integration
+def test_plots_show_renders_every_curve_and_image(repo: dict, tmp_path: Path) -> None:
+    project = repo["path"]
+    out = run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], project)
+    assert "failed to load" not in out.lower(), out
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "failed to load" not in html.lower()
+    specs = {spec["title"]: spec for spec in map(json.loads, re.findall(r"var spec = (\{.*\});", html))}
+    curves, images = dvc_plot_definitions(project)
+    assert len(curves) >= 5 and len(images) >= 8
+    for curve, definition in curves.items():  # a Vega spec holding this curve's data, one line per run
+        (y,) = definition["y"].values()
+        values = [v for v in specs[curve]["data"]["values"] if v.get(y) not in (None, "")]
+        assert {v["run_id"] for v in values} == {"lr1e-02_nall_k0_s0", CONTROL}, curve
+        assert specs[curve]["encoding"]["color"]["field"] == "run_id", curve
+    for image in images:
+        name = image.replace("/", "_")
+        assert f'<img src="static/workspace_{name}">' in html, image
+        assert (tmp_path / "plots" / "static" / f"workspace_{name}").stat().st_size > 1000, image
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], project))
+    assert not shown.get("errors"), shown["errors"]
+    for curve, definition in curves.items():
+        assert curve_values(shown, curve, definition), curve
 
 
 @pytest.mark.integration
@@ -90,10 +182,8 @@ def test_second_repro_does_nothing(repo: dict) -> None:
 
 
 @pytest.mark.integration
-def test_same_config_from_scratch_gives_identical_metric_tables(repo: dict,
-                                                                tmp_path_factory: pytest.TempPathFactory) -> None:
-    other = copy_project(tmp_path_factory.mktemp("again"), COPY, source=repo["snapshot"])
-    run(["snakemake", "--cores", "all", "--config", "study=smoke"], other)
+def test_same_config_from_scratch_gives_identical_metric_tables(repo: dict, plain: Path) -> None:
+    other = plain
     first, second = metric_tables(repo["path"] / "results"), metric_tables(other / "results")
     assert first.keys() == second.keys() and len(first) >= 8, sorted(first)
     for name, table in first.items():
@@ -107,13 +197,36 @@ def test_same_config_from_scratch_gives_identical_metric_tables(repo: dict,
 
 
 @pytest.mark.integration
+def test_plain_snakemake_run_is_recorded_by_dvc_commit(plain: Path) -> None:
+    """The README's one command for a study run outside DVC: params.yaml must be the config it ran with."""
+    composed = subprocess.run(["python", "-m", "phaseflip.config", "study=smoke"], cwd=plain, capture_output=True,
+                              text=True, env=env(plain), check=True)
+    (plain / "params.yaml").write_text(composed.stdout)
+    assert "up to date" not in run(["dvc", "status"], plain)
+    run(["dvc", "commit", "-f"], plain)
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], plain)
+    curves, _ = dvc_plot_definitions(plain)
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], plain))
+    assert not shown.get("errors") and all(curve_values(shown, c, d) for c, d in curves.items())
+
+
+@pytest.mark.integration
 def test_history_sweep_commit_checkout_restores_the_first_run(repo: dict) -> None:
     project = repo["path"]
-    run(["dvc", "exp", "run", "-S", "study=smoke", "-S", "train.lrs=[0.003]"], project)
+    second_experiment = experiment_name(run(["dvc", "exp", "run", "-S", "study=smoke", "-S", "train.lrs=[0.003]"],
+                                            project))
     assert yaml.safe_load((project / "params.yaml").read_text())["train"]["lrs"] == [0.003]
     assert (project / "results/runs/lr3e-03_nall_k0_s0/checkpoints/step-0004/adapter_model.safetensors").is_file()
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project)
     assert "train.lrs" in shown
+    # `dvc plots diff` of the two experiments: every curve holds both, each with its own grid's runs.
+    revs = [repo["experiment"], second_experiment]
+    diff = json.loads(run(["dvc", "plots", "diff", *revs, "--json"], project))
+    assert not diff.get("errors"), diff["errors"]
+    for curve, definition in dvc_plot_definitions(project)[0].items():
+        values = curve_values(diff, curve, definition)
+        for rev, lr_run in zip(revs, ["lr1e-02_nall_k0_s0", "lr3e-03_nall_k0_s0"], strict=True):
+            assert {v["run_id"] for v in values if v["rev"] == rev} == {lr_run, CONTROL}, (curve, rev)
     run([*GIT, "add", "dvc.lock", "params.yaml"], project)
     run([*GIT, "commit", "-qm", "lr 3e-3"], project)
     second = state(project)

@@ -47,6 +47,17 @@ def effective_count(n_real: Any, dream_k: int, n_corrections: int) -> int:
     return n * (1 + int(dream_k))
 
 
+def train_log_table(paths: list[str]) -> pd.DataFrame:
+    """Every run's per-step loss / grad_norm / lr in one tidy table (run_id = the run's folder name)."""
+    logs = [read_csv(p).assign(run_id=Path(p).parent.name) for p in paths]
+    if not logs:
+        return pd.DataFrame(columns=["run_id", "step", "loss", "grad_norm", "lr"])
+    table = pd.concat(logs, ignore_index=True)
+    # Sorted, so the file does not depend on the order Snakemake passes the logs in.
+    table = table[["run_id", *[c for c in table.columns if c != "run_id"]]]
+    return table.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
+
+
 def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir: Path, steering_csv: Path,
                  icl_csv: Path, dreams_report: Path, data_report: Path, benchmarks: list[str], out: Path,
                  train_logs: list[str] | None = None) -> None:
@@ -63,11 +74,10 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
     write_csv(out / "study_metrics.csv", study)  # the combined tidy table: every run, step, family, metric
     curves = study[(study.family == ID) & study.metric.isin(["behavior_rate", "p_preferred", "margin"])]
     wide = curves.pivot_table(index=["run_id", "step"], columns="metric", values="value").reset_index()
+    # The `dvc plots` sources: one tidy file each, with a run_id column that dvc.yaml's template
+    # (.dvc/plots/run_lines.json) draws one line per run from. DVC 3 rejects a folder as a plot source.
     write_csv(out / "curves.csv", wide)
-    for run_id, run in wide.groupby("run_id"):  # one file per run: a `dvc plots` series each
-        write_csv(out / "plots" / f"{run_id}.csv", run.drop(columns="run_id"))
-    for log_path in train_logs or []:  # per-step loss / grad_norm / lr, one file per run for `dvc plots`
-        write_csv(out / "train_logs" / f"{Path(log_path).parent.name}.csv", read_csv(log_path))
+    write_csv(out / "train_log.csv", train_log_table(train_logs or []))
 
     base = study[study.step == 0].drop_duplicates(["family", "metric"])
     trained = study[(study.step > 0) & (~study.control.astype(bool))]

@@ -23,7 +23,8 @@ rule report:
         families=report("results/report/families.png", caption="../report/families.rst", category="Families"),
         forecast=report("results/report/forecast.png", caption="../report/forecast.rst", category="Forecast"),
         metrics="results/report/metrics.json",
-        table="results/report/curves.csv",
+        table="results/report/curves.csv",  # also the `dvc plots` source of the per-run curves
+        train_log="results/report/train_log.csv",  # every run's loss / grad_norm / lr, for `dvc plots`
     params:
         cfg=stage_params("model", "behavior", "eval", "forecast", "train"),
         forecast=subpath(input.transitions, parent=True),
