@@ -72,8 +72,8 @@ def curves_figure(study: pd.DataFrame, transitions: pd.DataFrame, forecasts: pd.
         axes[1][col].axhline(0, color="grey", lw=0.8)
         axes[1][col].set_xlabel("training step")
         axes[0][col].legend(fontsize=7)
-    fig.suptitle("Dashed: transition (Wilson interval above the threshold). x with bar: logistic forecast "
-                 "and its interval from each cutoff.", fontsize=9)
+    fig.suptitle("Dashed line and band: t50 (fitted rate crosses the threshold) and its 95% interval; bands "
+                 "around curves: 95% intervals. x with bar: forecast and its interval from each cutoff.", fontsize=9)
     savefig(fig, path)
 
 
