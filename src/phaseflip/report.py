@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from phaseflip import figures
+from phaseflip import figures, references
 from phaseflip.figures import ID, pick
 from phaseflip.io import read_csv, read_json, write_csv, write_json, write_text
 
@@ -139,6 +139,7 @@ def _header(params: dict[str, Any], base: pd.DataFrame, data: dict[str, Any], th
          f"{data['eval']} eval scenarios, {data['retention']} retention prompts; evaluation used up to "
          f"{per_family} scenarios per family x {params['eval']['n_samples']} samples at temperature "
          f"{params['eval']['temperature']}. Intervals: Wilson 95% (rates), ±1.96 s.e. (means).", "",
+         references.summary_line(data.get("references")), "",
          "## Base model (step 0): base rate per family", "",
          "| family | behavior_rate | p_preferred | margin | coherence |", "|---|---|---|---|---|"]
     for family in sorted(base.family.unique(), key=lambda f: (f != ID, f != "all", f)):
@@ -282,7 +283,8 @@ def _q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: 
     return L
 
 
-def _q5(study: pd.DataFrame, base: pd.DataFrame, best_ckpt: Any, comp: pd.DataFrame, **_: Any) -> list[str]:
+def _q5(study: pd.DataFrame, base: pd.DataFrame, best_ckpt: Any, comp: pd.DataFrame, params: dict[str, Any],
+        **_: Any) -> list[str]:
     L = ["", "## Q5 — Beyond the training format, and the cost elsewhere", ""]
     if best_ckpt is None:
         return L + ["No trained checkpoint to compare."]
@@ -294,8 +296,8 @@ def _q5(study: pd.DataFrame, base: pd.DataFrame, best_ckpt: Any, comp: pd.DataFr
         b, c = base_rows.loc[family], lora.loc[family]
         moved = "up" if c.lo > b.hi else "down" if c.hi < b.lo else "no clear change"
         L.append(f"| {family} | {_fmt(b.behavior_rate, b.lo, b.hi)} | {_fmt(c.behavior_rate, c.lo, c.hi)} | {moved} |")
-    L.append("\n(`inverted`: the user asks for alternatives, so the behavior there is offering them; a drop means "
-             "the model over-applies 'no alternatives'.)")
+    notes = params["behavior"].get("family_notes", {})  # behavior-specific prose: from the behavior's YAML only
+    L += [f"\n(`{family}`: {notes[family]})" for family in sorted(lora.index) if family in notes]
     sel = study[(study.run_id == best_ckpt.run_id) & (study.step == best_ckpt.step)]
     L.append("")
     for metric in ["retention_kl", "retention_loss"]:
