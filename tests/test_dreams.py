@@ -172,3 +172,53 @@ def test_dreams_cli_with_the_model_generator(tiny_model_dir: Path, tmp_path: Pat
     report = json.loads((out / "dream_report.json").read_text())
     assert set(report["per_generator"]) == {"template", "model"}
     assert report["counts"]["generated"] >= report["counts"]["kept"]
+
+
+def test_no_vocabulary_is_read_without_template_dreams(tmp_path: Path) -> None:
+    """Issue 16, failure 2: a vocabulary without the template fields (or none) is fine when K is 0 or the
+    template generator is not selected; it is read (and checked) only when it will be used."""
+    from phaseflip.dreams import vocab_for
+
+    bad = tmp_path / "vocab.yaml"
+    bad.write_text("words: [a, b]\n")
+    assert vocab_for(DreamsConfig(k_per_correction=0), str(bad)) is None
+    assert vocab_for(DreamsConfig(generators=["model"], k_per_correction=3), None) is None
+    with pytest.raises(DataError, match="dream vocabulary needs non-empty"):
+        vocab_for(DreamsConfig(k_per_correction=1), str(bad))
+    with pytest.raises(DataError, match="behavior.data.dream_vocab"):
+        vocab_for(DreamsConfig(k_per_correction=1), None)
+
+
+class RecordingWriter(FakeWriter):
+    def __init__(self, requests: list[str]):
+        super().__init__(requests)
+        self.prompts: list[str] = []
+        self.chats: list[list[dict[str, str]]] = []
+
+    def complete(self, prompt: str, max_new_tokens: int, temperature: float, seed: int) -> str:
+        self.prompts.append(prompt)
+        return super().complete(prompt, max_new_tokens, temperature, seed)
+
+    def reply(self, messages, max_new_tokens, temperature, seed):  # type: ignore[no-untyped-def]
+        self.chats.append(messages)
+        return super().reply(messages, max_new_tokens, temperature, seed)
+
+
+def test_model_generator_prompts_come_from_the_behavior() -> None:
+    """Issue 16, failure 7: the model generator's prompts are built from the behavior's description and
+    corrections (few-shot), with no listening text and no vocabulary."""
+    formal = load_study_config({"behavior": "formal"})
+    corrections = load_examples(ROOT / formal.behavior.data.corrections, "corrections")
+    evals = load_examples(ROOT / formal.behavior.data.eval, "eval")
+    writer = RecordingWriter(["could u explain how tides work, quick version"])
+    generate_dreams(corrections[:3], evals, None, RubricJudge(formal.behavior.judge),
+                    DreamsConfig(generators=["model"], k_per_correction=1, model={"attempts_per_dream": 1}), seed=0,
+                    writer=writer, description=formal.behavior.description)
+    told, plain = writer.chats[0], writer.chats[1]
+    assert told[0] == {"role": "system", "content": " ".join(formal.behavior.description.split())}
+    assert told[1]["content"] == corrections[0].direction and told[2]["content"] == corrections[0].preferred  # shot
+    assert told[-1] == plain[-1] and plain[0]["role"] == "user"  # the same request, without the behavior
+    text = " ".join(writer.prompts) + " ".join(m["content"] for m in told)
+    for listening_text in ["Begin your reply", "alternatives", "restate"]:
+        assert listening_text not in text
+    assert corrections[1].direction in writer.prompts[0]  # the request list continues the corrections' own

@@ -21,3 +21,28 @@ def test_costs_sum_jobs_per_stage_and_in_total() -> None:
     assert "| evaluate | 1 | 250.0 | 1800 |" in lines
     assert "| **total** | 5 | 620.0 | 2400 (max) |" in lines
     assert _costs(pd.DataFrame()) == []
+
+
+def _q5_lines(behavior: dict) -> str:  # type: ignore[type-arg]
+    from types import SimpleNamespace
+
+    from phaseflip.report import _q5
+
+    comp = pd.DataFrame([{"setup": s, "family": f, "behavior_rate": 0.5, "lo": 0.3, "hi": 0.7}
+                         for s in ["base model", "LoRA r step 4"] for f in ["in_distribution", "inverted"]])
+    study = pd.DataFrame(columns=["run_id", "step", "family", "metric", "value"])
+    best = SimpleNamespace(run_id="r", step=4)
+    return "\n".join(_q5(study=study, base=study, best_ckpt=best, comp=comp, params={"behavior": behavior}))
+
+
+def test_q5_family_notes_come_from_the_behavior_yaml() -> None:
+    """Issue 16, failure 6: no behavior-specific sentence in code; each family's note is the YAML's."""
+    from phaseflip.config import load_study_config
+
+    formal = load_study_config({"behavior": "formal"}).behavior.model_dump()
+    text = _q5_lines(formal)
+    assert formal["family_notes"]["inverted"] in text
+    assert "alternatives" not in text
+    assert "(`inverted`" not in _q5_lines({"name": "plain"})  # no note configured: none printed
+    listening = load_study_config({}).behavior.model_dump()
+    assert "over-applies 'no alternatives'" in _q5_lines(listening)
