@@ -371,7 +371,7 @@ class StudyConfig(Strict):
             raise ValueError(
                 f"dreams.generators includes 'template' with k_per_correction={self.dreams.k_per_correction}, "
                 f"but behavior {self.behavior.name!r} has no data.dream_vocab: add one, or choose "
-                "dreams=none or dreams=model (no vocabulary needed)"
+                "dreams=model or dreams.k_per_correction=0 (no vocabulary needed)"
             )
         return self
 

@@ -60,8 +60,8 @@ def vocab_for(cfg: DreamsConfig, vocab_path: str | None) -> dict[str, Any] | Non
     if not split_k(cfg.k_per_correction, list(cfg.generators)).get("template"):
         return None
     if vocab_path is None:
-        raise DataError("dreams: the template generator needs behavior.data.dream_vocab (or choose dreams=none "
-                        "or dreams=model)")
+        raise DataError("dreams: the template generator needs behavior.data.dream_vocab (or choose dreams=model "
+                        "or dreams.k_per_correction=0)")
     return load_vocab(vocab_path)
 
 
