@@ -83,3 +83,23 @@ def test_missing_data_file_is_reported() -> None:
                             check_paths=False)
     with pytest.raises(ConfigError, match="missing.jsonl"):
         check_data_paths(cfg)
+
+
+def test_a_behavior_needs_only_corrections_and_eval() -> None:
+    """Issue 16, failure 1: no dream vocabulary (and no retention file) is required without template dreams."""
+    cfg = load_study_config({"behavior": "formal", "study": "smoke", "dreams__k_per_correction": "0",
+                             "dreams__generators": "[template]"})
+    assert cfg.behavior.data.dream_vocab is None
+    raw = compose(["dreams=none", "study=smoke", "dreams.k_per_correction=0"])
+    del raw["behavior"]["data"]["dream_vocab"], raw["behavior"]["data"]["retention"]
+    data = validate(raw).behavior.data
+    assert data.dream_vocab is None and data.retention == "data/general/retention.jsonl"
+    assert (ROOT / data.retention).is_file()
+    with pytest.raises(ConfigError, match=r"no data\.dream_vocab: add one, or choose dreams=model or dreams.k_per"):
+        load_study_config({"behavior": "formal", "dreams": "template", "study": "smoke"})
+
+
+def test_a_behavior_without_vocabulary_dreams_with_the_model() -> None:
+    cfg = load_study_config({"behavior": "formal"})
+    assert cfg.dreams.generators == ["model"] and cfg.dreams.k_per_correction >= 2
+    assert load_study_config({}).dreams.generators == ["template"]  # listening keeps its template dreams

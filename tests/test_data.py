@@ -160,3 +160,58 @@ def test_leak_check_catches_a_shared_direction_in_a_different_request() -> None:
     a, b = same_direction.direction, ev.direction
     assert similarity(a, b) < 0.6 <= leak_score(a, b)  # whole-text similarity alone would miss it
     assert [c for c, _, _ in find_leaks([same_direction, reworded, unrelated], [ev], 0.6)] == ["c1", "c2"]
+
+
+def test_retention_rows_may_be_chat_messages(tmp_path: Path) -> None:
+    """Issue 16, failure 3: `{"id", "messages"}` retention rows are read (their contents are the text)."""
+    path = tmp_path / "retention.jsonl"
+    path.write_text(json.dumps({"id": "r1", "messages": [{"role": "user", "content": "Name a prime."}]}) + "\n"
+                    + json.dumps({"id": "r2", "text": "What is 2 + 2?"}) + "\n")
+    assert load_retention(path) == [{"id": "r1", "text": "Name a prime."}, {"id": "r2", "text": "What is 2 + 2?"}]
+    path.write_text(json.dumps({"id": "r1", "text": "x y", "messages": [{"role": "user", "content": "x"}]}) + "\n")
+    with pytest.raises(DataError, match=r"retention.jsonl:1: give exactly one of field 'text'"):
+        load_retention(path)
+    path.write_text(json.dumps({"id": "r1", "messages": [{"role": "robot", "content": "x"}]}) + "\n")
+    with pytest.raises(DataError, match=r"retention.jsonl:1: field 'messages\[0\].role'"):
+        load_retention(path)
+
+
+def ex(i: str, text: str) -> Example:
+    return Example(id=i, messages=[{"role": "user", "content": text}])
+
+
+def test_same_question_shape_with_different_content_is_no_leak() -> None:
+    """Issue 16, failure 4: prompts that share only a question shape pass the leak check."""
+    corrections = [ex("c1", "What's the difference between a mutex and a semaphore?"),
+                   ex("c2", "How do I reverse a list in Python?"),
+                   ex("c3", "What's the difference between a lake and a pond?")]
+    evals = [ex("e1", "What is the difference between GET and POST?"), ex("e2", "How do I sort a dict in Python?"),
+             ex("e3", "What is the difference between weather and climate?")]
+    assert find_leaks(corrections, evals, 0.6) == []
+    # ... while the same content in another shape is still caught.
+    leak = ex("c9", "Sort a Python dict by its values: how?")
+    assert [(c, e) for c, e, _ in find_leaks([leak], evals, 0.6)] == [("c9", "e2")]
+
+
+def test_shipped_behaviors_have_no_leaks_at_their_threshold() -> None:
+    for name in ["listening", "formal"]:
+        cfg = load_study_config({"behavior": name})
+        corrections = load_examples(ROOT / cfg.behavior.data.corrections, "corrections")
+        evals = load_examples(ROOT / cfg.behavior.data.eval, "eval")
+        assert find_leaks(corrections, evals, cfg.behavior.leak_threshold) == [], name
+
+
+def test_formal_behavior_data() -> None:
+    """The second shipped behavior: only the three files, no reference replies, chat retention."""
+    cfg = load_study_config({"behavior": "formal"})
+    folder = ROOT / "data/behaviors/formal"
+    assert sorted(p.name for p in folder.iterdir()) == ["corrections.jsonl", "eval.jsonl", "judge_labels.jsonl",
+                                                         "retention.jsonl"]
+    corrections = load_examples(ROOT / cfg.behavior.data.corrections, "corrections")
+    evals = load_examples(ROOT / cfg.behavior.data.eval, "eval")
+    assert len(corrections) >= 12 and all(c.rejected is None for c in corrections)
+    assert len(evals) >= 60 and all(e.preferred is None and e.rejected is None for e in evals)
+    for family in ["new_domain", "french", "format_shift", "inverted"]:
+        assert sum(e.family == family for e in evals) >= 10
+    assert all('"messages"' in line for line in (folder / "retention.jsonl").read_text().splitlines())
+    assert len(load_retention(ROOT / cfg.behavior.data.retention)) >= 30

@@ -9,6 +9,7 @@ from phaseflip.io import DataError
 from phaseflip.judge import RubricJudge
 
 ROOT = Path(__file__).resolve().parents[1]
+DESC = load_study_config({"study": "smoke"}, check_paths=False).behavior.description
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ class FakeWriter:
 
     def reply(self, messages, max_new_tokens, temperature, seed):  # type: ignore[no-untyped-def]
         request = messages[-1]["content"]
-        if messages[0]["role"] == "system" and "Begin your reply" in messages[0]["content"]:
+        if messages[0]["role"] == "system" and "acknowledges" in messages[0]["content"]:
             return f"Understood — {request.split('. ', 1)[-1].rstrip('.').lower()}. Here it is, done that way."
         return "Sure! Here is one way. Alternatively, you could use another tool entirely."
 
@@ -90,7 +91,7 @@ def test_model_generator_keeps_judged_dreams_with_provenance(setup) -> None:  # 
     corrections, evals, vocab, judge = setup
     cfg = DreamsConfig(generators=["model"], k_per_correction=2)
     dreams, report = generate_dreams(corrections[:2], evals, vocab, judge, cfg, seed=3,
-                                     writer=FakeWriter(NEW_REQUESTS))
+                                     writer=FakeWriter(NEW_REQUESTS), description=DESC)
     assert [d.direction for d in dreams] == NEW_REQUESTS
     assert {d.meta["generator"] for d in dreams} == {"model"} and {d.meta["seed"] for d in dreams} == {3}
     assert [d.meta["parent"] for d in dreams] == ["c01", "c01", "c02", "c02"]
@@ -105,7 +106,7 @@ def test_generators_mix_and_split_k(setup) -> None:  # type: ignore[no-untyped-d
     assert split_k(0, ["template", "model"]) == {"template": 0, "model": 0}
     cfg = DreamsConfig(generators=["template", "model"], k_per_correction=3)
     dreams, report = generate_dreams(corrections[:1], evals, vocab, judge, cfg, seed=0,
-                                     writer=FakeWriter(NEW_REQUESTS))
+                                     writer=FakeWriter(NEW_REQUESTS), description=DESC)
     assert [d.meta["generator"] for d in dreams] == ["template", "template", "model"]
     assert report["k_per_generator"] == {"template": 2, "model": 1}
     counts = report["counts"]
@@ -121,7 +122,8 @@ def test_model_generator_drops_bad_candidates_by_filter(setup) -> None:  # type:
     copy = corrections[0].direction  # a copy of its parent
     requests = [leak, copy, "", NEW_REQUESTS[0], NEW_REQUESTS[0]]
     cfg = DreamsConfig(generators=["model"], k_per_correction=5)
-    dreams, report = generate_dreams(corrections[:1], evals, vocab, judge, cfg, seed=0, writer=FakeWriter(requests))
+    dreams, report = generate_dreams(corrections[:1], evals, vocab, judge, cfg, seed=0,
+                                     writer=FakeWriter(requests), description=DESC)
     counts = report["counts"]
     assert [d.direction for d in dreams] == [NEW_REQUESTS[0]]
     assert counts["dropped_not_near_duplicate_of_eval"] == 1
@@ -156,7 +158,7 @@ def test_dreams_cli_with_the_model_generator(tiny_model_dir: Path, tmp_path: Pat
     from phaseflip.cli import main
 
     cfg = load_study_config({"study": "smoke", "dreams__generators": "[template,model]",
-                             "dreams__k_per_correction": "1"}).model_dump(mode="json")
+                             "dreams__k_per_correction": "2"}).model_dump(mode="json")
     cfg["dreams"]["model"].update(max_request_tokens=6, max_reply_tokens=6, attempts_per_dream=1)
     for key, rel in cfg["behavior"]["data"].items():
         cfg["behavior"]["data"][key] = str(ROOT / rel)
@@ -170,3 +172,53 @@ def test_dreams_cli_with_the_model_generator(tiny_model_dir: Path, tmp_path: Pat
     report = json.loads((out / "dream_report.json").read_text())
     assert set(report["per_generator"]) == {"template", "model"}
     assert report["counts"]["generated"] >= report["counts"]["kept"]
+
+
+def test_no_vocabulary_is_read_without_template_dreams(tmp_path: Path) -> None:
+    """Issue 16, failure 2: a vocabulary without the template fields (or none) is fine when K is 0 or the
+    template generator is not selected; it is read (and checked) only when it will be used."""
+    from phaseflip.dreams import vocab_for
+
+    bad = tmp_path / "vocab.yaml"
+    bad.write_text("words: [a, b]\n")
+    assert vocab_for(DreamsConfig(k_per_correction=0), str(bad)) is None
+    assert vocab_for(DreamsConfig(generators=["model"], k_per_correction=3), None) is None
+    with pytest.raises(DataError, match="dream vocabulary needs non-empty"):
+        vocab_for(DreamsConfig(k_per_correction=1), str(bad))
+    with pytest.raises(DataError, match="behavior.data.dream_vocab"):
+        vocab_for(DreamsConfig(k_per_correction=1), None)
+
+
+class RecordingWriter(FakeWriter):
+    def __init__(self, requests: list[str]):
+        super().__init__(requests)
+        self.prompts: list[str] = []
+        self.chats: list[list[dict[str, str]]] = []
+
+    def complete(self, prompt: str, max_new_tokens: int, temperature: float, seed: int) -> str:
+        self.prompts.append(prompt)
+        return super().complete(prompt, max_new_tokens, temperature, seed)
+
+    def reply(self, messages, max_new_tokens, temperature, seed):  # type: ignore[no-untyped-def]
+        self.chats.append(messages)
+        return super().reply(messages, max_new_tokens, temperature, seed)
+
+
+def test_model_generator_prompts_come_from_the_behavior() -> None:
+    """Issue 16, failure 7: the model generator's prompts are built from the behavior's description and
+    corrections (few-shot), with no listening text and no vocabulary."""
+    formal = load_study_config({"behavior": "formal"})
+    corrections = load_examples(ROOT / formal.behavior.data.corrections, "corrections")
+    evals = load_examples(ROOT / formal.behavior.data.eval, "eval")
+    writer = RecordingWriter(["could u explain how tides work, quick version"])
+    generate_dreams(corrections[:3], evals, None, RubricJudge(formal.behavior.judge),
+                    DreamsConfig(generators=["model"], k_per_correction=1, model={"attempts_per_dream": 1}), seed=0,
+                    writer=writer, description=formal.behavior.description)
+    told, plain = writer.chats[0], writer.chats[1]
+    assert told[0] == {"role": "system", "content": " ".join(formal.behavior.description.split())}
+    assert told[1]["content"] == corrections[0].direction and told[2]["content"] == corrections[0].preferred  # shot
+    assert told[-1] == plain[-1] and plain[0]["role"] == "user"  # the same request, without the behavior
+    text = " ".join(writer.prompts) + " ".join(m["content"] for m in told)
+    for listening_text in ["Begin your reply", "alternatives", "restate"]:
+        assert listening_text not in text
+    assert corrections[1].direction in writer.prompts[0]  # the request list continues the corrections' own

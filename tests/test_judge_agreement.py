@@ -62,3 +62,15 @@ def test_command_prints_the_table_and_rejects_bad_labels(tmp_path: Path, capsys)
     assert "labels.jsonl:1: field 'label'" in capsys.readouterr().err
     with pytest.raises(DataError):
         load_labels(bad)
+
+
+def test_formal_rubric_agrees_with_its_own_labels() -> None:
+    """The second shipped behavior has its own labeled replies: every family, both classes, >= 95%."""
+    cfg = load_study_config({"behavior": "formal"})
+    records = load_labels(default_labels_path(PROJECT_ROOT, cfg.behavior.data.eval))
+    assert len(records) >= 40 and {r.family for r in records} == FAMILIES
+    for family in FAMILIES:
+        assert {r.label for r in records if r.family == family} == {True, False}, family
+    result = agreement(rubric_predictions(RubricJudge(cfg.behavior.judge), records), records)
+    print("\n" + format_table("formal rubric judge", result))
+    assert result["overall"]["agreement"] >= 0.95

@@ -40,3 +40,29 @@ def test_train_log_table_is_one_tidy_file_with_a_run_column(tmp_path: Path) -> N
     assert table.loss.tolist() == [3.0, 2.5, 2.0, 1.0]
     assert train_log_table(paths[::-1]).equals(table)  # independent of the order the logs come in
     assert list(train_log_table([]).columns) == ["run_id", "step", "loss", "grad_norm", "lr"]
+
+
+def _q5_lines(behavior: dict) -> str:  # type: ignore[type-arg]
+    from types import SimpleNamespace
+
+    from phaseflip.answers import q5
+
+    comp = pd.DataFrame([{"setup": s, "family": f, "behavior_rate": 0.5, "lo": 0.3, "hi": 0.7}
+                         for s in ["base model", "LoRA r step 4"] for f in ["in_distribution", "inverted"]])
+    study = pd.DataFrame(columns=["run_id", "step", "family", "metric", "value"])
+    best = SimpleNamespace(run_id="r", step=4)
+    return "\n".join(q5(study=study, base=study, best_ckpt=best, comp=comp,
+                         family_notes=behavior.get("family_notes")))
+
+
+def test_q5_family_notes_come_from_the_behavior_yaml() -> None:
+    """Issue 16, failure 6: no behavior-specific sentence in code; each family's note is the YAML's."""
+    from phaseflip.config import load_study_config
+
+    formal = load_study_config({"behavior": "formal"}).behavior.model_dump()
+    text = _q5_lines(formal)
+    assert formal["family_notes"]["inverted"] in text
+    assert "alternatives" not in text
+    assert "(`inverted`" not in _q5_lines({"name": "plain"})  # no note configured: none printed
+    listening = load_study_config({}).behavior.model_dump()
+    assert "over-applies 'no alternatives'" in _q5_lines(listening)

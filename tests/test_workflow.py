@@ -72,3 +72,20 @@ def test_smoke_study_via_dvc_exp_run_then_repro_is_a_no_op(project: Path) -> Non
     dry = run(["snakemake", "-n", "--config", "study=smoke", "train__lrs=[0.01,0.03]"], project)
     assert "run_id=lr3e-02_nall_k0_s0" in dry
     assert "run_id=lr1e-02_nall_k0_s0" not in dry and "run_id=control" not in dry, dry[-3000:]
+
+
+@pytest.mark.integration
+def test_smoke_study_on_the_second_behavior(tmp_path: Path) -> None:
+    """`--config behavior=formal`: no vocabulary, no reference replies, chat retention; the study runs through
+    and its data report says how many scenarios got generated reference pairs."""
+    dest = copy_project(tmp_path, COPY)
+    run(["snakemake", "--cores", "2", "--config", "study=smoke", "behavior=formal"], dest)
+    data = yaml.safe_load((dest / "results" / "corrections" / "data_report.json").read_text())
+    refs = data["references"]
+    assert refs["needing_pairs"] == refs["scenarios"] == data["eval"] >= 60
+    assert refs["with_pair"] + len(refs["without_pair"]) == refs["scenarios"]
+    summary = (dest / "results" / "report" / "summary.md").read_text()
+    assert "behavior `formal`" in summary and "Reference pairs:" in summary
+    assert "alternatives" not in summary  # no listening prose
+    dreams = yaml.safe_load((dest / "results" / "dreams" / "dream_report.json").read_text())
+    assert dreams["generators"] == ["model"]

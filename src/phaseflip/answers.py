@@ -196,8 +196,9 @@ def q5(study: pd.DataFrame, best_ckpt: Any, comp: pd.DataFrame, base: pd.DataFra
           "`families.png`.", "",
           "| family | scenarios | base [95%] | best checkpoint [95%] | change [95%] | reading | resolves 0.3? |",
           "|---|---|---|---|---|---|---|"]
-    scen = study[(study.run_id == best_ckpt.run_id) & (study.step == best_ckpt.step)
-                 & (study.metric == "p_preferred")].set_index("family").n
+    at_best = study[(study.run_id == best_ckpt.run_id) & (study.step == best_ckpt.step)
+                    & (study.metric == "p_preferred")]
+    scen = at_best.set_index("family").n if "n" in at_best else pd.Series(dtype=float)  # scored scenarios
     for family in sorted(lora.index, key=lambda f: (f != ID, f != "all", f)):
         if family not in base_rows.index:
             continue
@@ -206,8 +207,8 @@ def q5(study: pd.DataFrame, best_ckpt: Any, comp: pd.DataFrame, base: pd.DataFra
         L.append(f"| {family} | {fmt_int(scen.get(family))} | {fmt(b.behavior_rate, b.lo, b.hi)} | "
                  f"{fmt(c.behavior_rate, c.lo, c.hi)} | {fmt(diff.value, diff.lo, diff.hi)} | {diff.verdict()} | "
                  f"{'yes' if diff.half_width <= 0.3 else 'no'} (±{diff.half_width:.2f}) |")
-    for family, note in (family_notes or {}).items():
-        L.append(f"\n(`{family}`: {note})")
+    notes = family_notes or {}  # behavior-specific prose comes from the behavior's YAML only
+    L += [f"\n(`{family}`: {notes[family]})" for family in sorted(lora.index) if family in notes]
     sel = study[(study.run_id == best_ckpt.run_id) & (study.step == best_ckpt.step)]
     L.append("")
     for metric in ["retention_kl", "retention_loss"]:

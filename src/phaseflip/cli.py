@@ -13,7 +13,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from phaseflip.config import (
     TrainConfig,
     TrainRecipe,
 )
-from phaseflip.data import Example, find_leaks, load_examples, load_retention, subset_per_family
+from phaseflip.data import Example, load_examples, load_retention, subset_per_family
 from phaseflip.io import (
     DataError,
     pick_device,
@@ -84,55 +83,38 @@ def cmd_base_model(args: argparse.Namespace) -> None:
 
 
 def cmd_corrections(args: argparse.Namespace) -> None:
-    """Validate the behavior's data; fill missing `rejected` with the base model's own greedy reply."""
-    from phaseflip.scoring import generate, prompt_of
+    """Validate the behavior's data, fill missing `rejected`, make missing reference pairs (corrections.py)."""
+    from functools import cache
+
+    from phaseflip.corrections import prepare
 
     params = _params(args)
     behavior = BehaviorConfig.model_validate(params["behavior"])
-    corrections = load_examples(behavior.data.corrections, "corrections")
-    evals = load_examples(behavior.data.eval, "eval")
-    retention = load_retention(behavior.data.retention)
-    threshold = DreamsConfig.model_validate(params["dreams"]).near_duplicate_threshold
-    leaks = find_leaks(corrections, evals, threshold)
-    if leaks:
-        raise DataError(f"{behavior.data.eval}: eval scenarios near-duplicate corrections (correction, eval, "
-                        f"similarity): {leaks}")
-    missing = [c for c in corrections if c.rejected is None]
-    if missing:
-        model, tok = _model(args, params)
-        replies = generate(model, tok, [prompt_of(tok, c) for c in missing], max_new_tokens=64, batch_size=8)
-        # An empty reply means the model ended its turn at once; record that token rather than nothing.
-        filled = {c.id: r or tok.eos_token for c, r in zip(missing, replies, strict=True)}
-        corrections = [replace(c, rejected=filled[c.id], meta={**c.meta, "rejected_source": "base_model_greedy"})
-                       if c.id in filled else c for c in corrections]
-    out = Path(args.out)
-    write_jsonl(out / "train.jsonl", [c.to_json() for c in corrections])
-    write_jsonl(out / "eval.jsonl", [e.to_json() for e in evals])
-    write_jsonl(out / "retention.jsonl", retention)
-    families = pd.Series([e.family for e in evals]).value_counts().to_dict()
-    write_json(out / "data_report.json", {"corrections": len(corrections), "rejected_filled": len(missing),
-                                          "eval": len(evals), "eval_per_family": families,
-                                          "retention": len(retention), "leak_threshold": threshold})
-    print(f"corrections: {len(corrections)} ({len(missing)} rejected filled), eval {len(evals)}, "
-          f"retention {len(retention)}")
+    report = prepare(behavior, Path(args.out), int(params["seed"]), cache(lambda: _model(args, params)),
+                     lambda: _judge(args, params))
+    refs = report["references"]
+    print(f"corrections: {report['corrections']} ({report['rejected_filled']} rejected filled), eval {report['eval']} "
+          f"({refs['with_pair']} with a reference pair, {refs['generated_pairs']} generated), "
+          f"retention {report['retention']}")
 
 
 def cmd_dreams(args: argparse.Namespace) -> None:
-    from phaseflip.dreams import ModelWriter, generate_dreams, load_vocab
+    from phaseflip.dreams import ModelWriter, generate_dreams, split_k, vocab_for
     from phaseflip.judge import make_judge
 
     params = _params(args)
     behavior = BehaviorConfig.model_validate(params["behavior"])
     cfg = DreamsConfig.model_validate(params["dreams"])
     corrections, evals = load_examples(args.corrections, "corrections"), load_examples(args.eval, "eval")
-    vocab = load_vocab(behavior.data.dream_vocab)
+    vocab = vocab_for(cfg, behavior.data.dream_vocab)
     writer = None
-    if "model" in cfg.generators and cfg.k_per_correction > 0:
+    if split_k(cfg.k_per_correction, list(cfg.generators)).get("model"):
         if not args.base:
             raise ConfigError("dreams.generators includes 'model': pass --base (the base model folder)")
         writer = ModelWriter(*_model(args, params))
     judge = make_judge(behavior, model_dir=args.base)
-    dreams, report = generate_dreams(corrections, evals, vocab, judge, cfg, int(params["seed"]), writer=writer)
+    dreams, report = generate_dreams(corrections, evals, vocab, judge, cfg, int(params["seed"]), writer=writer,
+                                     description=behavior.description)
     out = Path(args.out)
     write_jsonl(out / "dreams.jsonl", [d.to_json() for d in dreams])
     write_json(out / "dream_report.json", report)

@@ -65,11 +65,17 @@ class ModelConfig(Strict):
         return self
 
 
+DEFAULT_RETENTION = "data/general/retention.jsonl"
+
+
 class BehaviorData(Strict):
+    """The behavior's files. Only corrections and eval are required; retention defaults to the shipped
+    general prompts, and a dream vocabulary is needed only by the `template` dream generator."""
+
     corrections: str
     eval: str
-    retention: str
-    dream_vocab: str
+    retention: str = DEFAULT_RETENTION
+    dream_vocab: str | None = None
 
 
 class JudgeRule(Strict):
@@ -135,11 +141,35 @@ class JudgeConfig(Strict):
         return self
 
 
+class References(Strict):
+    """Reference replies made with the base model for eval scenarios that have none (stage corrections).
+
+    preferred: the reply with the behavior in context (the description as a system prompt and
+    `n_shots` corrections as earlier turns), kept only if the judge accepts it. rejected: the plain
+    greedy reply, kept only if the judge rejects it. Each side is retried with sampled replies (other
+    seeds) up to `max_attempts` times; a scenario with no pair is left out of the pairwise metrics."""
+
+    enabled: bool = True
+    system_prompt: bool = True
+    n_shots: int = Field(3, ge=0)
+    max_attempts: int = Field(4, gt=0)
+    temperature: float = Field(0.8, gt=0)
+    max_new_tokens: int = Field(64, gt=0)
+    batch_size: int = Field(8, gt=0)
+
+
 class BehaviorConfig(Strict):
     name: str
     description: str
     data: BehaviorData
     judge: JudgeConfig
+    # A correction and an eval scenario whose content (after the set's common words) overlaps at least
+    # this much stop the study: the eval set would test what was trained.
+    leak_threshold: float = Field(0.6, gt=0, le=1)
+    references: References = References()
+    # Per eval family, the sentence the report prints under the per-family table (what the behavior
+    # means there, e.g. for an `inverted` family). Families without a note get none.
+    family_notes: dict[str, str] = {}
 
 
 class DreamModel(Strict):
@@ -148,12 +178,12 @@ class DreamModel(Strict):
     temperature: float = Field(0.8, gt=0)
     max_request_tokens: int = Field(40, gt=0)
     max_reply_tokens: int = Field(48, gt=0)
-    n_examples: int = Field(3, gt=0)  # vocabulary requests shown before the parent's, as a list to continue
+    n_examples: int = Field(3, gt=0)  # other corrections' requests shown before the parent's, as a list to continue
+    n_shots: int = Field(2, ge=0)  # corrections shown as earlier turns before the preferred reply
     attempts_per_dream: int = Field(4, gt=0)
-    acknowledge_system_prompt: str = (
-        "Begin your reply with '{ack} —', restate the user's instruction in a few words, then do exactly "
-        "what was asked. Never suggest alternatives or other options."
-    )
+    # The system prompt of the preferred reply: the behavior's own description, nothing behavior-specific.
+    system_prompt: str = "{description}"
+    request_header: str = "Requests a user sent to an assistant:\n"
 
 
 class DreamsConfig(Strict):
@@ -367,6 +397,19 @@ class StudyConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _template_needs_vocab(self) -> StudyConfig:
+        from phaseflip.dreams import split_k  # the same split the dream stage makes
+
+        quota = split_k(self.dreams.k_per_correction, list(self.dreams.generators)).get("template", 0)
+        if quota and self.behavior.data.dream_vocab is None:
+            raise ValueError(
+                f"dreams.generators includes 'template' with k_per_correction={self.dreams.k_per_correction}, "
+                f"but behavior {self.behavior.name!r} has no data.dream_vocab: add one, or choose "
+                "dreams=model or dreams.k_per_correction=0 (no vocabulary needed)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _dream_k_available(self) -> StudyConfig:
         ks = self.train.dream_k + [r.dream_k for r in self.train.extra_runs]
         too_many = [k for k in ks if k > self.dreams.k_per_correction]
@@ -440,6 +483,8 @@ def check_data_paths(cfg: StudyConfig, root: Path = PROJECT_ROOT) -> None:
     """Behavior data must exist and stay inside the project's data/ unless given as absolute paths."""
     data_root = (root / "data").resolve()
     for field, rel in cfg.behavior.data.model_dump().items():
+        if rel is None:  # an optional file not given
+            continue
         path = Path(rel)
         if not path.is_absolute():
             resolved = (root / path).resolve()

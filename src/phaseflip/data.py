@@ -4,14 +4,16 @@ Every problem is reported with file, line and field, before anything downstream 
 
     corrections: id, messages, preferred, [rejected], [tags]
     eval:        id, messages, family, [preferred], [rejected], [prompt_format]
-    retention:   id, text
+    retention:   id, text | messages (chat turns; their contents joined are the text)
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,7 @@ def _text(path: Path, lineno: int, record: dict[str, Any], key: str, required: b
     return value
 
 
-def _messages(path: Path, lineno: int, record: dict[str, Any]) -> list[dict[str, str]]:
+def _messages(path: Path, lineno: int, record: dict[str, Any], end_with_user: bool = True) -> list[dict[str, str]]:
     messages = record.get("messages")
     if messages is None:
         raise DataError(f"{path}:{lineno}: field 'messages' is missing")
@@ -72,7 +74,7 @@ def _messages(path: Path, lineno: int, record: dict[str, Any]) -> list[dict[str,
             raise DataError(f"{where}.role' is {turn['role']!r}; expected one of {sorted(ROLES)}")
         if not isinstance(turn["content"], str) or not turn["content"].strip():
             raise DataError(f"{where}.content' is empty")
-    if messages[-1]["role"] != "user":
+    if end_with_user and messages[-1]["role"] != "user":
         raise DataError(f"{path}:{lineno}: field 'messages' must end with a user turn (the reply follows it)")
     return [{"role": t["role"], "content": t["content"]} for t in messages]
 
@@ -149,15 +151,22 @@ def load_examples(path: str | Path, kind: str) -> list[Example]:
 
 
 def load_retention(path: str | Path) -> list[dict[str, str]]:
+    """General prompts as {id, text}: rows give `text`, or chat `messages` whose contents, joined with a
+    blank line, become the text (retention scores plain next-token distributions, not a chat reply)."""
     path = Path(path)
     _check_utf8(path)
     seen: dict[str, int] = {}
     prompts = []
     for lineno, record in read_jsonl(path):
-        _check_keys(path, lineno, record, {"id", "text"})
+        _check_keys(path, lineno, record, {"id", "text", "messages"})
         rid = _unique_id(path, lineno, record, seen)
-        text = _text(path, lineno, record, "text", required=True)
-        assert text is not None
+        if ("text" in record) == ("messages" in record):
+            raise DataError(f"{path}:{lineno}: give exactly one of field 'text' (a string) or field 'messages' "
+                            "(chat turns)")
+        if "messages" in record:
+            text = "\n\n".join(m["content"].strip() for m in _messages(path, lineno, record, end_with_user=False))
+        else:
+            text = _text(path, lineno, record, "text", required=True) or ""
         prompts.append({"id": rid, "text": text})
     if not prompts:
         raise DataError(f"{path}: no records")
@@ -195,6 +204,21 @@ def similarity(a: str, b: str) -> float:
 
 SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\s+[—–]\s+|\n+")
 MIN_SENTENCE_WORDS = 3
+WORDS = re.compile(r"[^\W_]+(?:['’][^\W_]+)?")
+# Glue words of English and French requests: they make a question's shape, not its content.
+STOPWORDS = frozenset("""
+a an the and or but if then so of to in on at by for from with without into onto about as is are was were be
+been being am do does did done have has had having can could would should will shall may might must it its
+it's this that these those there here what what's which who whom whose when where why how i i'm i've i'd me my
+we our us you your you're yours he she they them their his her not no nor only just also very please between
+don't doesn't didn't isn't aren't can't won't any some all each every more most much many than too up out
+one use using make get give tell show need want like know let let's
+le la les un une des du de et ou mais si donc en dans sur au aux par pour avec sans ce cet cette ces qui que
+quoi dont où est sont être avoir il elle ils elles je tu nous vous me te se mon ma mes ton ta tes son sa ses
+notre votre leur ne pas plus très aussi comment quel quelle quels quelles
+""".split())
+COMMON_FRACTION = 0.1  # a word in at least this share of a set's prompts (and >= COMMON_MIN of them) is shape
+COMMON_MIN = 5
 
 
 def sentences(text: str) -> list[str]:
@@ -202,33 +226,59 @@ def sentences(text: str) -> list[str]:
     return [s for s in SENTENCE.split(text) if len(re.findall(r"\w+", s)) >= MIN_SENTENCE_WORDS]
 
 
-def _content_words(text: str) -> set[str]:
-    return {w for w in re.findall(r"[^\W\d_]+", text.lower()) if len(w) >= 4}
+def words_of(text: str) -> list[str]:
+    return [w.replace("’", "'") for w in WORDS.findall(text.lower())]
 
 
-def leak_score(a: str, b: str) -> float:
-    """How much two user turns overlap: the highest of the whole-text 3-gram similarity, the 3-gram
-    similarity of any pair of their sentences, and the content-word Jaccard of any pair of sentences.
+def common_words(texts: list[str]) -> frozenset[str]:
+    """Words that many prompts of a set share (a recurring question shape such as "what is the difference
+    between"): present in at least COMMON_FRACTION of the texts and in at least COMMON_MIN of them."""
+    df: Counter[str] = Counter()
+    for text in texts:
+        df.update(set(words_of(text)))
+    floor = max(COMMON_MIN, math.ceil(COMMON_FRACTION * len(texts)))
+    return frozenset(w for w, n in df.items() if n >= floor)
 
-    The sentence terms catch a shared direction ("Use only the standard library, no pandas.") inside
-    otherwise different requests, and the word term catches it reworded around the same key words.
+
+def content_words(text: str, common: frozenset[str] = frozenset()) -> list[str]:
+    """The words that carry a text's content: not glue (STOPWORDS), not the set's common words, 2+ chars."""
+    return [w for w in words_of(text) if len(w) >= 2 and w not in STOPWORDS and w not in common]
+
+
+def _jaccard(a: list[str], b: list[str]) -> float:
+    sa, sb = set(a), set(b)
+    return len(sa & sb) / len(sa | sb) if len(sa) >= 2 and len(sb) >= 2 else 0.0
+
+
+def leak_score(a: str, b: str, common: frozenset[str] = frozenset()) -> float:
+    """How much the content of two user turns overlaps, 0..1, once glue words and the set's `common`
+    words are dropped: the highest of the 3-gram similarity of the remaining words, their Jaccard, and
+    the same two for any pair of sentences.
+
+    Comparing content, not text, means two requests that share only a question shape ("What's the
+    difference between X and Y?") score low, while a shared direction ("Pandas only, no numpy or SQL.")
+    inside otherwise different requests, or reworded around the same key words, scores high.
     """
-    score = similarity(a, b)
+    ca, cb = content_words(a, common), content_words(b, common)
+    score = max(similarity(" ".join(ca), " ".join(cb)) if ca and cb else 0.0, _jaccard(ca, cb))
     for sa in sentences(a):
-        wa = _content_words(sa)
+        wa = content_words(sa, common)
         for sb in sentences(b):
-            wb = _content_words(sb)
-            words = len(wa & wb) / len(wa | wb) if len(wa) >= 2 and len(wb) >= 2 else 0.0
-            score = max(score, similarity(sa, sb), words)
+            wb = content_words(sb, common)
+            words = _jaccard(wa, wb)
+            chars = similarity(" ".join(wa), " ".join(wb)) if len(wa) >= 2 and len(wb) >= 2 else 0.0
+            score = max(score, words, chars)
     return score
 
 
 def find_leaks(candidates: list[Example], evals: list[Example], threshold: float) -> list[tuple[str, str, float]]:
-    """(candidate id, eval id, score) for every candidate whose direction a scenario shares (see leak_score)."""
+    """(candidate id, eval id, score) for every candidate whose content a scenario shares (see leak_score);
+    words common to many prompts of the two sets together are ignored (see common_words)."""
+    common = common_words([e.direction for e in candidates + evals])
     leaks = []
     for cand in candidates:
         for ev in evals:
-            score = leak_score(cand.direction, ev.direction)
+            score = leak_score(cand.direction, ev.direction, common)
             if score >= threshold:
                 leaks.append((cand.id, ev.id, round(score, 3)))
     return leaks

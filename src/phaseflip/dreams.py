@@ -3,10 +3,12 @@
 Generators (`dreams.generators`, mixable; K per correction is split across them in list order):
 
 - `template` recombines a correction's structure (its acknowledgment, its domain) with new scenarios
-  and phrasings from the behavior's vocabulary file.
-- `model` lets the current model write them: it continues a list of direction-giving requests (a few
-  from the vocabulary, then the parent's) with a new one, replies to it once told to acknowledge and
-  restate the direction first (the preferred reply) and once as it is (the rejected reply).
+  and phrasings from the behavior's vocabulary file (`behavior.data.dream_vocab`, read only when this
+  generator is selected with K > 0).
+- `model` lets the current model write them, for any behavior: it continues a list of requests (other
+  corrections' requests, then the parent's) with a new one, replies to it once with the behavior in
+  context (the behavior's description as the system prompt, a few corrections as earlier turns: the
+  preferred reply) and once as it is (the rejected reply). Nothing in it is specific to one behavior.
 
 Every candidate passes the same filters, counted in the dream report: the judge must accept the
 preferred reply and reject the rejected one, all text must be coherent, and the request must not be a
@@ -51,6 +53,16 @@ def load_vocab(path: str | Path) -> dict[str, Any]:
         if not isinstance(item, dict) or need - set(item):
             raise DataError(f"{path}: scenarios[{i}] needs fields {sorted(need)}")
     return vocab
+
+
+def vocab_for(cfg: DreamsConfig, vocab_path: str | None) -> dict[str, Any] | None:
+    """The template generator's vocabulary, read only when that generator is selected with K > 0."""
+    if not split_k(cfg.k_per_correction, list(cfg.generators)).get("template"):
+        return None
+    if vocab_path is None:
+        raise DataError("dreams: the template generator needs behavior.data.dream_vocab (or choose dreams=model "
+                        "or dreams.k_per_correction=0)")
+    return load_vocab(vocab_path)
 
 
 def _ack_of(parent: Example, acks: list[str]) -> str | None:
@@ -112,36 +124,44 @@ class ModelWriter:
         return self.complete(render_prompt(self.tok, messages), max_new_tokens, temperature, seed)
 
 
-REQUEST_HEADER = "Requests to an assistant, each with one clear instruction about how the task must be done:\n"
-
-
 def _request_from(text: str) -> str:
     """The first line the model wrote, without list markers or quotes."""
     line = next((ln for ln in text.strip().splitlines() if ln.strip()), "")
     return line.strip().lstrip("-*•0123456789.) ").strip().strip('"').strip()
 
 
-def _model_candidate(parent: Example, vocab: dict[str, Any], rng: random.Random, writer: DreamWriter,
-                     cfg: DreamModel, call_seed: int) -> tuple[Example, dict[str, Any]]:
-    """A model dream: a new request continuing a list of examples, and the model's two replies to it."""
-    others = [s for s in vocab["scenarios"] if not parent.tags or s["domain"] != parent.tags[0]] or vocab["scenarios"]
+def behavior_in_context(messages: list[dict[str, str]], description: str, shots: list[Example],
+                        system_template: str = "{description}") -> list[dict[str, str]]:
+    """The chat that shows the behavior: its description as the system prompt (merged with a lead-in
+    system turn), then each shot correction as a user turn and its preferred reply, then `messages`."""
+    system = system_template.format(description=" ".join(description.split()))
+    own_system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+    rest = messages[1:] if own_system is not None else messages
+    turns: list[dict[str, str]] = []
+    if system.strip():
+        turns.append({"role": "system", "content": system + (" " + own_system if own_system else "")})
+    elif own_system:
+        turns.append({"role": "system", "content": own_system})
+    for shot in shots:
+        turns += [{"role": "user", "content": shot.direction}, {"role": "assistant", "content": shot.preferred or ""}]
+    return turns + [dict(m) for m in rest]
+
+
+def _model_candidate(parent: Example, corrections: list[Example], description: str, rng: random.Random,
+                     writer: DreamWriter, cfg: DreamModel, call_seed: int) -> tuple[Example, dict[str, Any]]:
+    """A model dream: a new request continuing a list of the corrections' requests, and two replies."""
+    others = [c for c in corrections if c.id != parent.id] or [parent]
     shown = rng.sample(others, min(cfg.n_examples, len(others)))
-    templates = vocab["prompt_templates"]
-    examples = [rng.choice(templates).format(**_fill(s, "")) for s in shown] + [parent.direction]
-    prompt = REQUEST_HEADER + "".join(f"- {' '.join(e.split())}\n" for e in examples) + "-"
+    examples = [c.direction for c in shown] + [parent.direction]
+    prompt = cfg.request_header + "".join(f"- {' '.join(e.split())}\n" for e in examples) + "-"
     request = _request_from(writer.complete(prompt, cfg.max_request_tokens, cfg.temperature, call_seed))
-    ack = _ack_of(parent, vocab["acks"]) or rng.choice(vocab["acks"])
-    lead_in = [dict(m) for m in parent.messages[:-1]]
-    messages = lead_in + [{"role": "user", "content": request or "(empty)"}]
-    system = {"role": "system", "content": cfg.acknowledge_system_prompt.format(ack=ack)}
-    if lead_in and lead_in[0]["role"] == "system":  # one system turn: ours first, then the parent's
-        told = [{"role": "system", "content": system["content"] + " " + lead_in[0]["content"]}] + messages[1:]
-    else:
-        told = [system] + messages
+    messages = [dict(m) for m in parent.messages[:-1]] + [{"role": "user", "content": request or "(empty)"}]
+    shots = [parent] + rng.sample(others, min(max(cfg.n_shots - 1, 0), len(others))) if cfg.n_shots else []
+    told = behavior_in_context(messages, description, shots, cfg.system_prompt)
     preferred = writer.reply(told, cfg.max_reply_tokens, cfg.temperature, call_seed + 1)
     rejected = writer.reply(messages, cfg.max_reply_tokens, cfg.temperature, call_seed + 2)
     dream = Example(id="", messages=messages, preferred=preferred, rejected=rejected, tags=list(parent.tags[:1]))
-    recipe = {"examples": [vocab["scenarios"].index(s) for s in shown], "ack": ack, "call_seed": call_seed}
+    recipe = {"examples": [c.id for c in shown], "shots": [c.id for c in shots], "call_seed": call_seed}
     return dream, recipe
 
 
@@ -151,16 +171,19 @@ def split_k(k: int, generators: list[str]) -> dict[str, int]:
     return {g: k // n + (1 if i < k % n else 0) for i, g in enumerate(generators)}
 
 
-def generate_dreams(corrections: list[Example], evals: list[Example], vocab: dict[str, Any], judge: Judge,
-                    cfg: DreamsConfig, seed: int,
-                    writer: DreamWriter | None = None) -> tuple[list[Example], dict[str, Any]]:
+def generate_dreams(corrections: list[Example], evals: list[Example], vocab: dict[str, Any] | None, judge: Judge,
+                    cfg: DreamsConfig, seed: int, writer: DreamWriter | None = None,
+                    description: str = "") -> tuple[list[Example], dict[str, Any]]:
     """K dreams per correction that pass every filter, and the report of what was dropped and why.
 
-    `writer` is needed by the `model` generator only (the current model; see `ModelWriter`).
+    `vocab` is needed by the `template` generator only, `writer` (the current model; see `ModelWriter`)
+    and the behavior's `description` by the `model` generator only.
     """
     quotas = split_k(cfg.k_per_correction, list(cfg.generators))
     if quotas.get("model") and writer is None:
         raise DataError("dreams: the model generator needs the base model (pass --base)")
+    if quotas.get("template") and vocab is None:
+        raise DataError("dreams: the template generator needs a vocabulary (behavior.data.dream_vocab)")
     kept: list[Example] = []
     counts: Counter[str] = Counter()
     per_generator: dict[str, Counter[str]] = {g: Counter() for g in cfg.generators}
@@ -178,11 +201,13 @@ def generate_dreams(corrections: list[Example], evals: list[Example], vocab: dic
                 if n_kept == quota:
                     break
                 if generator == "template":
+                    assert vocab is not None
                     dream, recipe = _candidate(parent, vocab, rng)
                 else:
                     assert writer is not None
                     call_seed = seed * 1_000_003 + p_index * 10_007 + attempt * 3
-                    dream, recipe = _model_candidate(parent, vocab, rng, writer, cfg.model, call_seed)
+                    dream, recipe = _model_candidate(parent, corrections, description, rng, writer, cfg.model,
+                                                     call_seed)
                 counts["generated"] += 1
                 per_generator[generator]["generated"] += 1
                 filters = _filters(dream, judge, kept, corrections, evals, cfg)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from phaseflip import answers, figures
+from phaseflip import answers, figures, references
 from phaseflip.answers import fmt as _fmt
 from phaseflip.figures import ID, pick
 from phaseflip.io import read_csv, read_json, write_csv, write_json, write_text
@@ -150,6 +150,7 @@ def _header(params: dict[str, Any], base: pd.DataFrame, data: dict[str, Any], th
          "Intervals: 95%, clustered over scenarios for rates (replies to one scenario are correlated; Wilson at "
          "the design-effect sample size, `wilson_lo`/`wilson_hi` in the metric tables treat replies as "
          "independent), ±1.96 s.e. for means.", "",
+         references.summary_line(data.get("references")), "",
          "## Base model (step 0): base rate per family", "",
          "| family | behavior_rate | p_preferred | margin | coherence |", "|---|---|---|---|---|"]
     for family in sorted(base.family.unique(), key=lambda f: (f != ID, f != "all", f)):

@@ -28,6 +28,11 @@ def data_file(kind):
     return CFG["behavior"]["data"][kind]
 
 
+def optional_data_file(kind):
+    """An optional behavior file as a list: empty when the behavior has none."""
+    return [CFG["behavior"]["data"][kind]] if CFG["behavior"]["data"][kind] else []
+
+
 def run_params(*sections):
     """Like stage_params, for one grid point's jobs (train, evaluate): the train section holds only the
     recipe, not the grid, so adding a grid point leaves every finished run's params, and the run, as is."""

@@ -10,7 +10,7 @@ rule corrections:
         retention="results/corrections/retention.jsonl",
         report="results/corrections/data_report.json",
     params:
-        cfg=stage_params("model", "behavior", "dreams"),
+        cfg=stage_params("model", "behavior"),
         out=subpath(output.train, parent=True),
     conda:
         "../envs/phaseflip.yaml"

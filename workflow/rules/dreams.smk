@@ -3,7 +3,7 @@ rule dreams:
         base="results/base_model",
         corrections="results/corrections/train.jsonl",
         eval="results/corrections/eval.jsonl",
-        vocab=data_file("dream_vocab"),
+        vocab=optional_data_file("dream_vocab"),  # only a behavior with a template vocabulary has one
     output:
         dreams="results/dreams/dreams.jsonl",
         report="results/dreams/dream_report.json",
