@@ -216,3 +216,23 @@ def forecast_figure(forecasts: pd.DataFrame, max_steps: int, path: Path) -> None
     ax.set_title("Forecast vs actual")
     ax.legend(fontsize=6, ncol=2)
     savefig(fig, path)
+
+
+def calibration_figure(calib: pd.DataFrame, path: Path) -> None:
+    """Forecast calibration on the benchmark: nominal vs actual interval coverage per method (with the
+    Wilson 95% interval of each actual share); on the diagonal = honest intervals."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    methods = list(calib.method.unique()) if len(calib) else []
+    colors = _colors(methods)
+    for method, grp in calib.groupby("method", sort=False):
+        ax.errorbar(grp.nominal, grp.actual, yerr=[grp.actual - grp.lo, grp.hi - grp.actual], marker="o",
+                    capsize=2, color=colors[method], label=f"{method} (n={int(grp.n.iloc[0])})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set_xlim(0.4, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("nominal coverage of the forecast interval")
+    ax.set_ylabel("actual coverage (truth inside)")
+    ax.set_title("Forecast calibration (simulation benchmark, cutoffs pooled)")
+    if methods:
+        ax.legend(fontsize=7)
+    savefig(fig, path)
