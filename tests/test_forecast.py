@@ -159,8 +159,8 @@ def test_the_link_is_fitted_on_the_other_runs_only() -> None:
     link_leaked = fit_link(*(pd.concat([o.curve for o in [*others, leaked]])[c].to_numpy(float) for c in "xkn"))
     assert link_others is not None and link_leaked is not None
     assert abs(link_leaked.level(0.5) - link_others.level(0.5)) > 0.05
-    shifted = [RunData(o.run_id, o.lr, False, o.scenarios.assign(x=o.scenarios.x + 0.3), o.curve.assign(x=o.curve.x + 0.3),
-                       o.train_log) for o in others]
+    shifted = [RunData(o.run_id, o.lr, False, o.scenarios.assign(x=o.scenarios.x + 0.3),
+                       o.curve.assign(x=o.curve.x + 0.3), o.train_log) for o in others]
     moved = forecast_run(run.run, run.truth, shifted, FCFG, 16, methods=["pooled_link"])
     assert moved[0]["predicted"] > rows[0]["predicted"]  # the others' flip level rose by 0.3
 

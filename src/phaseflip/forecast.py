@@ -171,7 +171,7 @@ def forecast_run(run: RunData, actual: float | None, others: list[RunData], cfg:
                 "primary": method == cfg.primary, "actual": actual, "predicted": pred, "lo": fc.lo, "hi": fc.hi,
                 "form": fc.form, "reason": fc.reason,
                 "relative_error": None if pred is None or actual is None else abs(pred - actual) / actual,
-                "covered": None if actual is None or fc.lo is None else bool(fc.lo <= actual <= fc.hi),
+                "covered": None if actual is None or fc.lo is None or fc.hi is None else bool(fc.lo <= actual <= fc.hi),
                 "pit": None if actual is None else fc.pit(actual),
                 "false_alarm": actual is None and pred is not None and pred <= max_steps,
                 "lead_time": None if pred is None or actual is None else actual - cutoff,

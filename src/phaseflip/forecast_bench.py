@@ -191,11 +191,11 @@ def format_table(quality: pd.DataFrame) -> str:
 
 
 def bench(run_dirs: list[Path], cfg: ForecastConfig, out: Path, n_runs: int | None = None,
-          seed: int | None = None) -> pd.DataFrame:
+          seed: int | None = None, processes: int | None = None) -> pd.DataFrame:
     """Fit the model to the study's runs (defaults when none), simulate, forecast, score and write."""
     started = time.time()
     model = fit_model(load_study(run_dirs), cfg)
-    rows = run_bench(model, cfg, n_runs, seed)
+    rows = run_bench(model, cfg, n_runs, seed, processes)
     quality = write_bench(rows, model, out, time.time() - started)
     print(f"forecast bench: {rows.run_id.nunique()} simulated runs ({model.source}) in "
           f"{time.time() - started:.0f}s\n{format_table(quality)}")

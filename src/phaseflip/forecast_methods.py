@@ -39,9 +39,10 @@ import pandas as pd
 import statsmodels.api as sm
 
 FAMILY = "in_distribution"
-# Half a success and half a failure per row (as in `transition`): keeps the link finite when the other
-# runs' checkpoints separate perfectly by the metric.
-PSEUDO_COUNT = 0.5
+# One success and one failure in all, spread over the rows in proportion to their replies: keeps the link
+# finite when the other runs' checkpoints separate perfectly by the metric, with a negligible pull (a
+# fixed count per row would pull every 4-reply scenario row 12% towards 0.5 and flatten the slope).
+PSEUDO_COUNT = 1.0
 POWER_EXPONENTS = np.array([0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0])
 BOUNDED = {"p_preferred", "forced_choice"}  # metrics in (0, 1): the logistic form applies to them
 EPS = 1e-3
@@ -109,7 +110,8 @@ def fit_link(x: np.ndarray, k: np.ndarray, n: np.ndarray) -> Link | None:
     keep = np.isfinite(x) & (n > 0)
     if keep.sum() < 3 or np.ptp(x[keep]) == 0:
         return None
-    y = np.column_stack([k[keep] + PSEUDO_COUNT, n[keep] - k[keep] + PSEUDO_COUNT])
+    prior = PSEUDO_COUNT * n[keep] / n[keep].sum()
+    y = np.column_stack([k[keep] + prior, n[keep] - k[keep] + prior])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = sm.GLM(y, sm.add_constant(x[keep], has_constant="add"), family=sm.families.Binomial()).fit()
@@ -129,6 +131,26 @@ class Context:
     horizon: float  # crossings beyond this step are "not within the horizon"
     seed: int = 0
     _levels: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _noise: dict[str, tuple[float, int]] = field(default_factory=dict, repr=False)
+
+    def trajectory_noise(self, family: str) -> tuple[float, int]:
+        """(sum of squared residuals, degrees of freedom) of the form family's fit to the other runs'
+        metric before their t50: how far checkpoints scatter around such a curve, known before this run's
+        prefix is long enough to show it (two or three checkpoints leave no residual to resample)."""
+        if family not in self._noise:
+            ss, dof = 0.0, 0
+            for r in self.others:
+                c = r.curve[r.curve.step <= (r.t50 if r.t50 is not None else np.inf)]
+                if r.control or len(c) < 4:
+                    continue
+                steps, x = c.step.to_numpy(float), c.x.to_numpy(float)
+                form = next((f for f in forms(self.metric, steps, x) if f.name.rstrip("0123456789.") == family), None)
+                if form is None:
+                    continue
+                ss += float(((form.h(x) - form.h(form.predict(form.fit(steps, x), steps)[0])) ** 2).sum())
+                dof += len(x) - 2
+            self._noise[family] = (ss, dof)
+        return self._noise[family]
 
     def link_levels(self, kind: str) -> np.ndarray:
         """Threshold levels of the metric: [point, bootstrap draws...] of the pooled ('curve') or the
@@ -182,6 +204,14 @@ def _identity(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _power_of(c: float) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda s: np.asarray(np.power(s, c))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.asarray(1 / (1 + np.exp(-z)))
+
+
 def forms(metric: str, steps: np.ndarray, x: np.ndarray) -> list[Form]:
     """Candidate forms: line; power law a + b * step^c (c profiled over a grid by least squares);
     logistic in step (a line in logit space) for metrics bounded in (0, 1)."""
@@ -189,17 +219,20 @@ def forms(metric: str, steps: np.ndarray, x: np.ndarray) -> list[Form]:
     if len(steps) >= 3:
         sse = []
         for c in POWER_EXPONENTS:
-            f = Form("power", lambda s, c=c: np.power(s, c), _identity, _identity)
+            f = Form("power", _power_of(float(c)), _identity, _identity)
             sse.append(float(((f.predict(f.fit(steps, x), steps)[0] - x) ** 2).sum()))
         best = float(POWER_EXPONENTS[int(np.argmin(sse))])
-        out.append(Form(f"power{best:g}", lambda s, c=best: np.power(s, c), _identity, _identity))
+        out.append(Form(f"power{best:g}", _power_of(best), _identity, _identity))
     if metric in BOUNDED:
-        out.append(Form("logistic", _identity, _logit, lambda z: 1 / (1 + np.exp(-z))))
+        out.append(Form("logistic", _identity, _logit, _sigmoid))
     return out
 
 
 def choose_form(metric: str, steps: np.ndarray, x: np.ndarray) -> Form:
-    """The form whose fit without the last checkpoint predicts it best (held-out error)."""
+    """The form whose fit without the last checkpoint predicts it best (held-out error); with two
+    checkpoints, the line."""
+    if len(steps) < 3:
+        return forms(metric, steps, x)[0]
     held = [(abs(f.predict(f.fit(steps[:-1], x[:-1]), steps[-1:])[0, 0] - x[-1]), i, f)
             for i, f in enumerate(forms(metric, steps[:-1], x[:-1]))]
     family = min(held, key=lambda t: (t[0], t[1]))[2].name.rstrip("0123456789.")
@@ -232,7 +265,8 @@ def _grid(floor: float, ctx: Context) -> np.ndarray:
 
 def _trajectory_draws(run: RunData, ctx: Context, rng: np.random.Generator) -> tuple[Form, np.ndarray, np.ndarray]:
     """The chosen form and (B + 1, T) per-step metric series: the observed one, then bootstrap series
-    (scenarios resampled, plus the fit's residuals resampled: the extrapolation's uncertainty)."""
+    (scenarios resampled, plus noise around the fit with the sd pooled over this prefix's residuals and
+    the other runs': the extrapolation's uncertainty)."""
     steps, x = run.curve.step.to_numpy(float), run.curve.x.to_numpy(float)
     form = choose_form(ctx.metric, steps, x)
     sc = run.scenarios.dropna(subset=["x"])
@@ -245,17 +279,19 @@ def _trajectory_draws(run: RunData, ctx: Context, rng: np.random.Generator) -> t
     else:
         series = np.repeat(x[None, :], ctx.n_bootstrap, axis=0)
     coef = form.fit(steps, x)
-    fitted = form.h(form.predict(coef, steps)[0])
-    resid = (form.h(x) - fitted) * math.sqrt(len(x) / max(1, len(x) - 2))
-    noise = rng.choice(resid, size=series.shape, replace=True)
+    own_ss = float(((form.h(x) - form.h(form.predict(coef, steps)[0])) ** 2).sum())
+    other_ss, other_dof = ctx.trajectory_noise(form.name.rstrip("0123456789."))
+    dof = max(0, len(x) - 2) + other_dof
+    sd = math.sqrt((own_ss + other_ss) / dof) if dof else 0.0  # pooled: this prefix and the other runs
+    noise = rng.normal(0, sd, size=series.shape)
     series = form.h_inv(form.h(series) + noise)
     return form, steps, np.vstack([x[None, :], series])
 
 
 def pooled_link(run: RunData, cutoff: float, ctx: Context) -> Forecast:
     """Two-step: extrapolate the pooled metric, read t50 where it reaches the link's threshold level."""
-    if len(run.curve) < 3:
-        return none("fewer than 3 checkpoints")
+    if len(run.curve) < 2:
+        return none("fewer than 2 checkpoints")
     levels = ctx.link_levels("curve")
     if not len(levels) or not math.isfinite(levels[0]):
         return none("no link: the other runs do not relate the metric to the rate")
@@ -275,23 +311,22 @@ def per_scenario(run: RunData, cutoff: float, ctx: Context) -> Forecast:
     sc = run.scenarios.dropna(subset=["x"])
     if sc.empty:
         return none("no per-scenario metric")
-    if len(run.curve) < 3:
-        return none("fewer than 3 checkpoints")
+    if len(run.curve) < 2:
+        return none("fewer than 2 checkpoints")
     levels = ctx.link_levels("scenarios")
     if not len(levels) or not math.isfinite(levels[0]):
         return none("no per-scenario link")
     rng = np.random.default_rng(ctx.seed + 2)
-    steps, x = run.curve.step.to_numpy(float), run.curve.x.to_numpy(float)
-    form = choose_form(ctx.metric, steps, x)
+    form, steps, series = _trajectory_draws(run, ctx, rng)  # the pooled trajectory and its bootstrap
     grid = _grid(cutoff, ctx)
-    pooled_fit, pooled_grid = form.predict(form.fit(steps, x), steps)[0], form.predict(form.fit(steps, x), grid)[0]
+    pooled_fit = form.predict(form.fit(steps, series[0]), steps)[0]
+    pooled_grid = form.predict(form.fit(steps, series), grid)  # (B + 1, G)
     wide = sc.pivot_table(index="scenario_id", columns="step", values="x").reindex(columns=steps)
     table = wide.to_numpy(float)
     table = np.where(np.isfinite(table), table, pooled_fit[None, :])
     # each scenario: x_j(step) = a_j + b_j * pooled(step), least squares
     design = np.column_stack([np.ones_like(pooled_fit), pooled_fit])
     coef, *_ = np.linalg.lstsq(design, table.T, rcond=None)
-    scen_grid = coef[0][:, None] + coef[1][:, None] * pooled_grid[None, :]  # (J, G)
     resid = table - (coef[0][:, None] + coef[1][:, None] * pooled_fit[None, :])
     spread = float(np.sqrt((resid**2).sum() / max(1, resid.size - 2 * len(table))))
     picks = [np.arange(len(table))] + [rng.integers(0, len(table), len(table)) for _ in range(ctx.n_bootstrap)]
@@ -300,7 +335,8 @@ def per_scenario(run: RunData, cutoff: float, ctx: Context) -> Forecast:
     cross = np.empty(len(picks))
     for b, pick in enumerate(picks):
         shift = 0.0 if b == 0 else rng.normal(0, spread, (len(pick), 1))  # a scenario's own noise
-        frac = ((scen_grid[pick] + shift) >= lv[b]).mean(axis=0)
+        scen = coef[0][pick, None] + coef[1][pick, None] * pooled_grid[b][None, :] + shift
+        frac = (scen >= lv[b]).mean(axis=0)
         cross[b] = first_crossing(frac[None, :], np.array([ctx.threshold]), grid)[0]
     return _summarise(cross[0], cross[1:], ctx, cutoff, form.name)
 
@@ -320,10 +356,11 @@ class LrScaling:
         """Point, prediction interval and draws (from the t predictive distribution) of t50 at `lr`."""
         pred = self.result.get_prediction(np.array([[1.0, math.log(lr)]]))
         frame = pred.summary_frame(alpha=1 - interval)
-        mean, lo, hi = (float(frame[c].iloc[0]) for c in ("mean", "obs_ci_lower", "obs_ci_upper"))
+        # on the log scale, capped (exp(50) steps is "never" for any study) so that exp cannot overflow
+        mean, lo, hi = (min(50.0, float(frame[c].iloc[0])) for c in ("mean", "obs_ci_lower", "obs_ci_upper"))
         se = math.sqrt(float(pred.se_mean[0]) ** 2 + float(self.result.scale))
         draws = mean + se * np.random.default_rng(seed).standard_t(self.result.df_resid, n_draws)
-        return math.exp(mean), math.exp(lo), math.exp(hi), np.exp(draws)
+        return math.exp(mean), math.exp(lo), math.exp(hi), np.exp(np.minimum(draws, 50.0))
 
 
 def lr_scaling_fit(runs: list[RunData], confidence: float = 0.95) -> LrScaling | None:
