@@ -22,11 +22,11 @@ def write_study(root: Path, model: SimModel, n_runs: int, seed: int = 0) -> list
         d.mkdir(parents=True)
         sc = r.run.scenarios.rename(columns={"x": model.metric, "k": "behavior_k"}).assign(family="in_distribution")
         sc.to_csv(d / "scenarios.csv", index=False)
-        c = r.run.curve
-        pd.concat([pd.DataFrame({"step": c.step, "family": "in_distribution", "metric": model.metric, "value": c.x,
-                                 "n": 1}),
-                   pd.DataFrame({"step": c.step, "family": "in_distribution", "metric": "behavior_rate",
-                                 "value": c.k / c.n, "n": c.n})]).to_csv(d / "metrics.csv", index=False)
+        c, rate = r.run.curve, r.run.curve.k / r.run.curve.n
+        tidy = [pd.DataFrame({"step": c.step, "family": "in_distribution", "metric": name, "value": v, "lo": v,
+                              "hi": v, "n": n}) for name, v, n in [(model.metric, c.x, 1), ("behavior_rate", rate, c.n)]
+        ]
+        pd.concat(tidy).to_csv(d / "metrics.csv", index=False)
         r.run.train_log.to_csv(d / "train_log.csv", index=False)
         (d / "run.json").write_text(json.dumps({"run_id": r.run.run_id, "lr": r.run.lr, "control": False}))
         dirs.append(d)

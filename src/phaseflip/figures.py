@@ -207,8 +207,9 @@ def forecast_figure(forecasts: pd.DataFrame, max_steps: int, path: Path) -> None
     colors = _colors(methods)
     cols = min(3, max(1, len(runs)))
     rows = max(1, -(-len(runs) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, constrained_layout=True)
     top = max_steps * 3
+    handles: dict[str, Any] = {}
     for ax, run_id in zip(axes.ravel(), runs, strict=False):
         run = forecasts[forecasts.run_id == run_id]
         actual = run.actual.dropna()
@@ -218,9 +219,9 @@ def forecast_figure(forecasts: pd.DataFrame, max_steps: int, path: Path) -> None
             hi = run.actual_hi.dropna() if "actual_hi" in run else pd.Series(dtype=float)
             if len(lo) and len(hi):
                 ax.axhspan(float(lo.iloc[0]), min(float(hi.iloc[0]), top), color="grey", alpha=0.2)
-            ax.axhline(t50, color="black", lw=1, label="t50 [95%]")
+            handles["t50 [95%]"] = ax.axhline(t50, color="black", lw=1)
         else:
-            ax.axhspan(max_steps, top, color="grey", alpha=0.15, label=f"t50 > {max_steps}")
+            handles[f"t50 > {max_steps}"] = ax.axhspan(max_steps, top, color="grey", alpha=0.15)
         for i, method in enumerate(methods):
             fc = run[(run.method == method) & run.predicted.notna()]
             if not len(fc):
@@ -230,16 +231,17 @@ def forecast_figure(forecasts: pd.DataFrame, max_steps: int, path: Path) -> None
             has = fc.lo.notna().to_numpy()
             lo_err = np.where(has, y - fc.lo.to_numpy(float).clip(max=top), 0)
             hi_err = np.where(has, fc.hi.to_numpy(float).clip(max=top) - y, 0)
-            ax.errorbar(x, y, yerr=[np.nan_to_num(lo_err), np.nan_to_num(hi_err)], fmt="o-", ms=3, lw=0.8,
-                        capsize=2, color=colors[method], label=method + (" (primary)" if fc.primary.any() else ""))
+            label = method + (" (primary)" if fc.primary.any() else "")
+            handles[label] = ax.errorbar(x, y, yerr=[np.nan_to_num(lo_err), np.nan_to_num(hi_err)], fmt="o-", ms=3,
+                                         lw=0.8, capsize=2, color=colors[method])
         ax.set_title(run_id, fontsize=8)
         ax.set_xlabel("cutoff step (checkpoints seen up to here)")
         ax.set_ylabel("forecast t50")
         ax.set_ylim(0, top)
     for ax in axes.ravel()[len(runs):]:
         ax.axis("off")
-    if runs:
-        axes.ravel()[0].legend(fontsize=6)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), fontsize=7, loc="outside lower center", ncol=4)
     fig.suptitle("Forecast fans: t50 forecast from each cutoff (80% intervals) vs the measured t50", fontsize=9)
     savefig(fig, path)
 

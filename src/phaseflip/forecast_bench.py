@@ -1,7 +1,7 @@
 """The forecasting benchmark (§7): every forecast method scored on simulated runs whose t50 is known.
 
 A generative model is fitted to a finished study's own runs (`fit_model`; documented defaults for what
-the study cannot tell, or for everything when there is no study), then `n_runs` runs are drawn in
+the study cannot tell, or for everything when there is no study), then at least `n_runs` runs are drawn in
 simulated studies of `runs_per_study` runs each, so every link and scaling is calibrated leave-one-run-
 out on as few runs as a real study has. Per simulated study: the same in-distribution scenarios for
 every run, each with random effects (an offset of the metric, a speed multiplier, a behavior
@@ -146,7 +146,7 @@ def run_bench(model: SimModel, cfg: ForecastConfig, n_runs: int | None = None, s
     bench = cfg.bench
     n_runs = n_runs or bench.n_runs
     per = bench.runs_per_study
-    sizes = [per] * (n_runs // per) + ([n_runs % per] if n_runs % per >= 3 else [])
+    sizes = [per] * math.ceil(n_runs / per)  # at least n_runs, in whole studies
     bench_cfg = cfg.model_copy(update={"forecast_bootstrap": bench.n_bootstrap})
     seqs = np.random.SeedSequence(bench.seed if seed is None else seed).spawn(len(sizes))
     jobs = [(model, bench_cfg, size, i, seqs[i]) for i, size in enumerate(sizes)]
