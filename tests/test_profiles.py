@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 COPY = ["src", "Snakefile", "workflow", "conf", "data"]
 GPU_RULES = {"corrections", "steering_vectors", "steering", "icl", "evaluate_base", "train", "evaluate"}
-JOB_RULES = {"base_model", "dreams", "forecast", "report"} | GPU_RULES
+JOB_RULES = {"base_model", "dreams", "forecast", "forecast_bench", "report"} | GPU_RULES
 
 
 def _snakemake(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -2,7 +2,7 @@
 
     python -m phaseflip.cli <stage> --params '<json of the config sections it needs>' [files...]
 
-Stages: base_model, corrections, dreams, steering, icl, train, evaluate, forecast, report.
+Stages: base_model, corrections, dreams, steering, icl, train, evaluate, forecast, forecast_bench, report.
 Every stage validates its params, writes its outputs atomically, and exits 2 with a one-line
 message (file, line, field) on bad input instead of a traceback.
 """
@@ -287,6 +287,14 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     print(f"forecast: {sum(t['flipped'] for t in transitions)} of {len(transitions)} runs flipped")
 
 
+def cmd_forecast_bench(args: argparse.Namespace) -> None:
+    from phaseflip.forecast_bench import bench
+
+    cfg = ForecastConfig.model_validate(_params(args)["forecast"])
+    processes = min(cfg.bench.processes, args.threads or cfg.bench.processes)  # the job's cores
+    bench([Path(d) for d in args.run_dirs], cfg, Path(args.out), processes=processes)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from phaseflip.report import build_report
 
@@ -328,6 +336,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--run-dir", help="the run whose checkpoints to evaluate; omitted: the base model alone")
     ev.add_argument("--base-metrics", help="the base model's step-0 metrics (written without --run-dir)")
     stage("forecast", multi=("metrics", "run_dirs"))
+    stage("forecast_bench", multi=("run_dirs",))
     stage("report", "forecast", "steering", "icl", "dreams_report", "data_report",
           multi=("metrics", "benchmarks", "train_logs"))
     return p

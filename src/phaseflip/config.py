@@ -356,17 +356,38 @@ class EvalConfig(Strict):
         return value
 
 
+class ForecastBenchConfig(Strict):
+    """The simulation benchmark (`phaseflip.forecast_bench`): runs drawn from a model fitted to the study."""
+
+    n_runs: int = Field(500, gt=0)
+    runs_per_study: int = Field(6, ge=3)  # each simulated study calibrates its links leave-one-run-out
+    control_share: float = Field(0.15, ge=0, lt=1)
+    n_bootstrap: int = Field(100, gt=1)
+    seed: int = 0
+    processes: int = Field(2, gt=0)
+
+
 class ForecastConfig(Strict):
     flip_threshold: float = Field(0.5, gt=0, lt=1)
     continuous_metric: Literal["p_preferred", "margin", "forced_choice"] = "p_preferred"
-    # The level of the continuous metric that corresponds to the flip. null: calibrated leave-one-run-out
-    # (the median level at the transition of the study's *other* flipped runs), falling back to the
-    # prior when no other run flipped. A number: use it as given (in the metric's units).
-    continuous_level: float | None = None
-    continuous_level_prior: float = 0.75
     cutoffs: list[float] = Field(min_length=1)
-    interval: float = Field(0.95, gt=0, lt=1)
-    n_bootstrap: int = Field(200, gt=1)
+    interval: float = Field(0.95, gt=0, lt=1)  # of t50 (the measurement)
+    n_bootstrap: int = Field(200, gt=1)  # of t50
+    # The forecast: its pre-registered primary method, interval and bootstrap size; crossings later than
+    # horizon_factor x max_steps are "no forecast".
+    primary: Literal["pooled_link", "per_scenario", "lr_scaling", "linear", "grad_norm_peak",
+                     "change_point"] = "pooled_link"
+    forecast_interval: float = Field(0.8, gt=0, lt=1)
+    forecast_bootstrap: int = Field(200, gt=1)
+    horizon_factor: float = Field(3.0, ge=1)
+    bench: ForecastBenchConfig = ForecastBenchConfig()
+
+    @field_validator("cutoffs")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if any(not 0 < c < 1 for c in value):
+            raise ValueError(f"cutoffs are fractions of t50 in (0, 1), got {value}")
+        return value
 
 
 class StudyInfo(Strict):

@@ -59,7 +59,7 @@ def curves_figure(study: pd.DataFrame, transitions: pd.DataFrame, forecasts: pd.
                     ax.axvline(float(t.t50.iloc[0]), color=color, ls="--", lw=1)
                     hi = min(float(t.t50_hi.iloc[0]), float(t.last_step.iloc[0]))
                     ax.axvspan(float(t.t50_lo.iloc[0]), hi, color=color, alpha=0.12, lw=0)
-            fc = forecasts[(forecasts.run_id == run_id) & (forecasts.method == "logistic")
+            fc = forecasts[(forecasts.run_id == run_id) & forecasts.primary.astype(bool)
                            & forecasts.predicted.notna()]
             for f in fc.itertuples():  # where each cutoff's forecast put the flip, at the threshold line
                 err = [[max(0.0, f.predicted - f.lo)], [max(0.0, f.hi - f.predicted)]]
@@ -199,20 +199,68 @@ def icl_figure(icl: pd.DataFrame, path: Path) -> None:
 
 
 def forecast_figure(forecasts: pd.DataFrame, max_steps: int, path: Path) -> None:
-    """Predicted vs actual transition step per method and cutoff; never-flipping runs at the right edge."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    made = forecasts[forecasts.predicted.notna()].copy()
-    edge = max_steps * 1.15
-    made["actual_x"] = made.actual.astype(float).fillna(edge)
-    markers = {"logistic": "o", "linear": "s", "grad_norm_peak": "^", "change_point": "D"}
-    colors = _colors(sorted(forecasts.cutoff_fraction.unique()))
-    for (method, fraction), grp in made.groupby(["method", "cutoff_fraction"]):
-        ax.scatter(grp.actual_x, grp.predicted.clip(upper=edge * 1.5), marker=markers.get(method, "o"),
-                   color=colors[fraction], alpha=0.8, label=f"{method} @ {fraction:g}")
-    ax.plot([0, edge], [0, edge], color="grey", lw=0.8)
-    ax.axvline(max_steps * 1.075, color="grey", lw=0.5, ls=":")
-    ax.set_xlabel(f"actual transition step (right of dotted line: never flipped by {max_steps})")
-    ax.set_ylabel("forecast transition step")
-    ax.set_title("Forecast vs actual")
-    ax.legend(fontsize=6, ncol=2)
+    """Each run's forecast fan: from each cutoff (x), every method's forecast of t50 with its 80% interval
+    (y), against the run's t50 and its 95% interval (line and band; runs that do not cross: shaded above
+    max_steps)."""
+    runs = list(dict.fromkeys(forecasts.run_id)) if len(forecasts) else []
+    methods = list(dict.fromkeys(forecasts.method)) if len(forecasts) else []
+    colors = _colors(methods)
+    cols = min(3, max(1, len(runs)))
+    rows = max(1, -(-len(runs) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, constrained_layout=True)
+    top = max_steps * 3
+    handles: dict[str, Any] = {}
+    for ax, run_id in zip(axes.ravel(), runs, strict=False):
+        run = forecasts[forecasts.run_id == run_id]
+        actual = run.actual.dropna()
+        if len(actual):
+            t50 = float(actual.iloc[0])
+            lo = run.actual_lo.dropna() if "actual_lo" in run else pd.Series(dtype=float)
+            hi = run.actual_hi.dropna() if "actual_hi" in run else pd.Series(dtype=float)
+            if len(lo) and len(hi):
+                ax.axhspan(float(lo.iloc[0]), min(float(hi.iloc[0]), top), color="grey", alpha=0.2)
+            handles["t50 [95%]"] = ax.axhline(t50, color="black", lw=1)
+        else:
+            handles[f"t50 > {max_steps}"] = ax.axhspan(max_steps, top, color="grey", alpha=0.15)
+        for i, method in enumerate(methods):
+            fc = run[(run.method == method) & run.predicted.notna()]
+            if not len(fc):
+                continue
+            x = fc.cutoff_step.to_numpy(float) + (i - len(methods) / 2) * 0.12
+            y = fc.predicted.to_numpy(float).clip(max=top)
+            has = fc.lo.notna().to_numpy()
+            lo_err = np.where(has, y - fc.lo.to_numpy(float).clip(max=top), 0)
+            hi_err = np.where(has, fc.hi.to_numpy(float).clip(max=top) - y, 0)
+            label = method + (" (primary)" if fc.primary.any() else "")
+            handles[label] = ax.errorbar(x, y, yerr=[np.nan_to_num(lo_err), np.nan_to_num(hi_err)], fmt="o-", ms=3,
+                                         lw=0.8, capsize=2, color=colors[method])
+        ax.set_title(run_id, fontsize=8)
+        ax.set_xlabel("cutoff step (checkpoints seen up to here)")
+        ax.set_ylabel("forecast t50")
+        ax.set_ylim(0, top)
+    for ax in axes.ravel()[len(runs):]:
+        ax.axis("off")
+    if handles:
+        fig.legend(list(handles.values()), list(handles), fontsize=7, loc="outside lower center", ncol=4)
+    fig.suptitle("Forecast fans: t50 forecast from each cutoff (80% intervals) vs the measured t50", fontsize=9)
+    savefig(fig, path)
+
+
+def calibration_figure(calib: pd.DataFrame, path: Path) -> None:
+    """Forecast calibration on the benchmark: nominal vs actual interval coverage per method (with the
+    Wilson 95% interval of each actual share); on the diagonal = honest intervals."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    methods = list(calib.method.unique()) if len(calib) else []
+    colors = _colors(methods)
+    for method, grp in calib.groupby("method", sort=False):
+        ax.errorbar(grp.nominal, grp.actual, yerr=[grp.actual - grp.lo, grp.hi - grp.actual], marker="o",
+                    capsize=2, color=colors[method], label=f"{method} (n={int(grp.n.iloc[0])})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set_xlim(0.4, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("nominal coverage of the forecast interval")
+    ax.set_ylabel("actual coverage (truth inside)")
+    ax.set_title("Forecast calibration (simulation benchmark, cutoffs pooled)")
+    if methods:
+        ax.legend(fontsize=7)
     savefig(fig, path)

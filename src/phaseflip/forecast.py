@@ -6,12 +6,12 @@ pre-registered flip threshold, with a bootstrap interval over scenarios and samp
 threshold), the dissimilarity peak, the gradient-norm peak and a change point of the continuous metric
 (ruptures), and their lags to t50. Forecasts predict t50.
 
-Forecast: from checkpoints up to a cutoff only, fit the continuous order parameter as a logistic
-curve in step or in log-step (= a line in logit space; the form with the smaller leave-last-out error
-wins), and predict the step where it reaches the flip's level, with a residual-bootstrap interval.
-The flip's level in continuous units is calibrated leave-one-run-out: the median level at which the
-study's *other* runs flipped (a configured prior when none did). Baselines on the same prefix: a
-straight line, the gradient-norm peak, and a change point of the continuous metric.
+Forecast: every method of `phaseflip.forecast_methods` (primary pre-registered in conf/forecast/)
+predicts t50 from the checkpoints up to 25/50/75% of t50 (of max_steps for runs that do not cross),
+with a point and an 80% interval or "no forecast", calibrated leave-one-run-out: whatever a method
+learns from the study (links, flip level, learning-rate scaling) comes from the other runs only.
+`forecast_quality` scores them (relative error, within +-25%, coverage, lead time, false alarms);
+`phaseflip.forecast_bench` scores them where the truth is known.
 
 Sharpness (the mirage check): per metric, the steepest slope between neighbouring checkpoints over the
 average slope from step 0 to the end; 1 is a straight line, large is a step.
@@ -29,6 +29,8 @@ import pandas as pd
 import ruptures as rpt
 
 from phaseflip.config import ForecastConfig
+from phaseflip.forecast_methods import METHODS, Context, RunData
+from phaseflip.metrics import wilson_interval
 from phaseflip.transition import confirmed_flip, fit_t50
 
 FAMILY = "in_distribution"
@@ -46,71 +48,6 @@ def change_point(steps: np.ndarray, values: np.ndarray) -> int | None:
         return None
     bkps = rpt.Binseg(model="l2", min_size=1, jump=1).fit(values.reshape(-1, 1)).predict(n_bkps=1)
     return int(steps[bkps[0]]) if bkps and bkps[0] < len(steps) else None
-
-
-def _logit(y: np.ndarray) -> np.ndarray:
-    y = np.clip(y, EPS, 1 - EPS)
-    return np.log(y / (1 - y))
-
-
-def _fit_line(x: np.ndarray, z: np.ndarray) -> tuple[float, float]:
-    slope, intercept = np.polyfit(x, z, 1)
-    return float(slope), float(intercept)
-
-
-def _crossing(slope: float, intercept: float, target: float, inverse: Any) -> float | None:
-    if slope <= 0:
-        return None
-    return float(inverse((target - intercept) / slope))
-
-
-FORMS = {  # name: (transform of step, inverse)
-    "logistic_step": (lambda s: s, lambda x: x),
-    "logistic_log_step": (lambda s: np.log1p(s), lambda x: math.expm1(x) if x < 50 else math.inf),
-}
-
-
-def logistic_forecast(steps: np.ndarray, values: np.ndarray, threshold: float, n_bootstrap: int,
-                      interval: float, seed: int = 0) -> dict[str, Any]:
-    """Predicted crossing step (and interval) of a logistic fit; `predicted=None` means no flip forecast."""
-    if len(steps) < 3:
-        return {"predicted": None, "lo": None, "hi": None, "form": None, "reason": "fewer than 3 checkpoints"}
-    z, target = _logit(values), float(_logit(np.array([threshold]))[0])
-    errors = {}
-    for name, (fwd, _) in FORMS.items():  # choose the form by held-out error on the last point
-        slope, intercept = _fit_line(fwd(steps[:-1]), z[:-1])
-        errors[name] = abs(slope * fwd(steps[-1]) + intercept - z[-1])
-    form = min(errors, key=lambda k: errors[k])
-    fwd, inv = FORMS[form]
-    slope, intercept = _fit_line(fwd(steps), z)
-    predicted = _crossing(slope, intercept, target, inv)
-    if predicted is None or not math.isfinite(predicted):
-        return {"predicted": None, "lo": None, "hi": None, "form": form, "reason": "metric not rising"}
-    rng = np.random.default_rng(seed)
-    resid = z - (slope * fwd(steps) + intercept)
-    boots = []
-    for _ in range(n_bootstrap):
-        zb = slope * fwd(steps) + intercept + rng.choice(resid, size=len(resid), replace=True)
-        crossing = _crossing(*_fit_line(fwd(steps), zb), target, inv)
-        boots.append(crossing if crossing is not None and math.isfinite(crossing) else math.inf)
-    # A rise that the noise could explain is no forecast: most resamples must also cross.
-    if np.mean(np.isfinite(boots)) < interval:
-        return {"predicted": None, "lo": None, "hi": None, "form": form, "reason": "rise not significant"}
-    alpha = (1 - interval) / 2
-    lo, hi = np.quantile(boots, [alpha, 1 - alpha])
-    # A crossing is never forecast before the last checkpoint seen: clamp the point and its interval alike.
-    floor = float(steps[-1])
-    return {"predicted": max(predicted, floor), "lo": max(float(lo), floor), "hi": max(float(hi), floor),
-            "form": form, "reason": ""}
-
-
-def linear_forecast(steps: np.ndarray, values: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Baseline: a straight line through the prefix, extrapolated to the threshold."""
-    if len(steps) < 2:
-        return {"predicted": None, "reason": "fewer than 2 checkpoints"}
-    slope, intercept = _fit_line(steps, values)
-    crossing = _crossing(slope, intercept, threshold, lambda x: x)
-    return {"predicted": None if crossing is None else max(crossing, float(steps[-1])), "reason": ""}
 
 
 def sharpness(steps: np.ndarray, values: np.ndarray) -> float | None:
@@ -147,17 +84,6 @@ def penalised_change_point(steps: np.ndarray, values: np.ndarray, min_t: float =
     sigma = float(np.sqrt((resid**2).sum() / max(1, len(values) - 2))) + 1e-9
     t = abs(right.mean() - left.mean()) / (sigma * math.sqrt(1 / len(left) + 1 / len(right)))
     return int(steps[bkp]) if t > min_t else None
-
-
-def grad_norm_peak_forecast(train_log: pd.DataFrame, cutoff: float) -> dict[str, Any]:
-    """Baseline: the flip comes at the gradient-norm peak, once the peak is behind us (norm has fallen)."""
-    prefix = train_log[train_log.step <= cutoff]
-    if len(prefix) < 3:
-        return {"predicted": None, "reason": "fewer than 3 logged steps"}
-    peak = int(prefix.step[prefix.grad_norm.idxmax()])
-    if peak >= int(prefix.step.max()):
-        return {"predicted": None, "reason": "gradient norm still rising"}
-    return {"predicted": float(peak), "reason": ""}
 
 
 def behavior_counts(scenarios: pd.DataFrame, family: str = FAMILY) -> pd.DataFrame:
@@ -198,80 +124,128 @@ def detect(run_id: str, metrics: pd.DataFrame, scenarios: pd.DataFrame, train_lo
     return row
 
 
-def forecast_run(transition: dict[str, Any], metrics: pd.DataFrame, train_log: pd.DataFrame, level: float,
-                 level_source: str, cfg: ForecastConfig, max_steps: int) -> list[dict[str, Any]]:
-    """Forecast rows of one run: every cutoff x method, each seeing only checkpoints up to its cutoff."""
-    flip = transition["t50"]
-    cont = curve(metrics, cfg.continuous_metric)
-    horizon = flip if flip is not None else max_steps  # never-flipping runs: the same absolute cutoffs
+def run_data(run_id: str, metrics: pd.DataFrame, scenarios: pd.DataFrame, train_log: pd.DataFrame,
+             info: dict[str, Any], metric: str, transition: dict[str, Any] | None = None) -> RunData:
+    """A run's in-distribution tables as the forecast methods read them. The per-step metric is the mean
+    over scenarios of scenarios.csv; without it (pre-#14 studies) metrics.csv's value, and the counts
+    are the rate times its n."""
+    sel = scenarios[(scenarios.family == FAMILY) & (scenarios.n > 0)] if len(scenarios) else scenarios
+    cont = curve(metrics, metric).set_index("step").value
+    if len(sel):
+        sc = sel.assign(x=sel[metric] if metric in sel else np.nan).rename(columns={"behavior_k": "k"})
+        sc = sc[["step", "scenario_id", "x", "k", "n"]]
+        per_step = sc.groupby("step").agg(x=("x", "mean"), k=("k", "sum"), n=("n", "sum")).reset_index()
+        per_step["x"] = per_step.x.fillna(per_step.step.map(cont))  # no reference pairs: metrics.csv's value
+    else:
+        sc = pd.DataFrame(columns=["step", "scenario_id", "x", "k", "n"])
+        rate = metrics[(metrics.metric == "behavior_rate") & (metrics.family == FAMILY)].set_index("step")
+        n = rate.n if "n" in rate else pd.Series(1.0, index=rate.index)
+        per_step = pd.DataFrame({"step": cont.index, "x": cont.to_numpy(float)}).assign(
+            n=lambda d: d.step.map(n).fillna(0).to_numpy(float),
+            k=lambda d: (d.step.map(rate.value).fillna(0) * d.n).round())
+    per_step = per_step.dropna(subset=["x"])
+    log = train_log[["step", "grad_norm"]] if len(train_log) else pd.DataFrame(columns=["step", "grad_norm"])
+    t = transition or {}
+    return RunData(run_id, float(info["lr"]) if info.get("lr") else None, bool(info.get("control", False)),
+                   sc.reset_index(drop=True), per_step.sort_values("step").reset_index(drop=True), log,
+                   t.get("t50"), t.get("continuous_level_at_flip"))
+
+
+def forecast_run(run: RunData, actual: float | None, others: list[RunData], cfg: ForecastConfig, max_steps: int,
+                 seed: int = 0, methods: list[str] | None = None) -> list[dict[str, Any]]:
+    """Forecast rows of one run: every cutoff x method, each seeing only checkpoints up to its cutoff and
+    the other runs (never this run's own t50)."""
+    ctx = Context(others, cfg.flip_threshold, cfg.forecast_interval, cfg.forecast_bootstrap, max_steps,
+                  cfg.continuous_metric, cfg.horizon_factor * max_steps, seed)
+    horizon = actual if actual is not None else max_steps  # runs that do not cross: fractions of max_steps
     rows = []
     for fraction in cfg.cutoffs:
         cutoff = fraction * horizon
-        prefix = cont[cont.step <= cutoff]
-        steps, values = prefix.step.to_numpy(float), prefix.value.to_numpy(float)
-        cp = penalised_change_point(steps, values)
-        methods = {
-            "logistic": logistic_forecast(steps, values, level, cfg.n_bootstrap, cfg.interval),
-            "linear": linear_forecast(steps, values, level),
-            "grad_norm_peak": grad_norm_peak_forecast(train_log, cutoff),
-            "change_point": {"predicted": None if cp is None else float(cp),
-                             "reason": "" if cp is not None else "no change point in the prefix"},
-        }
-        for method, fc in methods.items():
-            pred = fc["predicted"]
+        prefix = run.prefix(cutoff)
+        for method in methods or list(METHODS):
+            fc = METHODS[method](prefix, cutoff, ctx)
+            pred = fc.predicted
             rows.append({
-                "run_id": transition["run_id"], "control": transition["control"], "cutoff_fraction": fraction,
-                "cutoff_step": cutoff, "n_checkpoints": len(steps), "method": method, "actual": flip,
-                "level": level, "level_source": level_source,
-                "predicted": pred, "lo": fc.get("lo"), "hi": fc.get("hi"), "form": fc.get("form"),
-                "reason": fc.get("reason", ""),
-                "relative_error": None if pred is None or flip is None else abs(pred - flip) / flip,
-                "covered": None if flip is None or fc.get("lo") is None else bool(fc["lo"] <= flip <= fc["hi"]),
-                "false_alarm": flip is None and pred is not None and pred <= max_steps,
-                "lead_time": None if pred is None or flip is None else flip - cutoff,
+                "run_id": run.run_id, "control": run.control, "lr": run.lr, "cutoff_fraction": fraction,
+                "cutoff_step": cutoff, "n_checkpoints": len(prefix.curve), "method": method,
+                "primary": method == cfg.primary, "actual": actual, "predicted": pred, "lo": fc.lo, "hi": fc.hi,
+                "form": fc.form, "reason": fc.reason,
+                "relative_error": None if pred is None or actual is None else abs(pred - actual) / actual,
+                "covered": None if actual is None or fc.lo is None or fc.hi is None else bool(fc.lo <= actual <= fc.hi),
+                "pit": None if actual is None else fc.pit(actual),
+                "false_alarm": actual is None and pred is not None and pred <= max_steps,
+                "lead_time": None if pred is None or actual is None else actual - cutoff,
             })
     return rows
 
 
-def flip_level(transitions: list[dict[str, Any]], run_id: str, cfg: ForecastConfig) -> tuple[float, str]:
-    """The continuous level that marks a flip, for forecasting `run_id` without looking at its own flip."""
-    if cfg.continuous_level is not None:
-        return cfg.continuous_level, "configured"
-    others = [t["continuous_level_at_flip"] for t in transitions
-              if t["run_id"] != run_id and t["flipped"] and not t["control"]
-              and t["continuous_level_at_flip"] is not None]
-    if others:
-        return float(np.median(others)), f"median of {len(others)} other flipped run(s)"
-    return cfg.continuous_level_prior, "prior (no other run flipped)"
-
-
 def analyse_study(runs: list[tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]],
                   cfg: ForecastConfig, max_steps: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Transitions of every run, then forecasts calibrated leave-one-run-out.
+    """Transitions of every run, then forecasts leave-one-run-out: each run's links, flip level and
+    learning-rate scaling come from the other runs only.
 
     runs: (id, metrics, per-scenario counts, train log, run info)."""
     transitions = [detect(run_id, m, sc, log, info, cfg) for run_id, m, sc, log, info in runs]
+    data = [run_data(run_id, m, sc, log, info, cfg.continuous_metric, t)
+            for (run_id, m, sc, log, info), t in zip(runs, transitions, strict=True)]
     forecasts = []
-    for (run_id, metrics, _, log, _), transition in zip(runs, transitions, strict=True):
-        level, source = flip_level(transitions, run_id, cfg)
-        forecasts += forecast_run(transition, metrics, log, level, source, cfg, max_steps)
+    for i, (run, transition) in enumerate(zip(data, transitions, strict=True)):
+        others = data[:i] + data[i + 1:]
+        forecasts += forecast_run(run, transition["t50"], others, cfg, max_steps, seed=i)
+    for row in forecasts:
+        t = transitions[[r.run_id for r in data].index(row["run_id"])]
+        row["actual_lo"], row["actual_hi"] = t["t50_lo"], t["t50_hi"]
     return transitions, forecasts
 
 
-def forecast_quality(forecasts: pd.DataFrame) -> pd.DataFrame:
-    """Per method and cutoff: median relative error, interval coverage, lead time, false alarms."""
+def _wilson(k: int, n: int) -> tuple[float | None, float | None]:
+    return wilson_interval(k, n) if n else (None, None)
+
+
+def forecast_quality(forecasts: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Per method and cutoff: median relative error (with a bootstrap 95% interval over runs), the share
+    of crossing runs forecast within +-25% of t50, the forecast interval's coverage, mean lead time, and
+    false alarms (a forecast at or before max_steps for a run that did not cross); shares with Wilson
+    95% intervals."""
+    rng = np.random.default_rng(seed)
     rows = []
     for (method, fraction), grp in forecasts.groupby(["method", "cutoff_fraction"], sort=False):
-        flipped = grp[grp.actual.notna()]
-        rel = flipped.relative_error.dropna()
-        cov = flipped.covered.dropna()
+        crossing = grp[grp.actual.notna()]
+        rel = crossing.relative_error.dropna().to_numpy(float)
+        cov = crossing.covered.dropna().astype(bool)
         never = grp[grp.actual.isna()]
-        rows.append({
-            "method": method, "cutoff_fraction": fraction, "runs_flipped": len(flipped),
-            "forecasts_made": int(flipped.predicted.notna().sum()),
-            "median_relative_error": float(rel.median()) if len(rel) else None,
-            "interval_coverage": float(cov.astype(float).mean()) if len(cov) else None,
-            "mean_lead_time": float(flipped.lead_time.dropna().mean()) if flipped.lead_time.notna().any() else None,
-            "runs_never_flipped": len(never), "false_alarms": int(never.false_alarm.astype(bool).sum()),
-        })
+        within = int((rel <= 0.25).sum())
+        alarms = int(never.false_alarm.astype(bool).sum())
+        boots = [np.median(rng.choice(rel, len(rel))) for _ in range(200)] if len(rel) > 1 else []
+        row = {
+            "method": method, "cutoff_fraction": fraction, "primary": bool(grp.primary.iloc[0]),
+            "runs_crossing": len(crossing), "forecasts_made": int(crossing.predicted.notna().sum()),
+            "median_relative_error": float(np.median(rel)) if len(rel) else None,
+            "median_relative_error_lo": float(np.quantile(boots, 0.025)) if boots else None,
+            "median_relative_error_hi": float(np.quantile(boots, 0.975)) if boots else None,
+            "within_25": within / len(crossing) if len(crossing) else None,
+            "interval_coverage": float(cov.mean()) if len(cov) else None,
+            "mean_lead_time": float(crossing.lead_time.dropna().mean()) if crossing.lead_time.notna().any() else None,
+            "runs_not_crossing": len(never), "false_alarms": alarms,
+            "false_alarm_rate": alarms / len(never) if len(never) else None,
+        }
+        row["within_25_lo"], row["within_25_hi"] = _wilson(within, len(crossing))
+        row["coverage_lo"], row["coverage_hi"] = _wilson(int(cov.sum()), len(cov))
+        row["false_alarm_lo"], row["false_alarm_hi"] = _wilson(alarms, len(never))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def calibration(forecasts: pd.DataFrame, levels: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+                ) -> pd.DataFrame:
+    """Nominal vs actual coverage per method (cutoffs pooled): truth within the central `level` interval
+    of the forecast's draws, read from each forecast's `pit`."""
+    rows = []
+    for method, grp in forecasts[forecasts.pit.notna()].groupby("method", sort=False):
+        pit = grp.pit.to_numpy(float)
+        for level in levels:
+            k = int((np.abs(pit - 0.5) <= level / 2).sum())
+            lo, hi = wilson_interval(k, len(pit))
+            rows.append({"method": method, "nominal": level, "actual": k / len(pit), "lo": lo, "hi": hi,
+                         "n": len(pit)})
     return pd.DataFrame(rows)

@@ -20,3 +20,33 @@ rule forecast:
     shell:
         "python -m phaseflip.cli forecast --params {params.cfg:q} --metrics {input.metrics} --run-dirs {params.run_dirs} "
         "--out {params.out} > {log} 2>&1"
+
+
+rule forecast_bench:
+    # The forecasters scored where the truth is known: runs simulated from a model fitted to this study.
+    input:
+        transitions="results/forecast/transitions.csv",  # after the study's own forecast
+        metrics=expand("results/runs/{run_id}/metrics.csv", run_id=RUN_IDS),
+        scenarios=expand("results/runs/{run_id}/scenarios.csv", run_id=RUN_IDS),
+        info=expand("results/runs/{run_id}/run.json", run_id=RUN_IDS),
+    output:
+        quality="results/forecast/bench/bench_quality.csv",
+        forecasts="results/forecast/bench/bench_forecasts.csv",
+        calibration_table="results/forecast/bench/calibration.csv",
+        model="results/forecast/bench/model.json",
+        calibration=report("results/forecast/bench/calibration.png", caption="../report/calibration.rst",
+                           category="Forecast"),
+    params:
+        cfg=stage_params("forecast"),
+        run_dirs=[f"results/runs/{r}" for r in RUN_IDS],
+        out=subpath(output.quality, parent=True),
+    threads: CFG["forecast"]["bench"]["processes"]
+    conda:
+        "../envs/phaseflip.yaml"
+    log:
+        "results/logs/forecast_bench.log",
+    benchmark:
+        "results/benchmarks/forecast_bench.tsv"
+    shell:
+        "python -m phaseflip.cli forecast_bench --params {params.cfg:q} --threads {threads} "
+        "--run-dirs {params.run_dirs} --out {params.out} > {log} 2>&1"
