@@ -170,6 +170,16 @@ class DreamsConfig(Strict):
         return generators
 
 
+class ScreenConfig(Strict):
+    """The pre-registered steering screen criterion (§2): which settings get the full evaluation."""
+    # Per training set, this many settings get the full evaluation (sampling, OOD, retention, coherence).
+    full_evaluations: int = Field(1, ge=0)
+    # Eligible settings: retention_kl (KL(base || steered) on the retention prompts, nats) at most this.
+    max_retention_kl: float = Field(0.5, gt=0)
+    # The screen's compute precision; the full evaluation always uses the model's own.
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
 class SteeringConfig(Strict):
     layers: list[int] | Literal["all"]
 
@@ -185,6 +195,7 @@ class SteeringConfig(Strict):
     read_token_index: int = -1
     # Which contrastive pairs train a vector: the real corrections, and/or real + dreams. Each is swept.
     training_sets: list[Literal["real", "real_and_dreams"]] = Field(["real"], min_length=1)
+    screen: ScreenConfig = ScreenConfig()
 
 
 class IclConfig(Strict):
