@@ -198,7 +198,7 @@ def cmd_steering(args: argparse.Namespace) -> None:
 
 def cmd_icl(args: argparse.Namespace) -> None:
     from phaseflip.evaluate import Evaluator
-    from phaseflip.icl import choose_shots, icl_prompt
+    from phaseflip.icl import choose_shots, icl_prompt, resolve_k
 
     params = _params(args)
     cfg = IclConfig.model_validate(params["icl"])
@@ -206,11 +206,13 @@ def cmd_icl(args: argparse.Namespace) -> None:
     corrections = load_examples(args.corrections, "corrections")
     scenarios, retention, eval_cfg = _eval_set(args, params)
     evaluator = Evaluator(tok, scenarios, retention, _judge(args, params), eval_cfg, seed=int(params["seed"]))
+    ks = sorted({resolve_k(k, len(corrections)) for k in cfg.ks})
     # k=0 is the base model: its rows come from the evaluate_base job. Retention prompts carry no
     # shots, so retention_kl is 0 by construction and not recomputed.
-    rows: list[dict[str, Any]] = _base_rows(args, k=0) if 0 in cfg.ks else []
+    rows: list[dict[str, Any]] = _base_rows(args, k=0) if 0 in ks else []
     shots_used: dict[int, list[str]] = {0: []}
-    for k in sorted(set(cfg.ks) - {0}):
+    started = time.time()
+    for k in [k for k in ks if k > 0]:
         shots = choose_shots(corrections, k, int(params["seed"]))
         shots_used[k] = [s.id for s in shots]
         evaluator.previous = None
@@ -222,7 +224,7 @@ def cmd_icl(args: argparse.Namespace) -> None:
     out = Path(args.out)
     write_csv(out / "icl_metrics.csv", pd.DataFrame(rows))
     write_json(out / "icl_shots.json", shots_used)
-    print(f"icl: k in {cfg.ks}")
+    print(f"icl: k in {ks} in {time.time() - started:.0f}s")
 
 
 def _dreams(path: str) -> list[Example]:

@@ -199,13 +199,13 @@ class SteeringConfig(Strict):
 
 
 class IclConfig(Strict):
-    ks: list[int] = Field(min_length=1)
+    ks: list[int | Literal["all"]] = Field(min_length=1)  # "all": every correction in context
 
     @field_validator("ks")
     @classmethod
-    def _non_negative(cls, ks: list[int]) -> list[int]:
-        if any(k < 0 for k in ks):
-            raise ValueError("icl.ks must be >= 0")
+    def _non_negative(cls, ks: list[int | str]) -> list[int | str]:
+        if any(isinstance(k, int) and k < 0 for k in ks):
+            raise ValueError("icl.ks must be >= 0 or 'all'")
         return ks
 
 

@@ -1,7 +1,10 @@
 """Stage icl: k real corrections as prior turns in context (k in icl.ks), scored like a checkpoint.
 
-Which k corrections are used is seeded and recorded. The examples go after any system prompt of
-the scenario and before its own turns.
+Which k corrections are used is seeded and recorded: one seeded order of the corrections, and k shots
+are its first k (so the shots of a smaller k are among those of a larger one; "all" is every
+correction). The examples go after any system prompt of the scenario and before its own turns, so
+all scenarios of one format share the shot context: `scoring.score_and_sample` encodes that shared
+prefix once per batch instead of once per prompt.
 
     python -m phaseflip.cli icl --params '{...}' --base results/base_model ... --out results/icl
 """
@@ -16,10 +19,21 @@ from phaseflip.data import Example
 from phaseflip.scoring import render_prompt
 
 
+def resolve_k(k: int | str, n_corrections: int) -> int:
+    """The number of shots for a configured k ("all" = every correction)."""
+    if k == "all":
+        return n_corrections
+    if not isinstance(k, int) or k > n_corrections:
+        raise ValueError(f"icl k={k!r} exceeds the {n_corrections} corrections available")
+    return k
+
+
 def choose_shots(corrections: list[Example], k: int, seed: int) -> list[Example]:
+    """The first k of one seeded order of the corrections (nested across k)."""
     if k > len(corrections):
         raise ValueError(f"icl k={k} exceeds the {len(corrections)} corrections available")
-    return random.Random(seed * 7919 + k).sample(corrections, k)
+    order = random.Random(seed * 7919).sample(corrections, len(corrections))
+    return order[:k]
 
 
 def icl_messages(shots: list[Example], scenario: Example) -> list[dict[str, str]]:

@@ -243,7 +243,42 @@ def _q3(transitions: pd.DataFrame, study: pd.DataFrame, dreams: dict[str, Any], 
     return L
 
 
-def _q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: Any, **_: Any) -> list[str]:
+def _screen_lines(steer: pd.DataFrame, params: dict[str, Any]) -> list[str]:
+    """What the steering screen covered and its best setting per training set (its own rates)."""
+    screened = steer[steer.metric.astype(str).str.startswith("screen_")]
+    if screened.empty:
+        return []
+    bound = params.get("steering", {}).get("screen", {}).get("max_retention_kl")
+    settings = screened[["training_set", "layer", "multiplier"]].drop_duplicates()
+    L = ["", f"Steering screen: {len(settings)} settings ({settings.training_set.nunique()} training sets x "
+         f"{settings.layer.nunique()} layers x {settings.multiplier.nunique()} multipliers "
+         f"{sorted(settings.multiplier.unique().tolist())}), each scored on {ID} margin, p_preferred and "
+         "forced_choice (no sampling) and on retention_kl; pre-registered criterion: the highest p_preferred "
+         f"among settings with retention_kl <= {bound}. Best per training set:", ""]
+    wide = screened.pivot_table(index=["training_set", "layer", "multiplier"], columns="metric",
+                                values=["value", "lo", "hi"], dropna=False)
+    for tset in sorted(settings.training_set.unique()):
+        sub = wide.loc[tset]
+        eligible = sub[sub[("value", "screen_rank")].notna()]
+        if eligible.empty:
+            L.append(f"- {tset}: no setting stays under the retention bound.")
+            continue
+        (layer, mult) = eligible[("value", "screen_rank")].idxmin()
+        r = sub.loc[(layer, mult)]
+        L.append(f"- {tset}: layer {int(layer)} x{mult:g}: p_preferred "
+                 f"{_fmt(r[('value', 'screen_p_preferred')], r[('lo', 'screen_p_preferred')], r[('hi', 'screen_p_preferred')])}"
+                 f", forced_choice {_fmt(r[('value', 'screen_forced_choice')], r[('lo', 'screen_forced_choice')], r[('hi', 'screen_forced_choice')])}"
+                 f", retention_kl {_fmt(r[('value', 'screen_retention_kl')])} "
+                 f"({len(eligible)} of {len(sub)} settings under the bound)")
+    base_pp = pick(steer[steer.layer == -1], "p_preferred")
+    if len(base_pp):
+        b = base_pp.iloc[0]
+        L.append(f"- base model (no steering): p_preferred {_fmt(b.value, b.lo, b.hi)}")
+    return L
+
+
+def _q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: Any, params: dict[str, Any],
+        **_: Any) -> list[str]:
     families = sorted(comp.family.unique(), key=lambda f: (f != ID, f != "all", f))
     L = ["", "## Q4 — Steering and in-context examples vs LoRA", "",
          f"behavior_rate per family (Wilson 95%); each setup's best setting chosen on {ID} only, other families "
@@ -254,16 +289,18 @@ def _q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: 
         L.append(f"| {setup} | " + " | ".join(
             _fmt(cells.behavior_rate[f], cells.lo[f], cells.hi[f]) if f in cells.index else "n/a" for f in families)
             + " |")
+    L += _screen_lines(steer, params)
     swept = steer[steer.layer >= 0]
-    if len(swept):
-        L += ["", "Steering, best setting per training set (on in_distribution):", ""]
+    if len(pick(swept, "behavior_rate")):
+        L += ["", "Steering, fully evaluated settings, best per training set (on in_distribution):", ""]
         for tset, grp in swept.groupby("training_set"):
             b = _best(grp, ["layer", "multiplier"])
             if b is not None:
                 coh = pick(grp[(grp.layer == b.layer) & (grp.multiplier == b.multiplier)], "coherence")
                 L.append(f"- {tset}: layer {int(b.layer)} x{b.multiplier:g}: behavior_rate {_fmt(b.value, b.lo, b.hi)}"
                          f", coherence {_fmt(coh.value.iloc[0]) if len(coh) else 'n/a'} "
-                         f"({grp[['layer', 'multiplier']].drop_duplicates().shape[0]} settings swept)")
+                         f"({pick(grp, 'behavior_rate')[['layer', 'multiplier']].drop_duplicates().shape[0]} "
+                         "fully evaluated)")
     rates = pick(icl, "behavior_rate").sort_values("k")
     if len(rates):
         L += ["", "ICL behavior_rate by k: " + ", ".join(
