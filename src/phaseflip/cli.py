@@ -175,7 +175,7 @@ def cmd_steering(args: argparse.Namespace) -> None:
     cfg = SteeringConfig.model_validate(params["steering"])
     model, tok = _model(args, params)
     scenarios, retention, eval_cfg = _eval_set(args, params)
-    vectors = {t: load_vector(Path(args.vectors) / vector_file(t))[0] for t in cfg.training_sets}
+    vectors: dict[str, Any] = {t: load_vector(Path(args.vectors) / vector_file(t))[0] for t in cfg.training_sets}
     started = time.time()
     table = select(screen(model, tok, vectors, scenarios, retention, cfg.multipliers, DTYPES[cfg.screen.dtype]),
                    cfg.screen)

@@ -265,10 +265,13 @@ def _screen_lines(steer: pd.DataFrame, params: dict[str, Any]) -> list[str]:
             continue
         (layer, mult) = eligible[("value", "screen_rank")].idxmin()
         r = sub.loc[(layer, mult)]
-        L.append(f"- {tset}: layer {int(layer)} x{mult:g}: p_preferred "
-                 f"{_fmt(r[('value', 'screen_p_preferred')], r[('lo', 'screen_p_preferred')], r[('hi', 'screen_p_preferred')])}"
-                 f", forced_choice {_fmt(r[('value', 'screen_forced_choice')], r[('lo', 'screen_forced_choice')], r[('hi', 'screen_forced_choice')])}"
-                 f", retention_kl {_fmt(r[('value', 'screen_retention_kl')])} "
+
+        def cell(metric: str, r: Any = r) -> str:
+            return _fmt(r[("value", metric)], r[("lo", metric)], r[("hi", metric)])
+
+        L.append(f"- {tset}: layer {int(layer)} x{mult:g}: p_preferred {cell('screen_p_preferred')}, "
+                 f"forced_choice {cell('screen_forced_choice')}, retention_kl "
+                 f"{_fmt(r[('value', 'screen_retention_kl')])} "
                  f"({len(eligible)} of {len(sub)} settings under the bound)")
     base_pp = pick(steer[steer.layer == -1], "p_preferred")
     if len(base_pp):

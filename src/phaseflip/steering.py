@@ -23,7 +23,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,16 +180,17 @@ def upper_blocks(model: PreTrainedModel, layer: int) -> Iterator[None]:
     """
     decoder, blocks = model.get_decoder(), _blocks(model)
     kept = list(blocks[layer + 1:])
-    numbers = [b.self_attn.layer_idx for b in kept]
+    attention: list[Any] = [block.self_attn for block in kept]
+    numbers = [a.layer_idx for a in attention]
     decoder.layers = torch.nn.ModuleList(kept)
-    for i, block in enumerate(kept):
-        block.self_attn.layer_idx = i
+    for i, attn in enumerate(attention):
+        attn.layer_idx = i
     try:
         yield
     finally:
         decoder.layers = blocks
-        for block, number in zip(kept, numbers, strict=True):
-            block.self_attn.layer_idx = number
+        for attn, number in zip(attention, numbers, strict=True):
+            attn.layer_idx = number
 
 
 def _run_recording(model: PreTrainedModel, **inputs: Any) -> tuple[Any, list[torch.Tensor]]:
@@ -353,7 +354,7 @@ def patched_setting(model: PreTrainedModel, enc: _Encoded, base: _Base, vector: 
 SCREEN_CHECK_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2}  # on the margin, in nats per token
 
 
-def screen(model: PreTrainedModel, tok: PreTrainedTokenizerBase, vectors: dict[str, SteeringVector],
+def screen(model: PreTrainedModel, tok: PreTrainedTokenizerBase, vectors: Mapping[str, SteeringVector],
            scenarios: list[Example], retention: list[str], multipliers: Sequence[float],
            dtype: torch.dtype = torch.float32, layers: Sequence[int] | None = None) -> pd.DataFrame:
     """Every (training set, layer, multiplier): in-distribution margin, p_preferred, forced_choice (each
@@ -369,7 +370,7 @@ def screen(model: PreTrainedModel, tok: PreTrainedTokenizerBase, vectors: dict[s
         raise DataError(f"steering screen: no {ID} eval scenario has both a preferred and a rejected reply")
     if not retention:
         raise DataError("steering screen: no retention prompts (retention_kl is the screen's bound)")
-    work = model if next(model.parameters()).dtype == dtype else copy.deepcopy(model).to(dtype)
+    work: Any = model if next(model.parameters()).dtype == dtype else copy.deepcopy(model).to(dtype)  # type: ignore[arg-type]
     device = next(work.parameters()).device
     enc = _encode(tok, chosen, retention, device)
     base = _base_pass(work, enc)
