@@ -46,9 +46,11 @@ class ModelConfig(Strict):
     hub_id: str | None = None
     path: str | None = None
     tiny: TinyModel = TinyModel()
-    # Compute dtype when a stage loads the model (weights stay float32 on disk). auto: bfloat16 on a GPU
-    # that supports it, float32 otherwise (always on CPU).
+    # Compute dtype when a stage loads the model. auto: bfloat16 on a GPU that supports it, float32
+    # otherwise (always on CPU).
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # The precision of the weights on disk (upcast to `dtype` on load): half the disk and DVC cache.
+    storage_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     trust_remote_code: bool = False
 
     @model_validator(mode="after")

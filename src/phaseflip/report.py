@@ -243,12 +243,12 @@ def _q3(transitions: pd.DataFrame, study: pd.DataFrame, dreams: dict[str, Any], 
     return L
 
 
-def _screen_lines(steer: pd.DataFrame, params: dict[str, Any]) -> list[str]:
+def _screen_lines(steer: pd.DataFrame) -> list[str]:
     """What the steering screen covered and its best setting per training set (its own rates)."""
     screened = steer[steer.metric.astype(str).str.startswith("screen_")]
     if screened.empty:
         return []
-    bound = params.get("steering", {}).get("screen", {}).get("max_retention_kl")
+    bound = _fmt(float(screened.max_retention_kl.iloc[0])) if "max_retention_kl" in screened else "n/a"
     settings = screened[["training_set", "layer", "multiplier"]].drop_duplicates()
     L = ["", f"Steering screen: {len(settings)} settings ({settings.training_set.nunique()} training sets x "
          f"{settings.layer.nunique()} layers x {settings.multiplier.nunique()} multipliers "
@@ -280,8 +280,7 @@ def _screen_lines(steer: pd.DataFrame, params: dict[str, Any]) -> list[str]:
     return L
 
 
-def _q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: Any, params: dict[str, Any],
-        **_: Any) -> list[str]:
+def _q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: Any, **_: Any) -> list[str]:
     families = sorted(comp.family.unique(), key=lambda f: (f != ID, f != "all", f))
     L = ["", "## Q4 — Steering and in-context examples vs LoRA", "",
          f"behavior_rate per family (Wilson 95%); each setup's best setting chosen on {ID} only, other families "
@@ -292,7 +291,7 @@ def _q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: 
         L.append(f"| {setup} | " + " | ".join(
             _fmt(cells.behavior_rate[f], cells.lo[f], cells.hi[f]) if f in cells.index else "n/a" for f in families)
             + " |")
-    L += _screen_lines(steer, params)
+    L += _screen_lines(steer)
     swept = steer[steer.layer >= 0]
     if len(pick(swept, "behavior_rate")):
         L += ["", "Steering, fully evaluated settings, best per training set (on in_distribution):", ""]

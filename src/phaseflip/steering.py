@@ -404,6 +404,7 @@ def select(table: pd.DataFrame, cfg: ScreenConfig) -> pd.DataFrame:
     Adds `eligible` (under the bound), `rank` (1 = best; NaN when not eligible) and `selected` columns.
     """
     out = table.copy()
+    out["max_retention_kl"] = cfg.max_retention_kl  # recorded with the screen: the report states the bound
     out["eligible"] = out.retention_kl <= cfg.max_retention_kl
     out["rank"] = math.nan
     for _, grp in out[out.eligible].groupby("training_set"):
@@ -420,7 +421,8 @@ def screen_rows(table: pd.DataFrame) -> list[Row]:
     retention_kl, and `screen_rank` (1 = the criterion's best; NaN over the retention bound)."""
     rows: list[Row] = []
     for r in table.to_dict("records"):
-        key = {"step": 0, "training_set": r["training_set"], "layer": r["layer"], "multiplier": r["multiplier"]}
+        key = {"step": 0, "training_set": r["training_set"], "layer": r["layer"], "multiplier": r["multiplier"],
+               "max_retention_kl": r["max_retention_kl"]}
         for metric in ("margin", "p_preferred", "forced_choice"):
             rows.append({**key, "family": ID, "metric": f"screen_{metric}", "value": r[metric],
                          "lo": r[f"{metric}_lo"], "hi": r[f"{metric}_hi"], "n": r["n"]})
