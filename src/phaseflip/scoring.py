@@ -182,13 +182,18 @@ def _prefill(model: PreTrainedModel, rows: Sequence[list[int]], pad: int, device
     [pad][shared prefix][pad][own tokens], positions counting real tokens only, so every token sees
     exactly the context (and position) it has in the whole prompt.
     """
-    groups = [g for g in _prefix_groups(rows, min_shared) if g[0] > 0] if min_shared > 0 else []
-    if not groups:
+    groups = _prefix_groups(rows, min_shared) if min_shared > 0 else []
+    if not any(length for length, _ in groups):
         ids, mask = _left_pad(rows, pad, device)
         out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                     use_cache=True, logits_to_keep=1, output_hidden_states=bool(layers))
         hidden = {layer: out.hidden_states[layer + 1][:, -1] for layer in layers}
         return out.logits[:, -1].float(), hidden, out.past_key_values, mask
+    # A row that shares no prefix is encoded alone up to its last token, like a prefix of its own:
+    # otherwise its whole prompt would set the width (and the padded compute) of the batch's second pass.
+    groups = [(len(rows[m[0]]) - 1, m) if length == 0 and len(m) == 1 and len(rows[m[0]]) > 1 else (length, m)
+              for length, m in groups]
+    groups = [(length, m) for length, m in groups if length > 0]
     shared = [0] * len(rows)
     for length, members in groups:
         for i in members:
