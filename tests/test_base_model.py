@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from phaseflip import base_model
 from phaseflip.base_model import MANIFEST, sha256_file
@@ -52,3 +53,26 @@ def test_local_folder_source_round_trips(tmp_path: Path, tiny_model_dir: Path) -
     assert manifest["source"] == {"kind": "local", "ref": str(tiny_model_dir)}
     model, tok = base_model.load(tmp_path / "copy")
     assert model.config.num_hidden_layers == 2 and tok.chat_template
+
+
+def test_half_precision_storage_loads_upcast_and_scores_like_float32(tmp_path: Path, tiny_model_dir: Path,
+                                                                     smoke_cfg) -> None:  # type: ignore[no-untyped-def]
+    """float16 / bfloat16 on disk: half the bytes, float32 after loading, pair scores within tolerance."""
+    from phaseflip.scoring import render_prompt, score_reply_pairs
+
+    model, tok = base_model.load(tiny_model_dir)
+    prompts = [render_prompt(tok, [{"role": "user", "content": f"Use tabs {i}."}]) for i in range(4)]
+    replies = [["Understood — tabs."] * 4, ["Sure! Or spaces."] * 4]
+    want = score_reply_pairs(model, tok, prompts, replies, batch_size=4)
+    full_size = (tiny_model_dir / "model.safetensors").stat().st_size
+    for storage, tolerance in (("float16", 2e-3), ("bfloat16", 2e-2)):  # nats per reply token
+        out = tmp_path / storage
+        manifest = base_model.materialise(smoke_cfg.model.model_copy(update={"storage_dtype": storage}), out, seed=0)
+        assert manifest["storage_dtype"] == storage
+        assert (out / "model.safetensors").stat().st_size < 0.6 * full_size
+        half, _ = base_model.load(out)
+        assert next(half.parameters()).dtype == torch.float32
+        got = score_reply_pairs(half, tok, prompts, replies, batch_size=4)
+        for g, w in zip(got, want, strict=True):
+            assert (g.logprob_mean - w.logprob_mean).abs().max() < tolerance
+        assert not torch.equal(got[0].logprob_sum, want[0].logprob_sum)  # really rounded, not the float32 file

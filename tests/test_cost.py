@@ -25,7 +25,8 @@ def test_counts_follow_the_grid() -> None:
     assert work.runs == runs and work.jobs == 2 * runs + 5
     assert work.checkpoints == runs * len(t.checkpoint_steps)
     assert work.train_steps == runs * t.max_steps
-    assert work.eval_passes == work.checkpoints + 1 + 30 * 6 + len(cfg.icl.ks)  # base, steering, ICL
+    # base, the screen's full evaluations (2 training sets x 3), ICL
+    assert work.eval_passes == work.checkpoints + 1 + 2 * 3 + len(cfg.icl.ks)
     assert work.train_flops == 6.0 * 1000 * work.train_tokens
     assert work.eval_flops == 2.0 * 1000 * (work.eval_forward_tokens + work.sampled_tokens)
 

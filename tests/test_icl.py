@@ -21,3 +21,31 @@ def test_k0_is_the_scenario_itself_and_choice_is_seeded() -> None:
     assert icl_messages([], scenario) == scenario.messages
     assert choose_shots(SHOTS, 3, seed=0) == choose_shots(SHOTS, 3, seed=0)
     assert len({s.id for s in choose_shots(SHOTS, 3, seed=0)}) == 3
+
+
+def test_shots_are_nested_across_k_and_all_is_every_correction() -> None:
+    import pytest
+
+    from phaseflip.icl import resolve_k
+
+    one, three = choose_shots(SHOTS, 1, seed=0), choose_shots(SHOTS, 3, seed=0)
+    assert three[:1] == one  # the first k of one seeded order
+    everything = choose_shots(SHOTS, resolve_k("all", len(SHOTS)), seed=0)
+    assert sorted(s.id for s in everything) == sorted(s.id for s in SHOTS) and everything[:3] == three
+    assert [s.id for s in choose_shots(SHOTS, 5, seed=1)] != [s.id for s in everything]  # the seed matters
+    with pytest.raises(ValueError, match="exceeds the 5 corrections"):
+        resolve_k(6, len(SHOTS))
+
+
+def test_icl_prompts_share_their_shot_prefix(tiny) -> None:  # type: ignore[no-untyped-def]
+    """All chat scenarios of one k start with the same tokens: the prefix `score_and_sample` encodes once."""
+    from phaseflip.icl import icl_prompt
+    from phaseflip.scoring import MIN_SHARED_PREFIX, _prefix_groups
+
+    _, tok = tiny
+    long_shots = [Example(id=f"c{i}", messages=[{"role": "user", "content": f"Please write task {i} with tabs."}],
+                          preferred=f"Understood: task {i}, tabs only.") for i in range(5)]
+    scenarios = [Example(id=f"e{i}", messages=[{"role": "user", "content": f"Q{i}"}]) for i in range(3)]
+    rows = [tok(icl_prompt(tok, long_shots, s), add_special_tokens=False).input_ids for s in scenarios]
+    ((shared, members),) = _prefix_groups(rows, MIN_SHARED_PREFIX)
+    assert sorted(members) == [0, 1, 2] and shared >= MIN_SHARED_PREFIX

@@ -66,3 +66,30 @@ def test_q5_family_notes_come_from_the_behavior_yaml() -> None:
     assert "(`inverted`" not in _q5_lines({"name": "plain"})  # no note configured: none printed
     listening = load_study_config({}).behavior.model_dump()
     assert "over-applies 'no alternatives'" in _q5_lines(listening)
+
+
+def test_q4_cites_the_steering_screen_best_setting_with_its_interval(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from phaseflip.figures import steering_figure
+    from phaseflip.report import _screen_lines
+
+    rows = []
+    for layer in (0, 1):
+        for mult, pp, kl in ((1.0, 0.55 + layer / 10, 0.1), (8.0, 0.9, 2.0)):  # x8: best p but over the bound
+            key = {"step": 0, "training_set": "real", "layer": layer, "multiplier": mult, "max_retention_kl": 0.5}
+            eligible = kl <= 0.5
+            rows += [{**key, "family": "in_distribution", "metric": "screen_p_preferred", "value": pp,
+                      "lo": pp - 0.05, "hi": pp + 0.05},
+                     {**key, "family": "in_distribution", "metric": "screen_forced_choice", "value": 0.6, "lo": 0.3,
+                      "hi": 0.8},
+                     {**key, "family": "all", "metric": "screen_retention_kl", "value": kl, "lo": None, "hi": None},
+                     {**key, "family": "in_distribution", "metric": "screen_rank",
+                      "value": (2 - layer) if eligible else None, "lo": None, "hi": None}]
+    rows.append({"step": 0, "training_set": "real", "layer": 1, "multiplier": 1.0, "family": "in_distribution",
+                 "metric": "behavior_rate", "value": 0.2, "lo": 0.1, "hi": 0.4})
+    steer = pd.DataFrame(rows)
+    lines = "\n".join(_screen_lines(steer))
+    assert "4 settings (1 training sets x 2 layers x 2 multipliers [1.0, 8.0])" in lines
+    assert "retention_kl <= 0.50" in lines
+    assert "- real: layer 1 x1: p_preferred 0.65 [0.60, 0.70]" in lines and "(2 of 4 settings under the bound)" in lines
+    steering_figure(steer, tmp_path / "steering.png")
+    assert (tmp_path / "steering.png").stat().st_size > 1000

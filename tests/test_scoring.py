@@ -115,3 +115,65 @@ def test_sampled_tokens_follow_the_tempered_softmax() -> None:
     again = _sample_token(logits.clone(), temperature, torch.Generator().manual_seed(0))
     assert torch.equal(drawn, again)
     assert torch.equal(_sample_token(logits.clone(), None, torch.Generator()), torch.zeros(20_000, dtype=torch.long))
+
+
+def _shot_prompts(tok):  # type: ignore[no-untyped-def]
+    """ICL-like prompts: one long shared shot context, then each scenario's own turn; one plain outlier."""
+    shots = [{"role": "user", "content": " ".join(f"shot {i} asks for tabs" for i in range(30))},
+             {"role": "assistant", "content": "Understood: tabs."}]
+    chat = [render_prompt(tok, shots + [{"role": "user", "content": q}]) for q in ("Use tabs.", "a " * 9, "Go")]
+    return chat + ["User: plain question\nAssistant:"]
+
+
+def test_shared_prefix_is_encoded_once_with_the_same_logprobs(tiny, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Prefix KV reuse gives the log-probs, probe and greedy replies of encoding each prompt whole."""
+    import phaseflip.scoring as scoring
+
+    model, tok = tiny
+    prompts = _shot_prompts(tok)
+    pairs = [["Understood.", "Tabs it is.", "Fine", "Ok"], ["Sure! Or spaces.", "No", "Hm, spaces?", "Nope"]]
+    rows = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    groups = scoring._prefix_groups(rows, scoring.MIN_SHARED_PREFIX)
+    assert sorted(len(m) for _, m in groups) == [1, 3] and max(n for n, _ in groups) >= 64
+    calls = []
+    original = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape) or original(*a, **k))
+    reused, samples = scoring.score_and_sample(model, tok, prompts, pairs, n=1, max_new_tokens=5, batch_size=8,
+                                               layers=[1])
+    assert calls[0][0] == 1 and calls[1][1] < min(len(r) for r in rows[:3])  # prefix alone, then the rest only
+    monkeypatch.setattr(scoring, "MIN_SHARED_PREFIX", 0)  # encode every prompt whole
+    whole, whole_samples = scoring.score_and_sample(model, tok, prompts, pairs, n=1, max_new_tokens=5,
+                                                    batch_size=8, layers=[1])
+    for got, want in zip(reused, whole, strict=True):
+        assert torch.allclose(got.logprob_sum, want.logprob_sum, atol=1e-4)
+        assert torch.equal(got.n_tokens, want.n_tokens)
+    assert torch.allclose(samples.probe.next_token_logprobs, whole_samples.probe.next_token_logprobs, atol=1e-4)
+    assert torch.allclose(samples.probe.hidden[1], whole_samples.probe.hidden[1], atol=1e-4)
+    assert samples.replies == whole_samples.replies
+
+
+def test_prefix_groups_keep_every_row_and_one_own_token() -> None:
+    from phaseflip.scoring import _prefix_groups
+
+    rows = [[1] * 10 + [2], [1] * 10 + [3, 4], [5, 6], [1] * 10]
+    groups = _prefix_groups(rows, 4)
+    assert sorted(i for _, members in groups for i in members) == [0, 1, 2, 3]
+    shared = {i: n for n, members in groups for i in members}
+    assert all(shared[i] < len(rows[i]) for i in range(4))  # the last token is always a row's own
+    assert shared[0] == shared[1] == shared[3] == 9 and shared[2] == 0
+
+
+def test_preallocated_decode_cache_samples_the_same_tokens(tiny, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Same seed -> the same replies, token for token, with the static cache as with the growing one."""
+    import phaseflip.scoring as scoring
+
+    model, tok = tiny
+    prompts = [render_prompt(tok, [{"role": "user", "content": "word " * n}]) for n in (1, 6, 13)]
+    got = {}
+    for static in (True, False):
+        monkeypatch.setattr(scoring, "STATIC_DECODE_CACHE", static)
+        got[static] = (sample_replies(model, tok, prompts, n=3, max_new_tokens=12, batch_size=9, temperature=1.0,
+                                      seed=5).replies,
+                       generate(model, tok, prompts, max_new_tokens=12, batch_size=4))
+    assert got[True] == got[False]
+    assert len({r for reps in got[True][0] for r in reps}) > 3  # really sampled, not one repeated reply

@@ -67,3 +67,83 @@ def test_truncated_forward_gives_the_same_vector_and_restores_the_model(tiny) ->
     assert model.get_output_embeddings() is head and len(model.get_decoder().layers) == n_blocks
     with torch.no_grad():
         assert torch.equal(model(ids).logits, logits)
+
+
+def _scenarios() -> list[Example]:
+    return [Example(id=f"e{i}", messages=[{"role": "user", "content": f"Question {i}: please use tabs."}],
+                    preferred="Understood — tabs only, as you asked.", rejected="Sure! Alternatively, use spaces.",
+                    family="in_distribution") for i in range(4)]
+
+
+RETENTION = ["The river runs to the sea.", "Bread needs flour, water and time."]
+
+
+def test_screen_equals_the_full_evaluation_of_a_setting(tiny) -> None:  # type: ignore[no-untyped-def]
+    """Running only the blocks above the layer gives the evaluator's own p_preferred and retention_kl."""
+    from phaseflip.config import EvalConfig, load_study_config
+    from phaseflip.evaluate import Evaluator
+    from phaseflip.judge import make_judge
+    from phaseflip.steering import screen
+
+    model, tok = tiny
+    v = vector(model, tok)
+    table = screen(model, tok, {"real": v}, _scenarios(), RETENTION, [-3.0, 2.0]).set_index(["layer", "multiplier"])
+    assert len(table) == 4  # 2 layers x 2 multipliers
+    judge = make_judge(load_study_config({"study": "smoke"}).behavior)
+    evaluator = Evaluator(tok, _scenarios(), RETENTION, judge, EvalConfig(n_samples=1, max_new_tokens=2))
+    evaluator.set_references(model)
+    for layer in (0, 1):
+        handle = single_layer(v, layer).patch_activations(model, multiplier=2.0)
+        rows = {(r["family"], r["metric"]): r for r in evaluator.evaluate(model, step=0)}
+        handle.remove()
+        got = table.loc[(layer, 2.0)]
+        for metric in ("margin", "p_preferred", "forced_choice"):
+            want = rows[("in_distribution", metric)]
+            assert abs(got[metric] - want["value"]) < 1e-4
+            assert abs(got[f"{metric}_lo"] - want["lo"]) < 1e-4 and abs(got[f"{metric}_hi"] - want["hi"]) < 1e-4
+        assert abs(got["retention_kl"] - rows[("all", "retention_kl")]["value"]) < 1e-5
+
+
+def _planted(model, tok):  # type: ignore[no-untyped-def]
+    """A vector that helps only at the last layer: there it points from the rejected reply's token
+    embeddings to the preferred reply's (tied embeddings: it raises the preferred tokens' logits)."""
+    emb = model.get_input_embeddings().weight.detach()
+    pref = emb[tok(_scenarios()[0].preferred, add_special_tokens=False).input_ids].mean(0)
+    rej = emb[tok(_scenarios()[0].rejected, add_special_tokens=False).input_ids].mean(0)
+    direction = (pref - rej) / (pref - rej).norm()
+    from steering_vectors import SteeringVector
+
+    return SteeringVector({0: torch.zeros_like(direction), 1: direction}, "decoder_block")
+
+
+def test_screen_ranks_a_planted_best_setting_first(tiny) -> None:  # type: ignore[no-untyped-def]
+    from phaseflip.config import ScreenConfig
+    from phaseflip.steering import screen, screen_rows, select
+
+    model, tok = tiny
+    table = screen(model, tok, {"real": _planted(model, tok)}, _scenarios(), RETENTION, [-4.0, 1.0, 4.0])
+    assert table.attrs["settings_per_s"] > 0
+    ranked = select(table, ScreenConfig(full_evaluations=1, max_retention_kl=100.0))
+    best = ranked[ranked.selected]
+    assert len(best) == 1 and (int(best.layer.iloc[0]), best.multiplier.iloc[0]) == (1, 4.0)
+    assert ranked.loc[best.index[0], "p_preferred"] > ranked.p_preferred.drop(best.index).max()
+    # The retention bound is part of the criterion: below the planted setting's KL it is not eligible.
+    bound = float(best.retention_kl.iloc[0]) * 0.99
+    capped = select(table, ScreenConfig(full_evaluations=2, max_retention_kl=bound))
+    assert not capped.loc[best.index[0], "eligible"] and capped.loc[best.index[0], "rank"] != 1
+    assert (capped[capped.selected].retention_kl <= bound).all() and capped.selected.sum() == 2
+    rows = screen_rows(capped)
+    assert {r["metric"] for r in rows} == {"screen_margin", "screen_p_preferred", "screen_forced_choice",
+                                           "screen_retention_kl", "screen_rank"}
+
+
+def test_screen_refuses_scenarios_without_reference_pairs(tiny) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from phaseflip.io import DataError
+    from phaseflip.steering import screen
+
+    model, tok = tiny
+    bare = [Example(id="e", messages=[{"role": "user", "content": "Q"}], family="in_distribution")]
+    with pytest.raises(DataError, match="in_distribution eval scenario has both"):
+        screen(model, tok, {"real": _planted(model, tok)}, bare, RETENTION, [1.0])

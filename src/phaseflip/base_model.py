@@ -33,6 +33,7 @@ from phaseflip.io import DataError, read_json, write_json
 
 MANIFEST = "manifest.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+STORAGE_DTYPES = {**DTYPES, "float16": torch.float16}
 
 
 def resolve_dtype(requested: str, device: torch.device | str) -> torch.dtype:
@@ -142,6 +143,9 @@ def materialise(cfg: ModelConfig, out_dir: str | Path, seed: int = 0) -> dict[st
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
+        # Stored at `storage_dtype`; `load` upcasts to the compute dtype. A Q4_1 GGUF's weights are
+        # 4-bit codes times an fp16 scale plus an fp16 offset: float16 keeps almost all of that.
+        model.to(STORAGE_DTYPES[cfg.storage_dtype])  # type: ignore[arg-type]
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         slow_vocab = tmp / "tokenizer.model"
@@ -152,7 +156,8 @@ def materialise(cfg: ModelConfig, out_dir: str | Path, seed: int = 0) -> dict[st
             "source": source,
             "architecture": type(model).__name__,
             "n_parameters": sum(p.numel() for p in model.parameters()),
-            "dtype": cfg.dtype,  # the compute dtype `load` uses (resolved per device); weights are float32
+            "dtype": cfg.dtype,  # the compute dtype `load` uses (resolved per device)
+            "storage_dtype": cfg.storage_dtype,  # the weights on disk
             "num_hidden_layers": model.config.num_hidden_layers,
             "seconds": round(time.time() - start, 1),
             "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},

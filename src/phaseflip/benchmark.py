@@ -15,6 +15,10 @@ Prints (and writes as JSON with --out):
 - achieved FLOP/s of training and scoring as a fraction of this machine's dense fp32 matmul peak,
   measured in the same run (MFU; FLOPs counted as 2N per token forward, 4N per token for LoRA
   training: forward plus input gradients, no base-weight gradients);
+- the baselines (`--only baselines` runs just these): steering screen settings per second (every
+  layer x 2 multipliers, at the default screen precision); ICL prompts per second at k=all with the
+  shared shot prefix encoded once vs each prompt encoded whole; sampling decode tokens per second with
+  the preallocated (static) KV cache vs the growing one, on the same prompts and seed;
 - peak resident memory.
 """
 
@@ -30,9 +34,9 @@ from typing import Any, cast
 
 import torch
 
-from phaseflip import base_model
+from phaseflip import base_model, scoring
 from phaseflip.config import load_study_config
-from phaseflip.data import Example, load_examples, subset_per_family
+from phaseflip.data import Example, load_examples, load_retention, subset_per_family
 from phaseflip.io import seed_everything, write_json
 from phaseflip.scoring import IGNORE, encode_reply, prompt_of, sample_replies, score_and_sample, score_reply_pairs
 from phaseflip.train import RunSpec, add_lora, train_run
@@ -81,6 +85,68 @@ def reference_trainer_loop(model: Any, tok: Any, examples: list[Example], lr: fl
                           callbacks=[StepTimer()])
         trainer.train()
     return sum(times) / len(times)  # like phaseflip's figure, the first (warm-up) step included
+
+
+def baseline_figures(model_dir: Path, threads: int) -> dict[str, Any]:
+    """Steering screen settings/s, ICL prompts/s with and without prefix reuse, static vs growing decode cache."""
+    from phaseflip.base_model import DTYPES
+    from phaseflip.icl import choose_shots, icl_prompt
+    from phaseflip.steering import screen, train_vector
+
+    seed_everything(0)
+    cfg = load_study_config({})
+    torch.set_num_threads(threads)
+    corrections = load_examples(ROOT / cfg.behavior.data.corrections, "corrections")
+    data, e = cfg.behavior.data, cfg.eval
+    scenarios = subset_per_family(load_examples(ROOT / data.eval, "eval"), e.max_scenarios_per_family)
+    retention = [r["text"] for r in load_retention(ROOT / data.retention)][: e.max_retention_prompts]
+    model, tok = base_model.load(model_dir)
+    figures: dict[str, Any] = {}
+    n_layers = model.config.num_hidden_layers
+    pairs = [c for c in corrections if c.preferred and c.rejected] or corrections
+    vector = train_vector(model, tok, pairs, cfg.steering.model_copy(update={"layers": "all"}))
+    table = screen(model, tok, {"real": vector}, scenarios, retention, [1.0, 4.0], DTYPES[cfg.steering.screen.dtype])
+    figures[f"steering_screen_settings_per_s_{cfg.steering.screen.dtype}"] = table.attrs["settings_per_s"]
+    figures["steering_screen_settings"] = f"{len(table)} ({n_layers} layers x 2 multipliers)"
+
+    # ICL at k=all, as the evaluator runs it (pair scores + n samples), with and without prefix reuse.
+    shots = choose_shots(corrections, len(corrections), 0)
+    prompts = [icl_prompt(tok, shots, ex) for ex in scenarios]
+    replies = [[ex.preferred or "" for ex in scenarios], [ex.rejected or "" for ex in scenarios]]
+    formats = [ex.prompt_format for ex in scenarios]
+    timing, outputs = {}, {}
+    for label, min_shared in (("reuse", scoring.MIN_SHARED_PREFIX), ("whole", 0)):
+        saved, scoring.MIN_SHARED_PREFIX = scoring.MIN_SHARED_PREFIX, min_shared
+        start = time.perf_counter()
+        try:
+            outputs[label] = score_and_sample(model, tok, prompts, replies, n=cfg.eval.n_samples,
+                                              max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
+                                              temperature=cfg.eval.temperature, prompt_formats=formats)[0]
+        finally:
+            scoring.MIN_SHARED_PREFIX = saved
+        timing[label] = time.perf_counter() - start
+    figures["icl_k_all_prompt_tokens_mean"] = sum(len(tok(p).input_ids) for p in prompts) / len(prompts)
+    figures["icl_prompts_per_s_prefix_reuse"] = len(prompts) / timing["reuse"]
+    figures["icl_prompts_per_s_each_prompt_whole"] = len(prompts) / timing["whole"]
+    figures["icl_prefix_reuse_speedup"] = timing["whole"] / timing["reuse"]
+    figures["icl_prefix_reuse_max_abs_logprob_diff"] = max(
+        float((a.logprob_mean - b.logprob_mean).abs().max()) for a, b in zip(outputs["reuse"], outputs["whole"],
+                                                                              strict=True))
+
+    # Decoding: the evaluator's sampler on the eval prompts, preallocated vs growing KV cache.
+    eval_prompts = [prompt_of(tok, ex) for ex in scenarios]
+    for label, static in (("static", True), ("growing", False)):
+        saved_static, scoring.STATIC_DECODE_CACHE = scoring.STATIC_DECODE_CACHE, static
+        try:
+            start = time.perf_counter()
+            samples = sample_replies(model, tok, eval_prompts, cfg.eval.n_samples, cfg.eval.max_new_tokens,
+                                     cfg.eval.batch_size, temperature=cfg.eval.temperature)
+            figures[f"decode_new_tokens_per_s_{label}_cache"] = samples.new_tokens / (time.perf_counter() - start)
+            figures[f"_replies_{label}"] = samples.replies
+        finally:
+            scoring.STATIC_DECODE_CACHE = saved_static
+    figures["decode_static_cache_same_replies"] = str(figures.pop("_replies_static") == figures.pop("_replies_growing"))
+    return figures
 
 
 def run(model_dir: Path, steps: int, threads: int) -> dict[str, Any]:
@@ -171,6 +237,7 @@ def run(model_dir: Path, steps: int, threads: int) -> dict[str, Any]:
     figures["evaluation_scenarios_per_s_batched"] = len(scenarios) / batched_eval
     figures["evaluation_scenarios_per_s_one_at_a_time"] = len(scenarios) / one_at_a_time
     figures["evaluation_batched_speedup"] = one_at_a_time / batched_eval
+    figures.update(baseline_figures(model_dir, threads))
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return figures
 
@@ -182,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3, help="timed training steps (after one warm-up step)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    p.add_argument("--only", choices=["baselines"], default=None,
+                   help="only the baseline figures (steering screen, ICL prefix reuse, decode cache)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir
@@ -193,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
             if not (model_dir / "manifest.json").is_file():
                 print("materialising the default model into results/base_model (run `snakemake results/base_model`)")
                 base_model.materialise(load_study_config({}).model, model_dir)
-        figures = run(model_dir, args.steps, args.threads)
+        if args.only == "baselines":
+            figures = baseline_figures(model_dir, args.threads)
+            figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        else:
+            figures = run(model_dir, args.steps, args.threads)
     width = max(len(k) for k in figures)
     for key, value in figures.items():
         print(f"{key:<{width}}  {value:,.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")

@@ -148,29 +148,40 @@ def cmd_steering_vectors(args: argparse.Namespace) -> None:
 
 
 def cmd_steering(args: argparse.Namespace) -> None:
-    """Every (training set, layer, multiplier), scored like a checkpoint."""
+    """The screen over every (training set, layer, multiplier), then the full evaluation of the best few."""
+    from phaseflip.base_model import DTYPES
     from phaseflip.evaluate import Evaluator
-    from phaseflip.steering import load_vector, sweep, vector_file
+    from phaseflip.steering import load_vector, screen, screen_rows, select, sweep, vector_file
 
     params = _params(args)
     cfg = SteeringConfig.model_validate(params["steering"])
     model, tok = _model(args, params)
     scenarios, retention, eval_cfg = _eval_set(args, params)
+    vectors: dict[str, Any] = {t: load_vector(Path(args.vectors) / vector_file(t))[0] for t in cfg.training_sets}
+    started = time.time()
+    table = select(screen(model, tok, vectors, scenarios, retention, cfg.multipliers, DTYPES[cfg.screen.dtype],
+                          max_scenarios=cfg.screen.max_scenarios),
+                   cfg.screen)
+    screened = time.time() - started
     evaluator = Evaluator(tok, scenarios, retention, _judge(args, params), eval_cfg, seed=int(params["seed"]))
     evaluator.set_references(model)  # base retention distributions, for retention_kl of each setting
-    rows = _base_rows(args, training_set="none", layer=-1, multiplier=0.0)
-    started = time.time()
-    for training_set in cfg.training_sets:
-        vector, _ = load_vector(Path(args.vectors) / vector_file(training_set))
-        rows += [dict(r, training_set=training_set) for r in sweep(model, vector, evaluator, cfg.multipliers)]
-    write_csv(Path(args.out) / "steering_metrics.csv", pd.DataFrame(rows))
-    print(f"steering: {len(cfg.training_sets)} training sets x {len(vector.layer_activations)} layers x "
-          f"{len(cfg.multipliers)} multipliers in {time.time() - started:.0f}s")
+    rows = _base_rows(args, training_set="none", layer=-1, multiplier=0.0) + screen_rows(table)
+    for training_set, chosen in table[table.selected].groupby("training_set", sort=False):
+        settings = list(zip(chosen.layer.astype(int), chosen.multiplier.astype(float), strict=True))
+        rows += [dict(r, training_set=training_set)
+                 for r in sweep(model, vectors[training_set], evaluator, cfg.multipliers, settings)]
+    out = Path(args.out)
+    write_csv(out / "steering_screen.csv", table)
+    write_csv(out / "steering_metrics.csv", pd.DataFrame(rows))
+    print(f"steering: screened {len(table)} settings ({len(cfg.training_sets)} training sets x "
+          f"{table.layer.nunique()} layers x {table.multiplier.nunique()} multipliers) in {screened:.0f}s "
+          f"({len(table) / max(screened, 1e-9):.2f} settings/s); full evaluation of {int(table.selected.sum())} "
+          f"in {time.time() - started - screened:.0f}s")
 
 
 def cmd_icl(args: argparse.Namespace) -> None:
     from phaseflip.evaluate import Evaluator
-    from phaseflip.icl import choose_shots, icl_prompt
+    from phaseflip.icl import evaluate_icl, resolve_k
 
     params = _params(args)
     cfg = IclConfig.model_validate(params["icl"])
@@ -178,23 +189,17 @@ def cmd_icl(args: argparse.Namespace) -> None:
     corrections = load_examples(args.corrections, "corrections")
     scenarios, retention, eval_cfg = _eval_set(args, params)
     evaluator = Evaluator(tok, scenarios, retention, _judge(args, params), eval_cfg, seed=int(params["seed"]))
+    ks = sorted({resolve_k(k, len(corrections)) for k in cfg.ks})
     # k=0 is the base model: its rows come from the evaluate_base job. Retention prompts carry no
     # shots, so retention_kl is 0 by construction and not recomputed.
-    rows: list[dict[str, Any]] = _base_rows(args, k=0) if 0 in cfg.ks else []
-    shots_used: dict[int, list[str]] = {0: []}
-    for k in sorted(set(cfg.ks) - {0}):
-        shots = choose_shots(corrections, k, int(params["seed"]))
-        shots_used[k] = [s.id for s in shots]
-        evaluator.previous = None
-
-        def prompt_fn(ex: Example, shots: list[Example] = shots) -> str:
-            return icl_prompt(tok, shots, ex)
-
-        rows += [dict(r, k=k) for r in evaluator.evaluate(model, step=0, prompt_fn=prompt_fn, retention=False)]
+    rows: list[dict[str, Any]] = _base_rows(args, k=0) if 0 in ks else []
+    started = time.time()
+    icl_rows, shots_used = evaluate_icl(evaluator, model, tok, corrections, ks, int(params["seed"]))
+    rows += icl_rows
     out = Path(args.out)
     write_csv(out / "icl_metrics.csv", pd.DataFrame(rows))
-    write_json(out / "icl_shots.json", shots_used)
-    print(f"icl: k in {cfg.ks}")
+    write_json(out / "icl_shots.json", {0: [], **shots_used})
+    print(f"icl: k in {ks} in {time.time() - started:.0f}s")
 
 
 def _dreams(path: str) -> list[Example]:

@@ -46,9 +46,11 @@ class ModelConfig(Strict):
     hub_id: str | None = None
     path: str | None = None
     tiny: TinyModel = TinyModel()
-    # Compute dtype when a stage loads the model (weights stay float32 on disk). auto: bfloat16 on a GPU
-    # that supports it, float32 otherwise (always on CPU).
+    # Compute dtype when a stage loads the model. auto: bfloat16 on a GPU that supports it, float32
+    # otherwise (always on CPU).
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # The precision of the weights on disk (upcast to `dtype` on load): half the disk and DVC cache.
+    storage_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     trust_remote_code: bool = False
 
     @model_validator(mode="after")
@@ -200,6 +202,19 @@ class DreamsConfig(Strict):
         return generators
 
 
+class ScreenConfig(Strict):
+    """The pre-registered steering screen criterion (§2): which settings get the full evaluation."""
+    # Per training set, this many settings get the full evaluation (sampling, OOD, retention, coherence).
+    full_evaluations: int = Field(1, ge=0)
+    # Eligible settings: retention_kl (KL(base || steered) on the retention prompts, nats) at most this.
+    max_retention_kl: float = Field(0.5, gt=0)
+    # The screen's compute precision; the full evaluation always uses the model's own.
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    # Screen on the first N in-distribution scenarios with a reference pair (file order); null = all. The
+    # screen's cost is linear in it, and it only ranks settings: the chosen ones get the full evaluation.
+    max_scenarios: int | None = Field(None, gt=0)
+
+
 class SteeringConfig(Strict):
     layers: list[int] | Literal["all"]
 
@@ -215,16 +230,17 @@ class SteeringConfig(Strict):
     read_token_index: int = -1
     # Which contrastive pairs train a vector: the real corrections, and/or real + dreams. Each is swept.
     training_sets: list[Literal["real", "real_and_dreams"]] = Field(["real"], min_length=1)
+    screen: ScreenConfig = ScreenConfig()
 
 
 class IclConfig(Strict):
-    ks: list[int] = Field(min_length=1)
+    ks: list[int | Literal["all"]] = Field(min_length=1)  # "all": every correction in context
 
     @field_validator("ks")
     @classmethod
-    def _non_negative(cls, ks: list[int]) -> list[int]:
-        if any(k < 0 for k in ks):
-            raise ValueError("icl.ks must be >= 0")
+    def _non_negative(cls, ks: list[int | str]) -> list[int | str]:
+        if any(isinstance(k, int) and k < 0 for k in ks):
+            raise ValueError("icl.ks must be >= 0 or 'all'")
         return ks
 
 

@@ -116,14 +116,18 @@ def workload(cfg: StudyConfig, stats: TokenStats, n_parameters: int, n_layers: i
     decode_per_pass = math.ceil(n_scen * e.n_samples / e.batch_size) * e.max_new_tokens
 
     layers = n_layers if cfg.steering.layers == "all" else len(cfg.steering.layers)
-    steering_passes = layers * len([m for m in cfg.steering.multipliers if m != 0])
+    # The screen scores every (training set, layer, multiplier) on blocks above the layer only (half the
+    # model on average) and without sampling; only `screen.full_evaluations` per set get a full pass.
+    screen_settings = len(cfg.steering.training_sets) * layers * len([m for m in cfg.steering.multipliers if m != 0])
+    steering_passes = len(cfg.steering.training_sets) * cfg.steering.screen.full_evaluations
     checkpoints = len(runs) * len(cfg.train.checkpoint_steps)
     passes = checkpoints + 1 + steering_passes + len(cfg.icl.ks)
     # ICL prompts carry k corrections in context, encoded once per prompt
-    icl_extra = sum(k * mean_seq * n_scen for k in cfg.icl.ks)
+    icl_extra = sum((len(stats.train_seq) if k == "all" else int(k)) * mean_seq * n_scen for k in cfg.icl.ks)
     # each evaluate job re-takes the base model's probe and retention references once
     references = len(runs) * (prompts + sum(stats.retention))
-    eval_forward = round(passes * forward_per_pass + icl_extra + references)
+    eval_forward = round(passes * forward_per_pass + icl_extra + references
+                         + screen_settings * (pairs + sum(stats.retention)) / 2)
     sampled = passes * sampled_per_pass
     return Workload(
         runs=len(runs), jobs=2 * len(runs) + 5, checkpoints=checkpoints,

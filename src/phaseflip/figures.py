@@ -170,7 +170,42 @@ def families_figure(comparison: pd.DataFrame, path: Path) -> None:
 
 
 def steering_figure(steer: pd.DataFrame, path: Path) -> None:
-    """behavior_rate and coherence vs multiplier, one line per (training set, layer)."""
+    """The steering screen as layer x multiplier heat maps of in-distribution p_preferred, one per training
+    set: settings over the retention bound are crossed out, fully evaluated ones are boxed and labelled
+    with their behavior_rate. Without screen rows (older tables): behavior_rate vs multiplier per layer."""
+    screened = steer[steer.metric == "screen_p_preferred"]
+    if screened.empty:
+        return _steering_lines(steer, path)
+    sets = sorted(screened.training_set.unique())
+    fig, axes = plt.subplots(1, len(sets), figsize=(5.2 * len(sets), 6.5), squeeze=False)
+    rank = steer[steer.metric == "screen_rank"]
+    rate = steer[(steer.metric == "behavior_rate") & (steer.family == ID) & (steer.layer >= 0)]
+    for ax, tset in zip(axes[0], sets, strict=True):
+        grid = screened[screened.training_set == tset].pivot_table(index="layer", columns="multiplier", values="value")
+        # Centred on 0.5 (no preference) and scaled to the screen's own spread: steering moves p_preferred
+        # by hundredths on a small model, which a 0..1 scale would hide.
+        half = max(float(np.nanmax(np.abs(grid.values - 0.5))), 0.01)
+        image = ax.imshow(grid.values, aspect="auto", origin="lower", cmap="RdBu_r", vmin=0.5 - half, vmax=0.5 + half)
+        ax.set_xticks(range(len(grid.columns)), [f"{m:g}" for m in grid.columns], fontsize=7)
+        ax.set_yticks(range(len(grid.index)), [str(int(layer)) for layer in grid.index], fontsize=6)
+        col = {m: j for j, m in enumerate(grid.columns)}
+        row = {layer: i for i, layer in enumerate(grid.index)}
+        for r in rank[(rank.training_set == tset) & rank.value.isna()].itertuples():
+            ax.text(col[r.multiplier], row[r.layer], "x", ha="center", va="center", color="black", fontsize=7)
+        for r in rate[rate.training_set == tset].itertuples():
+            ax.add_patch(plt.Rectangle((col[r.multiplier] - 0.5, row[r.layer] - 0.5), 1, 1, fill=False,
+                                       edgecolor="black", lw=2))
+            ax.text(col[r.multiplier], row[r.layer], f"{r.value:.2f}", ha="center", va="center", color="black",
+                    fontsize=6)
+        ax.set_xlabel("multiplier")
+        ax.set_ylabel("layer")
+        ax.set_title(f"steering screen, {tset}: p_preferred ({ID})\nx: over the retention bound; "
+                     "box: fully evaluated (behavior_rate)", fontsize=8)
+        fig.colorbar(image, ax=ax, fraction=0.04)
+    savefig(fig, path)
+
+
+def _steering_lines(steer: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     base = steer[steer.layer == -1]
     for ax, metric in zip(axes, ["behavior_rate", "coherence"], strict=True):

@@ -1,7 +1,10 @@
 """Stage icl: k real corrections as prior turns in context (k in icl.ks), scored like a checkpoint.
 
-Which k corrections are used is seeded and recorded. The examples go after any system prompt of
-the scenario and before its own turns.
+Which k corrections are used is seeded and recorded: one seeded order of the corrections, and k shots
+are its first k (so the shots of a smaller k are among those of a larger one; "all" is every
+correction). The examples go after any system prompt of the scenario and before its own turns, so
+all scenarios of one format share the shot context: `scoring.score_and_sample` encodes that shared
+prefix once per batch instead of once per prompt.
 
     python -m phaseflip.cli icl --params '{...}' --base results/base_model ... --out results/icl
 """
@@ -9,17 +12,31 @@ the scenario and before its own turns.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from functools import partial
 
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from phaseflip.data import Example
+from phaseflip.evaluate import Evaluator, Row, best_step
 from phaseflip.scoring import render_prompt
 
 
+def resolve_k(k: int | str, n_corrections: int) -> int:
+    """The number of shots for a configured k ("all" = every correction)."""
+    if k == "all":
+        return n_corrections
+    if not isinstance(k, int) or k > n_corrections:
+        raise ValueError(f"icl k={k!r} exceeds the {n_corrections} corrections available")
+    return k
+
+
 def choose_shots(corrections: list[Example], k: int, seed: int) -> list[Example]:
+    """The first k of one seeded order of the corrections (nested across k)."""
     if k > len(corrections):
         raise ValueError(f"icl k={k} exceeds the {len(corrections)} corrections available")
-    return random.Random(seed * 7919 + k).sample(corrections, k)
+    order = random.Random(seed * 7919).sample(corrections, len(corrections))
+    return order[:k]
 
 
 def icl_messages(shots: list[Example], scenario: Example) -> list[dict[str, str]]:
@@ -34,3 +51,31 @@ def icl_messages(shots: list[Example], scenario: Example) -> list[dict[str, str]
 
 def icl_prompt(tokenizer: PreTrainedTokenizerBase, shots: list[Example], scenario: Example) -> str:
     return render_prompt(tokenizer, icl_messages(shots, scenario), scenario.prompt_format)
+
+
+def evaluate_icl(evaluator: Evaluator, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 corrections: list[Example], ks: list[int], seed: int) -> tuple[list[Row], dict[int, list[str]]]:
+    """Rows of every k > 0 (tagged `k`) and the shots each used.
+
+    Every k is sampled in-distribution (adaptive, like a checkpoint); the best k by in-distribution
+    behavior_rate is then evaluated on every family, which Q4's per-family comparison reads. Sampling
+    all families for every k would multiply the stage's cost by the number of ks for one row of the
+    report. Retention prompts carry no shots, so retention_kl is 0 by construction and not computed.
+    """
+    rows: list[Row] = []
+    shots_used: dict[int, list[str]] = {}
+    prompt_fns: dict[int, Callable[[Example], str]] = {}
+    for k in [k for k in ks if k > 0]:
+        shots = choose_shots(corrections, k, seed)
+        shots_used[k] = [s.id for s in shots]
+        prompt_fns[k] = partial(icl_prompt, tokenizer, shots)
+        evaluator.previous = None
+        rows += [dict(r, k=k) for r in evaluator.evaluate(model, step=0, prompt_fn=prompt_fns[k], retention=False,
+                                                          sample="in_distribution")]
+    best = best_step([dict(r, step=r["k"]) for r in rows])  # the k with the highest in-distribution rate
+    if best is not None:
+        evaluator.previous = None
+        rows = [r for r in rows if r["k"] != best]
+        rows += [dict(r, k=best) for r in evaluator.evaluate(model, step=0, prompt_fn=prompt_fns[best],
+                                                             retention=False, sample="all")]
+    return rows, shots_used

@@ -8,7 +8,6 @@ to be unanswered, not filled in. Figures are drawn by `phaseflip.figures`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -163,6 +162,43 @@ def _header(params: dict[str, Any], base: pd.DataFrame, data: dict[str, Any], th
     return L
 
 
+def _screen_lines(steer: pd.DataFrame) -> list[str]:
+    """What the steering screen covered and its best setting per training set (its own rates)."""
+    screened = steer[steer.metric.astype(str).str.startswith("screen_")]
+    if screened.empty:
+        return []
+    bound = _fmt(float(screened.max_retention_kl.iloc[0])) if "max_retention_kl" in screened else "n/a"
+    settings = screened[["training_set", "layer", "multiplier"]].drop_duplicates()
+    L = ["", f"Steering screen: {len(settings)} settings ({settings.training_set.nunique()} training sets x "
+         f"{settings.layer.nunique()} layers x {settings.multiplier.nunique()} multipliers "
+         f"{sorted(settings.multiplier.unique().tolist())}), each scored on {ID} margin, p_preferred and "
+         "forced_choice (no sampling) and on retention_kl; pre-registered criterion: the highest p_preferred "
+         f"among settings with retention_kl <= {bound}. Best per training set:", ""]
+    wide = screened.pivot_table(index=["training_set", "layer", "multiplier"], columns="metric",
+                                values=["value", "lo", "hi"], dropna=False)
+    for tset in sorted(settings.training_set.unique()):
+        sub = wide.loc[tset]
+        eligible = sub[sub[("value", "screen_rank")].notna()]
+        if eligible.empty:
+            L.append(f"- {tset}: no setting stays under the retention bound.")
+            continue
+        (layer, mult) = eligible[("value", "screen_rank")].idxmin()
+        r = sub.loc[(layer, mult)]
+
+        def cell(metric: str, r: Any = r) -> str:
+            return _fmt(r[("value", metric)], r[("lo", metric)], r[("hi", metric)])
+
+        L.append(f"- {tset}: layer {int(layer)} x{mult:g}: p_preferred {cell('screen_p_preferred')}, "
+                 f"forced_choice {cell('screen_forced_choice')}, retention_kl "
+                 f"{_fmt(r[('value', 'screen_retention_kl')])} "
+                 f"({len(eligible)} of {len(sub)} settings under the bound)")
+    base_pp = pick(steer[steer.layer == -1], "p_preferred")
+    if len(base_pp):
+        b = base_pp.iloc[0]
+        L.append(f"- base model (no steering): p_preferred {_fmt(b.value, b.lo, b.hi)}")
+    return L
+
+
 def _q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: Any, **_: Any) -> list[str]:
     families = sorted(comp.family.unique(), key=lambda f: (f != ID, f != "all", f))
     L = ["", "## Q4 — Steering and in-context examples vs LoRA", "",
@@ -174,16 +210,18 @@ def _q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: 
         L.append(f"| {setup} | " + " | ".join(
             _fmt(cells.behavior_rate[f], cells.lo[f], cells.hi[f]) if f in cells.index else "n/a" for f in families)
             + " |")
+    L += _screen_lines(steer)
     swept = steer[steer.layer >= 0]
-    if len(swept):
-        L += ["", "Steering, best setting per training set (on in_distribution):", ""]
+    if len(pick(swept, "behavior_rate")):
+        L += ["", "Steering, fully evaluated settings, best per training set (on in_distribution):", ""]
         for tset, grp in swept.groupby("training_set"):
             b = _best(grp, ["layer", "multiplier"])
             if b is not None:
                 coh = pick(grp[(grp.layer == b.layer) & (grp.multiplier == b.multiplier)], "coherence")
                 L.append(f"- {tset}: layer {int(b.layer)} x{b.multiplier:g}: behavior_rate {_fmt(b.value, b.lo, b.hi)}"
                          f", coherence {_fmt(coh.value.iloc[0]) if len(coh) else 'n/a'} "
-                         f"({grp[['layer', 'multiplier']].drop_duplicates().shape[0]} settings swept)")
+                         f"({pick(grp, 'behavior_rate')[['layer', 'multiplier']].drop_duplicates().shape[0]} "
+                         "fully evaluated)")
     rates = pick(icl, "behavior_rate").sort_values("k")
     if len(rates):
         L += ["", "ICL behavior_rate by k: " + ", ".join(

@@ -17,10 +17,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from phaseflip.data import Example
 
 IGNORE = -100
+# Prompts of one batch that share at least this many leading tokens (ICL's shot prefix) have that prefix
+# encoded once and its KV copied to each of them. Shorter prefixes (the chat template's system prompt)
+# are encoded with each prompt: a separate pass costs more than it saves, and batches stay as they were.
+MIN_SHARED_PREFIX = 64
+# Decoding writes each step's keys and values into a cache preallocated for the whole reply instead of
+# growing it by concatenation (which copies the whole cache at every step).
+STATIC_DECODE_CACHE = True
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
@@ -137,6 +145,83 @@ def _left_pad(rows: Sequence[list[int]], pad_id: int, device: torch.device) -> t
     return out.to(device), mask.to(device)
 
 
+def _prefix_groups(rows: Sequence[list[int]], min_shared: int) -> list[tuple[int, list[int]]]:
+    """Rows grouped by a shared leading token run: [(prefix length, row positions)], every row once.
+
+    Rows are sorted by their tokens so those with a common prefix are neighbours; a group keeps
+    growing while its common prefix stays >= `min_shared`. The prefix stops one token short of the
+    shortest member, so every row keeps at least one token of its own (its last, where the reply starts).
+    """
+    order = sorted(range(len(rows)), key=lambda i: rows[i])
+    groups: list[tuple[int, list[int]]] = []
+    for i in order:
+        if groups:
+            length, members = groups[-1]
+            first = rows[members[0]]
+            shared = min(length if len(members) > 1 else len(first) - 1, len(rows[i]) - 1)
+            common = next((k for k in range(shared) if first[k] != rows[i][k]), shared)
+            # Join while the prefix stays long: a row sharing only the system prompt with a group that
+            # shares a whole shot context starts its own group instead of shrinking that one.
+            if common >= min_shared and (len(members) == 1 or 2 * common >= length):
+                groups[-1] = (common, members + [i])
+                continue
+        groups.append((0, [i]))
+    return groups
+
+
+@torch.no_grad()
+def _prefill(model: PreTrainedModel, rows: Sequence[list[int]], pad: int, device: torch.device, layers: Sequence[int],
+             prefix_kv: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]],
+             min_shared: int) -> tuple[torch.Tensor, dict[int, torch.Tensor], Any, torch.Tensor]:
+    """One forward pass over a batch of prompts: last-position logits, hidden states at `layers` there,
+    the KV cache and the attention mask.
+
+    Without a shared prefix (>= `min_shared` tokens) the prompts are left-padded and encoded whole. With
+    one, each shared prefix is encoded once (and remembered in `prefix_kv` across batches), its keys and
+    values are placed in front of its rows, and only the rest of each prompt is encoded: row layout
+    [pad][shared prefix][pad][own tokens], positions counting real tokens only, so every token sees
+    exactly the context (and position) it has in the whole prompt.
+    """
+    groups = _prefix_groups(rows, min_shared) if min_shared > 0 else []
+    if not any(length for length, _ in groups):
+        ids, mask = _left_pad(rows, pad, device)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=True, logits_to_keep=1, output_hidden_states=bool(layers))
+        hidden = {layer: out.hidden_states[layer + 1][:, -1] for layer in layers}
+        return out.logits[:, -1].float(), hidden, out.past_key_values, mask
+    # A row that shares no prefix is encoded alone up to its last token, like a prefix of its own:
+    # otherwise its whole prompt would set the width (and the padded compute) of the batch's second pass.
+    groups = [(len(rows[m[0]]) - 1, m) if length == 0 and len(m) == 1 and len(rows[m[0]]) > 1 else (length, m)
+              for length, m in groups]
+    groups = [(length, m) for length, m in groups if length > 0]
+    shared = [0] * len(rows)
+    for length, members in groups:
+        for i in members:
+            shared[i] = length
+    head = max(shared)
+    own_ids, own_mask = _left_pad([row[n:] for row, n in zip(rows, shared, strict=True)], pad, device)
+    head_mask = torch.zeros((len(rows), head), dtype=torch.long, device=device)
+    kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for length, members in groups:
+        key = tuple(rows[members[0]][:length])
+        if key not in prefix_kv:
+            cache = model(input_ids=torch.tensor([key], device=device), use_cache=True).past_key_values
+            prefix_kv[key] = [(layer.keys, layer.values) for layer in cache.layers]
+        if not kv:
+            kv = [(k.new_zeros((len(rows), *k.shape[1:2], head, k.shape[-1])),
+                   v.new_zeros((len(rows), *v.shape[1:2], head, v.shape[-1]))) for k, v in prefix_kv[key]]
+        for (k_all, v_all), (k, v) in zip(kv, prefix_kv[key], strict=True):
+            k_all[members, :, head - length:] = k
+            v_all[members, :, head - length:] = v
+        head_mask[members, head - length:] = 1
+    mask = torch.cat([head_mask, own_mask], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, head:]
+    out = model(input_ids=own_ids, attention_mask=mask, position_ids=positions, past_key_values=DynamicCache(kv),
+                use_cache=True, logits_to_keep=1, output_hidden_states=bool(layers))
+    hidden = {layer: out.hidden_states[layer + 1][:, -1] for layer in layers}
+    return out.logits[:, -1].float(), hidden, out.past_key_values, mask
+
+
 @dataclass
 class ProbeResult:
     next_token_logprobs: torch.Tensor  # (n, vocab) at the last prompt position
@@ -196,6 +281,36 @@ def _score_from_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     return (first + rest).cpu(), r_mask.sum(dim=1).float().cpu()
 
 
+class _PreallocatedLayer(DynamicLayer):  # type: ignore[misc]
+    """A KV cache layer with room for `extra` more positions: each step writes in place, no concatenation.
+
+    `keys`/`values` are views of the filled part, so attention reads exactly what a growing cache holds.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, extra: int):
+        super().__init__()
+        batch, heads, length, dim = keys.shape
+        self._keys = keys.new_empty((batch, heads, length + extra, dim))
+        self._values = values.new_empty((batch, heads, length + extra, values.shape[-1]))
+        self._keys[:, :, :length], self._values[:, :, :length] = keys, values
+        self.length, self.dtype, self.device, self.is_initialized = length, keys.dtype, keys.device, True
+        self.keys, self.values = self._keys[:, :, :length], self._values[:, :, :length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
+               cache_kwargs: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + key_states.shape[-2]
+        self._keys[:, :, self.length:end] = key_states
+        self._values[:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
+        return self.keys, self.values
+
+
+def preallocate(cache: Any, extra: int) -> None:
+    """Give every layer of a DynamicCache room for `extra` more positions (see `_PreallocatedLayer`)."""
+    cache.layers = [_PreallocatedLayer(layer.keys, layer.values, extra) for layer in cache.layers]
+
+
 @torch.no_grad()
 def _decode(model: PreTrainedModel, cache: Any, mask: torch.Tensor, last: torch.Tensor, max_new_tokens: int,
             temperature: float | None, generator: torch.Generator, eos: int, pad: int) -> list[list[int]]:
@@ -203,6 +318,8 @@ def _decode(model: PreTrainedModel, cache: Any, mask: torch.Tensor, last: torch.
     position = mask.sum(dim=1, keepdim=True)
     done = torch.zeros(len(mask), dtype=torch.bool, device=mask.device)
     tokens = []
+    if STATIC_DECODE_CACHE and max_new_tokens > 1:
+        preallocate(cache, max_new_tokens - 1)
     for _ in range(max_new_tokens):
         token = _sample_token(last, temperature, generator).masked_fill_(done, pad)
         tokens.append(token)
@@ -247,17 +364,15 @@ def score_and_sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     logps: list[torch.Tensor | None] = [None] * len(prompts)
     hidden: dict[int, list[torch.Tensor | None]] = {layer: [None] * len(prompts) for layer in layers}
     new_tokens = 0
+    prefix_kv: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}  # shared prefixes, encoded once
     for batch_no, idx in enumerate(_balanced_batches(order, max(1, batch_size // max(n, 1)))):
-        ids, mask = _left_pad([encoded[i] for i in idx], pad, device)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    use_cache=True, logits_to_keep=1, output_hidden_states=bool(layers))
-        last = out.logits[:, -1].float()
+        last, last_hidden, cache, mask = _prefill(model, [encoded[i] for i in idx], pad, device, layers, prefix_kv,
+                                                  MIN_SHARED_PREFIX)
         last_logp = torch.log_softmax(last, dim=-1)
         for row, i in enumerate(idx):
             logps[i] = last_logp[row].cpu()
             for layer in layers:  # hidden_states[0] is the embedding output; block L's output is [L + 1]
-                hidden[layer][i] = out.hidden_states[layer + 1][row, -1].float().cpu()
-        cache = out.past_key_values
+                hidden[layer][i] = last_hidden[layer][row].float().cpu()
         for j, reply_list in enumerate(reply_lists):
             sums, counts = _score_from_cache(model, tokenizer, cache, mask, last_logp,
                                              [reply_list[i] for i in idx], [formats[i] for i in idx])

@@ -1,8 +1,17 @@
-"""Stage steering: a contrastive steering vector (library `steering-vectors`), swept over layers x
-multipliers and scored with exactly the evaluation code of a LoRA checkpoint (§2, §6).
+"""Stage steering: a contrastive steering vector (library `steering-vectors`) at every layer, screened
+over a multiplier grid, then the best few settings scored with exactly the evaluation code of a LoRA
+checkpoint (§2, §6).
 
 The vector is mean(activation | prompt + preferred) - mean(activation | prompt + rejected) at the last
 token, per decoder block. Vectors are saved as safetensors with their metadata; never pickled.
+
+The screen (`screen`) scores every (training set, layer, multiplier) on the pairwise metrics of the
+in-distribution scenarios (margin, p_preferred, forced_choice) and on retention_kl, without sampling.
+It is cheap because steering at layer L leaves blocks 0..L unchanged: one base forward pass records
+every block's output, and each setting runs only blocks L+1.. on (output of block L + m * vector).
+`select` then applies the pre-registered criterion (conf/steering `screen`): the highest
+in-distribution p_preferred among settings whose retention_kl stays under the bound; those settings
+get the full evaluation (`sweep`: sampling, every family, retention, coherence).
 
     python -m phaseflip.cli steering --params '{...}' --base results/base_model \\
         --corrections results/corrections/train.jsonl --eval ... --retention ... --out results/steering
@@ -10,23 +19,31 @@ token, per decoder block. Vectors are saved as safetensors with their metadata; 
 
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import Iterator
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from safetensors.torch import save_file
 from steering_vectors import SteeringVector, train_steering_vector
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from phaseflip.config import SteeringConfig
+from phaseflip.config import ScreenConfig, SteeringConfig
 from phaseflip.data import Example
 from phaseflip.evaluate import Evaluator, Row
 from phaseflip.io import DataError, atomic_path, read_safetensors_with_metadata
-from phaseflip.scoring import prompt_of, reply_suffix
+from phaseflip.metrics import kl_divergence, wilson_interval
+from phaseflip.scoring import pad_batch, prompt_of, reply_suffix, token_logprobs
+
+ID = "in_distribution"
 
 
 def training_pairs(tokenizer: PreTrainedTokenizerBase, examples: list[Example]) -> list[tuple[str, str]]:
@@ -114,14 +131,16 @@ def single_layer(vector: SteeringVector, layer: int) -> SteeringVector:
 
 
 def sweep(model: PreTrainedModel, vector: SteeringVector, evaluator: Evaluator,
-          multipliers: list[float]) -> list[Row]:
-    """Every (layer, multiplier), scored like a checkpoint; the model is restored after each.
+          multipliers: list[float], settings: Sequence[tuple[int, float]] | None = None) -> list[Row]:
+    """Every (layer, multiplier) (or the given `settings`), scored like a checkpoint; the model is
+    restored after each.
 
     Multiplier 0 is the base model: its rows come from the `evaluate_base` job, not from here.
     """
     rows: list[Row] = []
-    settings = [(layer, mult) for layer in sorted(vector.layer_activations) for mult in multipliers if mult != 0]
-    for layer, mult in tqdm(settings, desc="steering sweep", unit="setting"):
+    if settings is None:
+        settings = [(layer, mult) for layer in sorted(vector.layer_activations) for mult in multipliers if mult != 0]
+    for layer, mult in tqdm(settings, desc="steering full evaluation", unit="setting"):
         handle = single_layer(vector, layer).patch_activations(model, multiplier=mult)
         evaluator.previous = None  # dissimilarity is between checkpoints, not between settings
         try:
@@ -136,3 +155,281 @@ def vector_for_layer(path: str | Path, layer: int) -> torch.Tensor:
     if layer not in vector.layer_activations:
         raise DataError(f"{path}: no vector for layer {layer} (has {sorted(vector.layer_activations)})")
     return vector.layer_activations[layer]
+
+
+# --- The screen: every (training set, layer, multiplier) on the pairwise metrics, without sampling ---
+
+SCREEN_METRICS = ("margin", "p_preferred", "forced_choice", "retention_kl")
+
+
+def _blocks(model: PreTrainedModel) -> torch.nn.ModuleList:
+    blocks = getattr(model.get_decoder(), "layers", None)
+    if not isinstance(blocks, torch.nn.ModuleList):
+        raise DataError(f"steering screen: {type(model).__name__} keeps no decoder blocks in a `layers` list")
+    return blocks
+
+
+@contextmanager
+def upper_blocks(model: PreTrainedModel, layer: int) -> Iterator[None]:
+    """Within the block, a forward pass takes `inputs_embeds` as the output of block `layer` and runs only
+    blocks layer+1.. (then the final norm and LM head).
+
+    The kept blocks' attention is renumbered from 0 while inside, because a KV cache indexes layers by
+    that number and reads its length from layer 0. Exact for decoders whose embedding enters block 0
+    unscaled (Llama, Qwen2, Mistral); `screen` checks that on one setting before it trusts the shortcut.
+    """
+    decoder, blocks = model.get_decoder(), _blocks(model)
+    kept = list(blocks[layer + 1:])
+    attention: list[Any] = [block.self_attn for block in kept]
+    numbers = [a.layer_idx for a in attention]
+    decoder.layers = torch.nn.ModuleList(kept)
+    for i, attn in enumerate(attention):
+        attn.layer_idx = i
+    try:
+        yield
+    finally:
+        decoder.layers = blocks
+        for attn, number in zip(attention, numbers, strict=True):
+            attn.layer_idx = number
+
+
+def _run_recording(model: PreTrainedModel, **inputs: Any) -> tuple[Any, list[torch.Tensor]]:
+    """A forward pass, and the output of every decoder block (what a steering vector is added to)."""
+    outputs: list[torch.Tensor] = []
+
+    def record(_module: Any, _args: Any, out: Any) -> None:
+        outputs.append((out[0] if isinstance(out, tuple) else out).detach())
+
+    hooks = [block.register_forward_hook(record) for block in _blocks(model)]
+    try:
+        result = model(**inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return result, outputs
+
+
+@dataclass
+class _Encoded:
+    """The screen's token batches (prompts left-padded; replies and retention texts right-padded)."""
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    reply_ids: list[torch.Tensor]  # [preferred, rejected]
+    reply_mask: list[torch.Tensor]
+    ret_ids: torch.Tensor
+    ret_mask: torch.Tensor
+    ret_lengths: list[int]
+
+
+@dataclass
+class _Base:
+    """Unsteered block outputs for every token of the screen's inputs, and the base retention tables."""
+    prompt: list[torch.Tensor]  # per block: (scenarios, prompt width, d)
+    replies: list[list[torch.Tensor]]  # [preferred, rejected] -> per block: (scenarios, reply width, d)
+    retention: list[torch.Tensor]  # per block: (texts, width, d)
+    retention_logp: torch.Tensor  # (texts, width - 1, vocab)
+
+
+def _encode(tok: PreTrainedTokenizerBase, scenarios: list[Example], retention: list[str],
+            device: torch.device, max_length: int = 128) -> _Encoded:
+    # Exactly the tokenization of `scoring.score_and_sample` (pairs) and `scoring.text_logprobs`
+    # (retention), so the screen's numbers equal the full evaluation's.
+    prompts = [tok(prompt_of(tok, ex), add_special_tokens=False).input_ids for ex in scenarios]
+    width = max(len(p) for p in prompts)
+    prompt_ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        prompt_ids[i, width - len(p):], prompt_mask[i, width - len(p):] = torch.tensor(p), 1
+    reply_ids, reply_mask = [], []
+    for replies in ([ex.preferred or "" for ex in scenarios], [ex.rejected or "" for ex in scenarios]):
+        ids = [tok(("" if ex.prompt_format == "chat" else " ") + r + reply_suffix(tok, ex.prompt_format),
+                   add_special_tokens=False).input_ids for r, ex in zip(replies, scenarios, strict=True)]
+        r_ids, r_mask, _ = pad_batch(ids, ids, tok.pad_token_id, device)
+        reply_ids.append(r_ids)
+        reply_mask.append(r_mask)
+    texts = [tok(t, add_special_tokens=False).input_ids[:max_length] for t in retention]
+    ret_ids, ret_mask, _ = pad_batch(texts, texts, tok.pad_token_id, device)
+    return _Encoded(prompt_ids.to(device), prompt_mask.to(device), reply_ids, reply_mask, ret_ids, ret_mask,
+                    [len(t) for t in texts])
+
+
+def _pair_scores(model: PreTrainedModel, enc: _Encoded, prompt_in: dict[str, torch.Tensor],
+                 reply_in: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean reply-token log-prob of the preferred and of the rejected reply per scenario: the prompt is
+    encoded once (`prompt_in`: input_ids or inputs_embeds), each reply list continues its KV cache."""
+    mask = enc.prompt_mask
+    out = model(**prompt_in, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True, logits_to_keep=1)
+    last_logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+    cache, width, means = out.past_key_values, mask.shape[1], []
+    for r_in, r_ids, r_mask in zip(reply_in, enc.reply_ids, enc.reply_mask, strict=True):
+        positions = mask.sum(dim=1, keepdim=True) + torch.arange(r_ids.shape[1], device=mask.device)[None, :]
+        logits = model(**r_in, attention_mask=torch.cat([mask, r_mask], dim=1), position_ids=positions,
+                       past_key_values=cache, use_cache=True).logits
+        cache.crop(width)
+        labels = r_ids.masked_fill(r_mask == 0, -100)
+        total = last_logp.gather(1, r_ids[:, :1]).squeeze(1) + token_logprobs(logits, labels).sum(dim=1)
+        means.append(total / r_mask.sum(dim=1).clamp(min=1))
+    return means[0], means[1]
+
+
+def _retention_logp(model: PreTrainedModel, enc: _Encoded, ret_in: dict[str, torch.Tensor]) -> torch.Tensor:
+    positions = torch.arange(enc.ret_ids.shape[1], device=enc.ret_ids.device)[None, :].expand_as(enc.ret_ids)
+    logits = model(**ret_in, attention_mask=enc.ret_mask, position_ids=positions).logits
+    return torch.log_softmax(logits[:, :-1].float(), dim=-1)
+
+
+@torch.no_grad()
+def _base_pass(model: PreTrainedModel, enc: _Encoded) -> _Base:
+    mask = enc.prompt_mask
+    out, prompt_h = _run_recording(model, input_ids=enc.prompt_ids, attention_mask=mask,
+                                   position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
+                                   logits_to_keep=1)
+    replies = []
+    for r_ids, r_mask in zip(enc.reply_ids, enc.reply_mask, strict=True):
+        positions = mask.sum(dim=1, keepdim=True) + torch.arange(r_ids.shape[1], device=mask.device)[None, :]
+        _, hidden = _run_recording(model, input_ids=r_ids, attention_mask=torch.cat([mask, r_mask], dim=1),
+                                   position_ids=positions, past_key_values=out.past_key_values, use_cache=True,
+                                   logits_to_keep=1)
+        out.past_key_values.crop(mask.shape[1])
+        replies.append(hidden)
+    positions = torch.arange(enc.ret_ids.shape[1], device=mask.device)[None, :].expand_as(enc.ret_ids)
+    ret_out, ret_h = _run_recording(model, input_ids=enc.ret_ids, attention_mask=enc.ret_mask,
+                                    position_ids=positions)
+    return _Base(prompt_h, replies, ret_h, torch.log_softmax(ret_out.logits[:, :-1].float(), dim=-1))
+
+
+def _mean_interval(values: torch.Tensor) -> tuple[float, float, float]:
+    """Mean and normal 95% interval over scenarios: the evaluator's own interval for these metrics."""
+    n = len(values)
+    mean = float(values.mean())
+    sd = float(values.std(unbiased=True)) if n > 1 else 0.0
+    half = 1.96 * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def _setting_row(pref: torch.Tensor, rej: torch.Tensor, ret_logp: torch.Tensor, base: _Base,
+                 enc: _Encoded) -> dict[str, float]:
+    margin = (pref - rej).float()
+    row: dict[str, float] = {"n": float(len(margin))}
+    for name, values in (("margin", margin), ("p_preferred", torch.sigmoid(margin))):
+        row[name], row[f"{name}_lo"], row[f"{name}_hi"] = _mean_interval(values)
+    wins = int((margin > 0).sum())
+    row["forced_choice"] = wins / len(margin)
+    row["forced_choice_lo"], row["forced_choice_hi"] = wilson_interval(wins, len(margin))
+    # KL(base || steered) per position, mean per text, then mean over texts (as the evaluator does).
+    kls = [float(kl_divergence(base.retention_logp[i, : n - 1], ret_logp[i, : n - 1]).mean())
+           for i, n in enumerate(enc.ret_lengths) if n > 1]
+    row["retention_kl"] = sum(kls) / len(kls) if kls else math.nan
+    row["n_retention"] = float(len(kls))
+    return row
+
+
+@torch.no_grad()
+def screen_setting(model: PreTrainedModel, enc: _Encoded, base: _Base, layer: int,
+                   delta: torch.Tensor) -> dict[str, float]:
+    """The screen's metrics with `delta` (multiplier x vector) added to block `layer`'s output at every
+    token, computing only the blocks above `layer`."""
+    delta = delta.to(base.prompt[layer].dtype)
+    with upper_blocks(model, layer):
+        pref, rej = _pair_scores(model, enc, {"inputs_embeds": base.prompt[layer] + delta},
+                                 [{"inputs_embeds": h[layer] + delta} for h in base.replies])
+        ret_logp = _retention_logp(model, enc, {"inputs_embeds": base.retention[layer] + delta})
+    return _setting_row(pref, rej, ret_logp, base, enc)
+
+
+@torch.no_grad()
+def patched_setting(model: PreTrainedModel, enc: _Encoded, base: _Base, vector: SteeringVector, layer: int,
+                    multiplier: float) -> dict[str, float]:
+    """The same metrics the slow way: the whole model, steered by `steering-vectors`' own patch."""
+    handle = single_layer(vector, layer).patch_activations(model, multiplier=multiplier)
+    try:
+        pref, rej = _pair_scores(model, enc, {"input_ids": enc.prompt_ids}, [{"input_ids": r} for r in enc.reply_ids])
+        ret_logp = _retention_logp(model, enc, {"input_ids": enc.ret_ids})
+    finally:
+        handle.remove()
+    return _setting_row(pref, rej, ret_logp, base, enc)
+
+
+SCREEN_CHECK_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2}  # on the margin, in nats per token
+
+
+def screen(model: PreTrainedModel, tok: PreTrainedTokenizerBase, vectors: Mapping[str, SteeringVector],
+           scenarios: list[Example], retention: list[str], multipliers: Sequence[float],
+           dtype: torch.dtype = torch.float32, layers: Sequence[int] | None = None,
+           max_scenarios: int | None = None) -> pd.DataFrame:
+    """Every (training set, layer, multiplier): in-distribution margin, p_preferred, forced_choice (each
+    with its 95% interval) and retention_kl; one row per setting.
+
+    Scored on the in-distribution scenarios with both reference replies (the first `max_scenarios`).
+    `dtype` is the screen's compute precision (bfloat16 is 2.4x faster on a CPU with AVX512-BF16); the
+    model is copied for it, and the
+    base references are computed in the same precision, so multiplier 0 has retention_kl 0 exactly.
+    Before the sweep, one setting is checked against `steering-vectors`' own patch on the whole model.
+    """
+    chosen = [ex for ex in scenarios if ex.family == ID and ex.preferred and ex.rejected][:max_scenarios]
+    if not chosen:
+        raise DataError(f"steering screen: no {ID} eval scenario has both a preferred and a rejected reply")
+    if not retention:
+        raise DataError("steering screen: no retention prompts (retention_kl is the screen's bound)")
+    work: Any = model if next(model.parameters()).dtype == dtype else copy.deepcopy(model).to(dtype)  # type: ignore[arg-type]
+    device = next(work.parameters()).device
+    enc = _encode(tok, chosen, retention, device)
+    base = _base_pass(work, enc)
+    all_layers = sorted(layers) if layers is not None else sorted(next(iter(vectors.values())).layer_activations)
+    settings = [(t, layer, m) for t in vectors for layer in all_layers for m in multipliers if m != 0]
+    if settings:  # the shortcut must equal steering the whole model, on this architecture
+        t, layer, m = settings[len(settings) // 2]
+        v = vectors[t].layer_activations[layer].to(device)
+        fast = screen_setting(work, enc, base, layer, m * v)
+        slow = patched_setting(work, enc, base, SteeringVector({layer: v.to(dtype)}, vectors[t].layer_type), layer, m)
+        if abs(fast["margin"] - slow["margin"]) > SCREEN_CHECK_TOLERANCE.get(dtype, 1e-3):
+            raise DataError(f"steering screen: running blocks above layer {layer} alone gives margin "
+                            f"{fast['margin']:.4f}, steering the whole {type(model).__name__} gives "
+                            f"{slow['margin']:.4f}; this architecture needs the slow sweep")
+    rows = []
+    started = time.perf_counter()
+    for t, layer, m in tqdm(settings, desc="steering screen", unit="setting"):
+        v = vectors[t].layer_activations[layer].to(device)
+        rows.append({"training_set": t, "layer": layer, "multiplier": m,
+                     **screen_setting(work, enc, base, layer, m * v)})
+    elapsed = time.perf_counter() - started
+    table = pd.DataFrame(rows)
+    table.attrs["settings_per_s"] = len(settings) / elapsed if elapsed > 0 else math.nan
+    return table
+
+
+def select(table: pd.DataFrame, cfg: ScreenConfig) -> pd.DataFrame:
+    """The pre-registered criterion: per training set, the `cfg.full_evaluations` settings with the highest
+    in-distribution p_preferred (ties: higher margin) among those with retention_kl <= `cfg.max_retention_kl`.
+
+    Adds `eligible` (under the bound), `rank` (1 = best; NaN when not eligible) and `selected` columns.
+    """
+    out = table.copy()
+    out["max_retention_kl"] = cfg.max_retention_kl  # recorded with the screen: the report states the bound
+    out["eligible"] = out.retention_kl <= cfg.max_retention_kl
+    out["rank"] = math.nan
+    for _, grp in out[out.eligible].groupby("training_set"):
+        ranked = grp.sort_values(["p_preferred", "margin", "layer", "multiplier"],
+                                 ascending=[False, False, True, True])
+        out.loc[ranked.index, "rank"] = range(1, len(ranked) + 1)
+    out["selected"] = out["rank"] <= cfg.full_evaluations
+    return out
+
+
+def screen_rows(table: pd.DataFrame) -> list[Row]:
+    """The screen as tidy rows for `steering_metrics.csv`: metrics named `screen_<metric>` (so they
+    never mix with the full evaluation's), in_distribution for the pairwise ones, `all` for
+    retention_kl, and `screen_rank` (1 = the criterion's best; NaN over the retention bound)."""
+    rows: list[Row] = []
+    for r in table.to_dict("records"):
+        key = {"step": 0, "training_set": r["training_set"], "layer": r["layer"], "multiplier": r["multiplier"],
+               "max_retention_kl": r["max_retention_kl"]}
+        for metric in ("margin", "p_preferred", "forced_choice"):
+            rows.append({**key, "family": ID, "metric": f"screen_{metric}", "value": r[metric],
+                         "lo": r[f"{metric}_lo"], "hi": r[f"{metric}_hi"], "n": r["n"]})
+        rows.append({**key, "family": "all", "metric": "screen_retention_kl", "value": r["retention_kl"],
+                     "lo": math.nan, "hi": math.nan, "n": r["n_retention"]})
+        rows.append({**key, "family": ID, "metric": "screen_rank", "value": r["rank"], "lo": math.nan,
+                     "hi": math.nan, "n": r["n"]})
+    return rows

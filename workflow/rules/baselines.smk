@@ -31,6 +31,7 @@ rule steering:
         base_metrics="results/base_eval/metrics.csv",
     output:
         metrics="results/steering/steering_metrics.csv",
+        screen="results/steering/steering_screen.csv",
     params:
         cfg=stage_params("model", "behavior", "steering", "eval"),
         vectors=subpath(input.real_vector, parent=True),

@@ -16,7 +16,7 @@ rule dreams:
         "results/logs/dreams.log",
     benchmark:
         "results/benchmarks/dreams.tsv"
-    threads: 8  # capped at --cores: every later job waits on this one; on a cluster, set-threads in workflow/profiles/slurm
+    threads: STAGE_THREADS  # like the other stage jobs, so on 2 cores the next ready job runs beside it
     shell:
         "python -m phaseflip.cli dreams --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--corrections {input.corrections} --eval {input.eval} --out {params.out} > {log} 2>&1"
