@@ -123,6 +123,9 @@ def results_tree(tmp_path: Path) -> Path:
                                                    "lr": [0.01, 0.01]}))
     write_csv(run / "metrics.csv", pd.DataFrame({"step": [0, 2], "family": ["in_distribution"] * 2,
                                                  "metric": ["p_preferred"] * 2, "value": [0.1, 0.2]}))
+    write_csv(run / "scenarios.csv", pd.DataFrame({"step": [0, 2], "scenario_id": ["e1"] * 2,
+                                                   "family": ["in_distribution"] * 2, "margin": [0.1, 0.2],
+                                                   "p_preferred": [0.5, 0.55], "behavior_k": [0, 1], "n": [2, 2]}))
     return tmp_path / "results"
 
 
@@ -140,8 +143,8 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("damage", CORRUPTIONS)
-@pytest.mark.parametrize(("name", "rule"), [("metrics.csv", "evaluate"), ("run.json", "train"),
-                                            ("train_log.csv", "train")])
+@pytest.mark.parametrize(("name", "rule"), [("metrics.csv", "evaluate"), ("scenarios.csv", "evaluate"),
+                                            ("run.json", "train"), ("train_log.csv", "train")])
 def test_corrupt_run_table_stops_forecast_with_one_line(tmp_path: Path, capsys, damage: str, name: str,  # type: ignore[no-untyped-def]
                                                         rule: str) -> None:
     results = results_tree(tmp_path)

@@ -80,6 +80,8 @@ _WRITERS: list[tuple[str, str]] = [
     ("icl/", "icl"),
     ("base_eval/", "evaluate_base"),
     ("runs/*/metrics.csv", "evaluate"),
+    ("runs/*/scenarios.csv", "evaluate"),
+    ("forecast/bench/", "forecast_bench"),
     ("runs/", "train"),
     ("forecast/", "forecast"),
     ("report/", "report"),
