@@ -92,6 +92,9 @@ def test_adaptive_sampling_stops_early_when_clear_and_continues_near_threshold(t
     # Only in-distribution was sampled: no out-of-distribution or pooled rate, but pairwise metrics for all.
     assert set(near[near.metric == "behavior_rate"].family) == {"in_distribution"}
     assert {"in_distribution", "french", "all"} <= set(near[near.metric == "p_preferred"].family)
+    # Between Q5's checkpoints the other families are scored on a cheap subset (eval.ood_subset_per_family).
+    pp = near[near.metric == "p_preferred"].set_index("family").n
+    assert pp["in_distribution"] == 10 and pp["french"] == 3
 
 
 def test_ood_sampling_reaches_its_half_width_and_is_deterministic(tiny) -> None:  # type: ignore[no-untyped-def]

@@ -356,8 +356,10 @@ class EvalConfig(Strict):
     max_scenarios_per_family: int | dict[str, int] | None = None
     n_samples: int = Field(2, gt=0)  # first round of replies per sampled scenario (see `adaptive`)
     adaptive: AdaptiveSampling = AdaptiveSampling()
-    # Sample the out-of-distribution families at every checkpoint (not only where Q5 needs them).
+    # Sample and score every out-of-distribution scenario at every checkpoint (not only where Q5 needs
+    # them); otherwise checkpoints in between score the first `ood_subset_per_family` of each other family.
     ood_every_checkpoint: bool = False
+    ood_subset_per_family: int = Field(3, ge=0)
     temperature: float = Field(0.7, gt=0)
     max_new_tokens: int = Field(40, gt=0)
     batch_size: int = Field(16, gt=0)

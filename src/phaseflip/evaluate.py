@@ -75,18 +75,33 @@ class Evaluator:
         self.seed = seed
         self.steering = steering
         self.base_retention: list[torch.Tensor] | None = None
-        self.base_hidden: torch.Tensor | None = None
-        self.previous: tuple[int, torch.Tensor] | None = None  # (step, probe log-probs)
+        self.base_hidden: dict[int, torch.Tensor] = {}  # scenario index -> base hidden state (steering_cosine)
+        # (step, scenario index -> probe log-probs) of the previous checkpoint, for dissimilarity
+        self.previous: tuple[int, dict[int, torch.Tensor]] | None = None
         self.scenario_rows: list[Row] = []  # per (step, scenario): pairwise metrics and sample counts
         self._counts: dict[int, Counts] = {}  # step -> counts so far (a later OOD pass adds to them)
         self._pairs: dict[int, dict[str, list[float]]] = {}
+        self._scored_at: dict[int, set[int]] = {}
 
-    def _families(self) -> dict[str, list[int]]:
+    def _families(self, idx: list[int] | None = None) -> dict[str, list[int]]:
         groups: dict[str, list[int]] = defaultdict(list)
-        for i, ex in enumerate(self.scenarios):
-            groups[ex.family].append(i)
+        for i in range(len(self.scenarios)) if idx is None else idx:
+            groups[self.scenarios[i].family].append(i)
             groups["all"].append(i)
         return groups
+
+    def _scored(self, sample: Sampled) -> list[int]:
+        """Scenarios scored at a step: all where every family is sampled; else every in-distribution one
+        and the first `ood_subset_per_family` of each other family (their continuous curves, cheaply)."""
+        if sample == "all" or self.cfg.ood_every_checkpoint:
+            return list(range(len(self.scenarios)))
+        seen: dict[str, int] = defaultdict(int)
+        keep = []
+        for i, ex in enumerate(self.scenarios):
+            if ex.family == ID or seen[ex.family] < self.cfg.ood_subset_per_family:
+                keep.append(i)
+                seen[ex.family] += ex.family != ID
+        return keep
 
     def _prompts(self, prompt_fn: PromptFn | None) -> list[str]:
         prompt_fn = prompt_fn or (lambda ex: prompt_of(self.tok, ex))
@@ -102,20 +117,22 @@ class Evaluator:
         retention prompts untouched (ICL), where they are zero by construction.
         """
         prompts = self._prompts(prompt_fn)
-        formats = [ex.prompt_format for ex in self.scenarios]
+        scored = self._scored(sample)
         # One encoding of each prompt serves the pair scores and the probe (dissimilarity, steering_cosine).
-        pairs, scored = score_and_sample(
-            model, self.tok, prompts, [[ex.preferred or "" for ex in self.scenarios],
-                                       [ex.rejected or "" for ex in self.scenarios]],
-            batch_size=self.cfg.batch_size, seed=self.seed, layers=self._layers(), prompt_formats=formats)
-        self._pairs[step] = self._pairwise(pairs[0], pairs[1])
+        pairs, probed = score_and_sample(
+            model, self.tok, [prompts[i] for i in scored],
+            [[self.scenarios[i].preferred or "" for i in scored], [self.scenarios[i].rejected or "" for i in scored]],
+            batch_size=self.cfg.batch_size, seed=self.seed, layers=self._layers(),
+            prompt_formats=[self.scenarios[i].prompt_format for i in scored])
+        self._pairs[step] = self._pairwise(pairs[0], pairs[1], scored)
+        self._scored_at[step] = set(scored)
         self._counts[step] = Counts.empty(len(self.scenarios))
         families = self._families()
         self._sample_adaptively(model, prompts, step, families[ID], _outside_band(self.cfg))
         if sample == "all" or self.cfg.ood_every_checkpoint:
             self._sample_ood(model, prompts, step)
         rows = self._aggregate(step)
-        rows += self._probe_rows(scored.probe, step, is_base)
+        rows += self._probe_rows(probed.probe, scored, step, is_base)
         if retention:
             rows += self._retention_rows(model, step, is_base)
         return rows
@@ -171,20 +188,24 @@ class Evaluator:
         `dissimilarity`, `steering_cosine` and `retention_kl` relative to it.
         """
         prompts = [prompt_of(self.tok, ex) for ex in self.scenarios]
-        self._probe_rows(probe(model, self.tok, prompts, self.cfg.batch_size, self._layers()), step, is_base=True)
+        every = list(range(len(self.scenarios)))
+        self._probe_rows(probe(model, self.tok, prompts, self.cfg.batch_size, self._layers()), every, step,
+                         is_base=True)
         self._retention_rows(model, step, is_base=True)
 
-    def _pairwise(self, pref: ReplyScores, rej: ReplyScores) -> dict[str, list[float]]:
-        """margin, p_preferred, forced_choice, heldout_loss from the reference replies' scores."""
+    def _pairwise(self, pref: ReplyScores, rej: ReplyScores, scored: list[int]) -> dict[str, list[float]]:
+        """margin, p_preferred, forced_choice, heldout_loss from the reference replies' scores (row j of the
+        scores is scenario scored[j]); scenarios not scored, or without both replies, keep nan."""
         out = {key: [math.nan] * len(self.scenarios) for key in ("margin", "p_preferred", "forced_choice",
                                                                    "heldout_loss")}
         margin = pref.logprob_mean - rej.logprob_mean
-        for i, ex in enumerate(self.scenarios):  # scenarios without both replies keep nan
+        for j, i in enumerate(scored):
+            ex = self.scenarios[i]
             if ex.preferred and ex.rejected:
-                out["margin"][i] = float(margin[i])
-                out["p_preferred"][i] = float(torch.sigmoid(margin[i]))  # p(pref) / (p(pref) + p(rej))
-                out["forced_choice"][i] = float(margin[i] > 0)
-                out["heldout_loss"][i] = float(-pref.logprob_mean[i])
+                out["margin"][i] = float(margin[j])
+                out["p_preferred"][i] = float(torch.sigmoid(margin[j]))  # p(pref) / (p(pref) + p(rej))
+                out["forced_choice"][i] = float(margin[j] > 0)
+                out["heldout_loss"][i] = float(-pref.logprob_mean[j])
         return out
 
     def _aggregate(self, step: int) -> list[Row]:
@@ -211,27 +232,33 @@ class Evaluator:
             {"step": step, "scenario_id": ex.id, "family": ex.family, "margin": per["margin"][i],
              "p_preferred": per["p_preferred"][i], "behavior_k": counts.behavior[i],
              "coherent_k": counts.coherent[i], "n": counts.trials[i]}
-            for i, ex in enumerate(self.scenarios)]
+            for i, ex in enumerate(self.scenarios) if i in self._scored_at[step] or counts.trials[i]]
         return rows
 
-    def _probe_rows(self, result: ProbeResult, step: int, is_base: bool) -> list[Row]:
-        """dissimilarity to the previous checkpoint and steering_cosine against the steering vector, per family."""
+    def _probe_rows(self, result: ProbeResult, scored: list[int], step: int, is_base: bool) -> list[Row]:
+        """dissimilarity to the previous checkpoint and steering_cosine against the steering vector, per
+        family, over the scenarios probed at both (row j of `result` is scenario scored[j])."""
         rows: list[Row] = []
-        families = self._families()
+        current = {i: result.next_token_logprobs[j] for j, i in enumerate(scored)}
         if self.previous is not None and not is_base:
             prev_step, prev = self.previous
-            # Jensen-Shannon per step between neighbouring checkpoints (steps may be unevenly spaced).
-            js = js_divergence(result.next_token_logprobs, prev) / max(1, step - prev_step)
-            for family, idx in families.items():
-                rows.append(_row(step, family, "dissimilarity", float(js[idx].mean()), math.nan, math.nan, len(idx)))
-        self.previous = (step, result.next_token_logprobs)
+            both = [i for i in scored if i in prev]
+            if both:
+                # Jensen-Shannon per step between neighbouring checkpoints (steps may be unevenly spaced).
+                per_step = js_divergence(torch.stack([current[i] for i in both]),
+                                         torch.stack([prev[i] for i in both])) / max(1, step - prev_step)
+                js: dict[int, float] = dict(zip(both, per_step.tolist(), strict=True))
+                for family, idx in self._families(both).items():
+                    rows.append(_row(step, family, "dissimilarity", sum(js[i] for i in idx) / len(idx), math.nan,
+                                     math.nan, len(idx)))
+        self.previous = (step, current)
         if self.steering:
-            hidden = result.hidden[self.steering.layer]
+            hidden = {i: result.hidden[self.steering.layer][j] for j, i in enumerate(scored)}
             if is_base:
                 self.base_hidden = hidden
-            elif self.base_hidden is not None:
-                for family, idx in families.items():
-                    shift = (hidden[idx] - self.base_hidden[idx]).mean(dim=0)
+            elif self.base_hidden:
+                for family, idx in self._families([i for i in scored if i in self.base_hidden]).items():
+                    shift = torch.stack([hidden[i] - self.base_hidden[i] for i in idx]).mean(dim=0)
                     rows.append(_row(step, family, "steering_cosine", cosine(shift, self.steering.vector),
                                      math.nan, math.nan, len(idx)))
         return rows
