@@ -186,3 +186,13 @@ def test_quality_and_calibration_tables() -> None:
     assert q.loc["pooled_link", "within_25_lo"] < 1.0  # a share of 6 carries its interval
     cal = calibration(fc)
     assert set(cal.method) >= {"pooled_link", "per_scenario", "lr_scaling"} and cal.actual.between(0, 1).all()
+
+
+def test_calibration_of_no_forecasts_is_an_empty_table_with_columns(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from phaseflip.figures import calibration_figure
+    from phaseflip.forecast import calibration
+
+    table = calibration(pd.DataFrame({"method": ["pooled_link"], "pit": [float("nan")]}))
+    assert table.empty and {"method", "nominal", "actual"} <= set(table.columns)
+    calibration_figure(table, tmp_path / "calibration.png")  # the smoke study's case: it must still draw
+    assert (tmp_path / "calibration.png").exists()

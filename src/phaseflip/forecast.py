@@ -248,4 +248,5 @@ def calibration(forecasts: pd.DataFrame, levels: tuple[float, ...] = (0.5, 0.6, 
             lo, hi = wilson_interval(k, len(pit))
             rows.append({"method": method, "nominal": level, "actual": k / len(pit), "lo": lo, "hi": hi,
                          "n": len(pit)})
-    return pd.DataFrame(rows)
+    # No forecast with draws (e.g. no simulated run crossed): an empty table that still has its columns.
+    return pd.DataFrame(rows, columns=["method", "nominal", "actual", "lo", "hi", "n"])
