@@ -159,13 +159,20 @@ def cmd_steering(args: argparse.Namespace) -> None:
     scenarios, retention, eval_cfg = _eval_set(args, params)
     vectors: dict[str, Any] = {t: load_vector(Path(args.vectors) / vector_file(t))[0] for t in cfg.training_sets}
     started = time.time()
+    rows = _base_rows(args, training_set="none", layer=-1, multiplier=0.0)
+    if not any(ex.family == "in_distribution" and ex.preferred and ex.rejected for ex in scenarios):
+        # No reference pair to screen on (e.g. none could be generated): the base model's rows only.
+        write_csv(Path(args.out) / "steering_screen.csv", pd.DataFrame({"training_set": []}))
+        write_csv(Path(args.out) / "steering_metrics.csv", pd.DataFrame(rows))
+        print("steering: no in_distribution scenario has a reference pair; nothing to screen")
+        return
     table = select(screen(model, tok, vectors, scenarios, retention, cfg.multipliers, DTYPES[cfg.screen.dtype],
                           max_scenarios=cfg.screen.max_scenarios),
                    cfg.screen)
     screened = time.time() - started
     evaluator = Evaluator(tok, scenarios, retention, _judge(args, params), eval_cfg, seed=int(params["seed"]))
     evaluator.set_references(model)  # base retention distributions, for retention_kl of each setting
-    rows = _base_rows(args, training_set="none", layer=-1, multiplier=0.0) + screen_rows(table)
+    rows += screen_rows(table)
     for training_set, chosen in table[table.selected].groupby("training_set", sort=False):
         settings = list(zip(chosen.layer.astype(int), chosen.multiplier.astype(float), strict=True))
         rows += [dict(r, training_set=training_set)
