@@ -14,6 +14,7 @@ from phaseflip.train import (
     checkpoints,
     grid,
     load_adapter_weights,
+    merged_checkpoint,
     parse_run_id,
     train_run,
     training_examples,
@@ -107,6 +108,31 @@ def test_checkpoint_round_trip(tiny, tiny_model_dir: Path, tmp_path: Path) -> No
         assert torch.allclose(wrapped(ids).logits, trained, atol=1e-4)
         wrapped.unmerge_adapter()
         assert torch.allclose(wrapped(ids).logits, trained, atol=1e-5)
+
+
+def test_merged_checkpoint_in_bfloat16_restores_the_base_weights_exactly(tiny_model_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    """bfloat16 compute (the shipped model on CPU): merging a checkpoint and leaving it must give back the
+    base weights bit for bit, checkpoint after checkpoint; peft's unmerge (W + BA - BA) does not."""
+    from phaseflip import base_model
+
+    cfg = train_cfg()
+    model, tok = base_model.load(tiny_model_dir)
+    train_run(model, tok, EXAMPLES, RunSpec(1e-2, "all", 0, 0), cfg, tmp_path)
+    bf16, _ = base_model.load(tiny_model_dir, dtype="bfloat16")
+    wrapped = add_lora(bf16, cfg.lora)
+    before = {k: v.clone() for k, v in wrapped.state_dict().items() if "lora_" not in k}
+    ids = tok("Understood — tabs.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        for _, folder in checkpoints(tmp_path):
+            load_adapter_weights(wrapped, folder)
+            unmerged = wrapped(ids).logits.float()  # base in bfloat16 + the LoRA branch in float32
+            with merged_checkpoint(wrapped, folder):
+                merged = wrapped(ids).logits.float()
+            assert torch.allclose(merged, unmerged, atol=0.05 * unmerged.abs().max().item())
+    after = {k: v for k, v in wrapped.state_dict().items() if "lora_" not in k}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(getattr(m, "merged", False) for m in wrapped.modules())
 
 
 def test_resume_after_interruption_matches_uninterrupted(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -31,6 +31,8 @@ def sdpa_gqa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.
     """`transformers`' sdpa attention, with the kv heads shared instead of repeated."""
     if attention_mask is not None and attention_mask.ndim == 4:
         attention_mask = attention_mask[:, :, :, : key.shape[-2]]
+    if query.shape[2] == 1 and not torch.is_grad_enabled():
+        return _one_query_attention(query, key, value, attention_mask, scaling), None
     if is_causal is None:  # no mask and several query positions: the kernel's own causal path
         is_causal = query.shape[2] > 1 and attention_mask is None and getattr(module, "is_causal", True)
     out = F.scaled_dot_product_attention(
@@ -38,6 +40,28 @@ def sdpa_gqa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.
         enable_gqa=query.shape[1] != key.shape[1],
     )
     return out.transpose(1, 2).contiguous(), None
+
+
+def _one_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                         scaling: float | None) -> torch.Tensor:
+    """Attention of one new token per row (a decoding step) as two small matmuls, in (batch, 1, heads, dim).
+
+    The CPU flash kernel has a high fixed cost per call: 3.37 ms vs 0.30 ms for 40 rows x 90 cached
+    tokens in bfloat16 (SmolLM2 shapes), 30 calls per decoding step. The query heads of one kv head are
+    laid side by side as rows, so the shared keys and values are read in place (no copy per head).
+    """
+    batch, heads, _, dim = query.shape
+    kv_heads, length = key.shape[1], key.shape[2]
+    scores = torch.matmul(query.reshape(batch, kv_heads, heads // kv_heads, dim), key.transpose(-1, -2))
+    scores = scores.float().mul_(scaling if scaling is not None else dim ** -0.5)
+    if mask is not None:
+        mask = mask.reshape(mask.shape[0], 1, 1, length)
+        if mask.dtype == torch.bool:
+            scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
+        else:
+            scores.add_(mask)
+    probs = torch.softmax(scores, dim=-1).to(value.dtype)
+    return torch.matmul(probs, value).reshape(batch, 1, heads, value.shape[-1])
 
 
 AttentionInterface.register(NAME, sdpa_gqa_attention)

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -284,11 +285,18 @@ def load_adapter_weights(model: PeftModel, folder: Path) -> None:
 def merged_checkpoint(model: PeftModel, folder: Path) -> Iterator[None]:
     """A checkpoint's LoRA weights merged into the base weights (W + BA in place) for the block's duration.
 
-    Evaluation then runs at base-model speed, with no LoRA branch per call; unmerged afterwards.
+    Evaluation then runs at base-model speed, with no LoRA branch per call. Afterwards the base weights
+    are restored from a copy rather than by subtracting BA again: in bfloat16 (the CPU compute dtype of
+    the shipped model) W + BA - BA is not W, and the error would pile up over a run's checkpoints.
     """
     load_adapter_weights(model, folder)
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    originals = [layer.get_base_layer().weight.detach().clone() for layer in layers]
     model.merge_adapter()
     try:
         yield
     finally:
-        model.unmerge_adapter()
+        with torch.no_grad():
+            for layer, weight in zip(layers, originals, strict=True):
+                layer.get_base_layer().weight.copy_(weight)
+                layer.merged_adapters = []  # peft's record of what is merged: nothing now
