@@ -90,6 +90,25 @@ def test_training_lowers_loss_and_saves_safetensors_checkpoints(tiny, tmp_path: 
     assert list(live.step) == [1, 2, 3, 4] and live.loss.tolist() == pytest.approx(log.loss.tolist())
 
 
+def test_bfloat16_training_follows_float32_with_float32_adapters(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A bfloat16 base model (the shipped CPU setting) trains its float32 LoRA adapters under autocast:
+    the losses track a float32 run's, and peft's per-layer input casting is switched back on afterwards."""
+    from safetensors.torch import load_file
+
+    from phaseflip import base_model
+
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        model, tok = base_model.load(tiny_model_dir, dtype=dtype)
+        train_run(model, tok, EXAMPLES, RunSpec(1e-2, "all", 0, 0), train_cfg(), tmp_path / dtype)
+        losses[dtype] = pd.read_csv(tmp_path / dtype / "train_log.csv").loss.tolist()
+    adapters = load_file(str(tmp_path / "bfloat16/checkpoints/step-0004/adapter_model.safetensors"))
+    assert {t.dtype for t in adapters.values()} == {torch.float32}
+    assert losses["bfloat16"][-1] < losses["bfloat16"][0]
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.03)
+    assert all(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
+
+
 def test_checkpoint_round_trip(tiny, tiny_model_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from phaseflip import base_model
 

@@ -43,6 +43,7 @@ rule steering:
     benchmark:
         "results/benchmarks/steering.tsv"
     threads: STAGE_THREADS
+    priority: 4  # the longest single job: started as soon as it can run, beside the grid (see common.smk)
     shell:
         "python -m phaseflip.cli steering --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--vectors {params.vectors} --eval {input.eval} --retention {input.retention} "

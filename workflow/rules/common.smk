@@ -48,5 +48,6 @@ try:
 except WorkflowError:  # no --cores: commands that run no job (--report, --lint, --summary)
     STAGE_THREADS = 1
 # Scheduling on a few cores (priority: in the rules): the short jobs every evaluate waits on
-# (evaluate_base, steering_vectors) first, then the grid's train -> evaluate chains, and the two long
-# baselines (steering, icl) last, where they run side by side instead of one long job finishing alone.
+# (evaluate_base, steering_vectors) first, and the steering screen (the longest single job: 300 settings)
+# as soon as it can run, so it overlaps the grid's train -> evaluate chains instead of finishing alone;
+# icl last, beside the final evaluations.
