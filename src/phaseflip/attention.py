@@ -7,7 +7,9 @@ batch and every decoding step with a cache. On CPU that copy costs more than the
 PyTorch's `scaled_dot_product_attention(..., enable_gqa=True)` reads the shared heads in place and
 gives identical results, so phaseflip registers it under its own name and `base_model.load` picks it
 on CPU. On CUDA `transformers`' own `sdpa` stays: there a mask with `enable_gqa` falls back to the math
-kernel, which is slower than copying.
+kernel, which is slower than copying. A decoding step (one query per row, no gradient) skips the
+kernel altogether: in bfloat16 its fixed cost per call was 11x the attention itself (see
+`_one_query_attention`).
 
     from phaseflip.attention import attention_implementation
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention_implementation(device))
