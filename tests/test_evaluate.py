@@ -67,7 +67,7 @@ class CoinJudge:
 
 def coin_evaluator(tok, rates: dict[str, float], n_id: int = 10, n_ood: int = 4):  # type: ignore[no-untyped-def]
     cfg = load_study_config({"study": "smoke"}).eval.model_copy(
-        update={"n_samples": 2, "max_new_tokens": 2,
+        update={"n_samples": 2, "max_new_tokens": 2, "ood_subset_per_family": 3,
                 "adaptive": AdaptiveSampling(band=(0.35, 0.65), samples_per_round=2, max_samples=8,
                                              ood_half_width=0.15, ood_max_samples=6)})
     scenarios = [Example(id=f"i{i}", family="in_distribution", messages=[{"role": "user", "content": f"Do {i}."}],
@@ -119,6 +119,18 @@ def test_sample_ood_adds_the_other_families_to_an_evaluated_step(tiny) -> None: 
     extra = pd.DataFrame(ev.sample_ood(model, step=5))
     assert {"french", "all"} <= set(extra[extra.metric == "behavior_rate"].family)
     assert extra[(extra.family == "french") & (extra.metric == "behavior_rate")].value.iloc[0] == 1.0
+    # Q5 reads the pairwise metrics at this step too: every french scenario is scored now, not the subset.
+    assert extra[extra.metric == "p_preferred"].set_index("family").n["french"] == 4
+
+
+def test_sample_ood_scores_families_skipped_between_checkpoints(tiny) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny
+    ev = coin_evaluator(tok, {"in_distribution": 0.0, "french": 1.0})
+    ev.cfg = ev.cfg.model_copy(update={"ood_subset_per_family": 0})
+    first = pd.DataFrame(ev.evaluate(model, step=5, sample="in_distribution"))
+    assert "french" not in set(first[first.metric == "p_preferred"].family)
+    extra = pd.DataFrame(ev.sample_ood(model, step=5))
+    assert extra[extra.metric == "p_preferred"].set_index("family").n["french"] == 4
 
 
 def test_best_step_is_the_highest_in_distribution_rate() -> None:

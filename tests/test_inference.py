@@ -29,3 +29,4 @@ def test_seed_spread_and_power() -> None:
     # A difference of one spread needs ~17 seeds per arm at 80% power (the textbook d = 1 figure).
     assert seeds_per_arm(1.0, 1.0) == 17
     assert seeds_per_arm(1.0, 3.0) < seeds_per_arm(1.0, 1.0)
+    assert seeds_per_arm(0.06, 2.0) == 2  # a tiny spread (two seeds 0.08 apart): the minimum, not a crash

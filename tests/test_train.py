@@ -91,8 +91,8 @@ def test_training_lowers_loss_and_saves_safetensors_checkpoints(tiny, tmp_path: 
 
 
 def test_bfloat16_training_follows_float32_with_float32_adapters(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """A bfloat16 base model (the shipped CPU setting) trains its float32 LoRA adapters under autocast:
-    the losses track a float32 run's, and peft's per-layer input casting is switched back on afterwards."""
+    """A bfloat16 base model (the shipped CPU setting) trains float32 LoRA adapters (peft keeps them in
+    float32): the losses track a float32 run's."""
     from safetensors.torch import load_file
 
     from phaseflip import base_model
@@ -106,7 +106,6 @@ def test_bfloat16_training_follows_float32_with_float32_adapters(tiny_model_dir:
     assert {t.dtype for t in adapters.values()} == {torch.float32}
     assert losses["bfloat16"][-1] < losses["bfloat16"][0]
     assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.03)
-    assert all(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
 
 
 def test_checkpoint_round_trip(tiny, tiny_model_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

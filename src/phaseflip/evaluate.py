@@ -138,11 +138,25 @@ class Evaluator:
         return rows
 
     def sample_ood(self, model: PreTrainedModel, step: int, prompt_fn: PromptFn | None = None) -> list[Row]:
-        """Add the out-of-distribution families' samples to an evaluated step; its rate rows, recomputed."""
+        """Add the out-of-distribution families to an evaluated step: the pair scores of the scenarios not
+        scored there yet, and sampled replies. Returns the step's rate and pairwise rows, recomputed."""
         if step not in self._counts:
             raise ValueError(f"step {step} was not evaluated by this Evaluator")
-        self._sample_ood(model, self._prompts(prompt_fn), step)
-        return [r for r in self._aggregate(step) if r["metric"] in ("behavior_rate", "coherence")]
+        prompts = self._prompts(prompt_fn)
+        missing = [i for i in range(len(self.scenarios)) if i not in self._scored_at[step]]
+        if missing:
+            pairs, _ = score_and_sample(
+                model, self.tok, [prompts[i] for i in missing],
+                [[self.scenarios[i].preferred or "" for i in missing],
+                 [self.scenarios[i].rejected or "" for i in missing]],
+                batch_size=self.cfg.batch_size, seed=self.seed,
+                prompt_formats=[self.scenarios[i].prompt_format for i in missing])
+            for key, values in self._pairwise(pairs[0], pairs[1], missing).items():
+                for i in missing:
+                    self._pairs[step][key][i] = values[i]
+            self._scored_at[step] |= set(missing)
+        self._sample_ood(model, prompts, step)
+        return self._aggregate(step)
 
     def _sample_ood(self, model: PreTrainedModel, prompts: list[str], step: int) -> None:
         for family, idx in self._families().items():

@@ -74,5 +74,10 @@ def seeds_per_arm(sd: float, difference: float, power: float = 0.8, alpha: float
     """Seeds per arm for a two-sided two-sample t test to detect `difference` in t50 given seed spread `sd`."""
     if sd <= 0 or difference <= 0:
         return None
-    n = TTestIndPower().solve_power(effect_size=difference / sd, power=power, alpha=alpha, ratio=1.0)
-    return int(math.ceil(float(n)))
+    test, effect = TTestIndPower(), difference / sd
+    # Two seeds per arm is the least a two-sample t test can use; when even that has the power (a spread
+    # far below the difference), the solver has no root above it and returns nan.
+    if test.power(effect_size=effect, nobs1=2, alpha=alpha, ratio=1.0) >= power:
+        return 2
+    n = float(test.solve_power(effect_size=effect, power=power, alpha=alpha, ratio=1.0))
+    return int(math.ceil(n)) if math.isfinite(n) else None
