@@ -290,13 +290,14 @@ def merged_checkpoint(model: PeftModel, folder: Path) -> Iterator[None]:
     the shipped model) W + BA - BA is not W, and the error would pile up over a run's checkpoints.
     """
     load_adapter_weights(model, folder)
+    bases: list[Any] = [m.get_base_layer() for m in model.modules() if isinstance(m, LoraLayer)]
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    originals = [layer.get_base_layer().weight.detach().clone() for layer in layers]
+    originals = [base.weight.detach().clone() for base in bases]
     model.merge_adapter()
     try:
         yield
     finally:
         with torch.no_grad():
-            for layer, weight in zip(layers, originals, strict=True):
-                layer.get_base_layer().weight.copy_(weight)
+            for layer, base, weight in zip(layers, bases, originals, strict=True):
+                base.weight.copy_(weight)
                 layer.merged_adapters = []  # peft's record of what is merged: nothing now
