@@ -34,7 +34,7 @@ from phaseflip.config import EvalConfig
 from phaseflip.data import Example
 from phaseflip.judge import Judge
 from phaseflip.metrics import clustered_interval, cosine, js_divergence, kl_divergence, wilson_interval
-from phaseflip.scoring import ProbeResult, ReplyScores, probe, prompt_of, score_and_sample, text_logprobs
+from phaseflip.scoring import ProbeResult, ReplyScores, Samples, probe, prompt_of, score_and_sample, text_logprobs
 
 Row = dict[str, Any]
 PromptFn = Callable[[Example], str]
@@ -42,6 +42,7 @@ ID = "in_distribution"
 Sampled = Literal["in_distribution", "all"]
 # Round r of sampling draws with seed + ROUND_SEED * r, so rounds never repeat each other's draws.
 ROUND_SEED = 7919
+PAIRWISE = ("margin", "p_preferred", "forced_choice", "heldout_loss")
 
 
 @dataclass
@@ -119,13 +120,9 @@ class Evaluator:
         prompts = self._prompts(prompt_fn)
         scored = self._scored(sample)
         # One encoding of each prompt serves the pair scores and the probe (dissimilarity, steering_cosine).
-        pairs, probed = score_and_sample(
-            model, self.tok, [prompts[i] for i in scored],
-            [[self.scenarios[i].preferred or "" for i in scored], [self.scenarios[i].rejected or "" for i in scored]],
-            batch_size=self.cfg.batch_size, seed=self.seed, layers=self._layers(),
-            prompt_formats=[self.scenarios[i].prompt_format for i in scored])
-        self._pairs[step] = self._pairwise(pairs[0], pairs[1], scored)
-        self._scored_at[step] = set(scored)
+        self._pairs[step] = {key: [math.nan] * len(self.scenarios) for key in PAIRWISE}
+        self._scored_at[step] = set()
+        probed = self._score_pairs(model, prompts, step, scored, self._layers())
         self._counts[step] = Counts.empty(len(self.scenarios))
         families = self._families()
         self._sample_adaptively(model, prompts, step, families[ID], _outside_band(self.cfg))
@@ -145,18 +142,25 @@ class Evaluator:
         prompts = self._prompts(prompt_fn)
         missing = [i for i in range(len(self.scenarios)) if i not in self._scored_at[step]]
         if missing:
-            pairs, _ = score_and_sample(
-                model, self.tok, [prompts[i] for i in missing],
-                [[self.scenarios[i].preferred or "" for i in missing],
-                 [self.scenarios[i].rejected or "" for i in missing]],
-                batch_size=self.cfg.batch_size, seed=self.seed,
-                prompt_formats=[self.scenarios[i].prompt_format for i in missing])
-            for key, values in self._pairwise(pairs[0], pairs[1], missing).items():
-                for i in missing:
-                    self._pairs[step][key][i] = values[i]
-            self._scored_at[step] |= set(missing)
+            self._score_pairs(model, prompts, step, missing)
         self._sample_ood(model, prompts, step)
         return self._aggregate(step)
+
+    def _score_pairs(self, model: PreTrainedModel, prompts: list[str], step: int, idx: list[int],
+                     layers: list[int] | None = None) -> Samples:
+        """Score scenarios `idx` on their reference pairs into the step's pairwise metrics; the probe of
+        the same prompt encoding is returned (row j = scenario idx[j])."""
+        pairs, probed = score_and_sample(
+            model, self.tok, [prompts[i] for i in idx],
+            [[self.scenarios[i].preferred or "" for i in idx], [self.scenarios[i].rejected or "" for i in idx]],
+            batch_size=self.cfg.batch_size, seed=self.seed, layers=layers or [],
+            prompt_formats=[self.scenarios[i].prompt_format for i in idx])
+        scored = self._pairwise(pairs[0], pairs[1], idx)
+        for key, values in scored.items():
+            for i in idx:
+                self._pairs[step][key][i] = values[i]
+        self._scored_at[step] |= set(idx)
+        return probed
 
     def _sample_ood(self, model: PreTrainedModel, prompts: list[str], step: int) -> None:
         for family, idx in self._families().items():
@@ -210,8 +214,7 @@ class Evaluator:
     def _pairwise(self, pref: ReplyScores, rej: ReplyScores, scored: list[int]) -> dict[str, list[float]]:
         """margin, p_preferred, forced_choice, heldout_loss from the reference replies' scores (row j of the
         scores is scenario scored[j]); scenarios not scored, or without both replies, keep nan."""
-        out = {key: [math.nan] * len(self.scenarios) for key in ("margin", "p_preferred", "forced_choice",
-                                                                   "heldout_loss")}
+        out: dict[str, list[float]] = {key: [math.nan] * len(self.scenarios) for key in PAIRWISE}
         margin = pref.logprob_mean - rej.logprob_mean
         for j, i in enumerate(scored):
             ex = self.scenarios[i]

@@ -290,8 +290,8 @@ def merged_checkpoint(model: PeftModel, folder: Path) -> Iterator[None]:
     the shipped model) W + BA - BA is not W, and the error would pile up over a run's checkpoints.
     """
     load_adapter_weights(model, folder)
-    bases: list[Any] = [m.get_base_layer() for m in model.modules() if isinstance(m, LoraLayer)]
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    bases: list[Any] = [layer.get_base_layer() for layer in layers]
     originals = [base.weight.detach().clone() for base in bases]
     model.merge_adapter()
     try:
