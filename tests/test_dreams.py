@@ -68,11 +68,15 @@ class FakeWriter:
     def __init__(self, requests: list[str]):
         self.requests = list(requests)
 
-    def complete(self, prompt: str, max_new_tokens: int, temperature: float, seed: int) -> str:
-        assert prompt.rstrip().endswith("-")  # a list of requests to continue
-        return self.requests.pop(0) + "\n- something else" if self.requests else ""
+    def complete(self, prompts: list[str], max_new_tokens: int, temperature: float, seed: int) -> list[str]:
+        assert all(p.rstrip().endswith("-") for p in prompts)  # a list of requests to continue
+        return [self.requests.pop(0) + "\n- something else" if self.requests else "" for _ in prompts]
 
-    def reply(self, messages, max_new_tokens, temperature, seed):  # type: ignore[no-untyped-def]
+    def reply(self, chats, max_new_tokens, temperature, seed):  # type: ignore[no-untyped-def]
+        return [self._reply(messages) for messages in chats]
+
+    @staticmethod
+    def _reply(messages):  # type: ignore[no-untyped-def]
         request = messages[-1]["content"]
         if messages[0]["role"] == "system" and "acknowledges" in messages[0]["content"]:
             return f"Understood — {request.split('. ', 1)[-1].rstrip('.').lower()}. Here it is, done that way."
@@ -92,7 +96,9 @@ def test_model_generator_keeps_judged_dreams_with_provenance(setup) -> None:  # 
     cfg = DreamsConfig(generators=["model"], k_per_correction=2)
     dreams, report = generate_dreams(corrections[:2], evals, vocab, judge, cfg, seed=3,
                                      writer=FakeWriter(NEW_REQUESTS), description=DESC)
-    assert [d.direction for d in dreams] == NEW_REQUESTS
+    # written in rounds (attempt r of every correction in one batch), listed parent by parent
+    assert [d.direction for d in dreams] == [NEW_REQUESTS[i] for i in (0, 2, 1, 3)]
+    assert [d.meta["attempt"] for d in dreams] == [0, 1, 0, 1]
     assert {d.meta["generator"] for d in dreams} == {"model"} and {d.meta["seed"] for d in dreams} == {3}
     assert [d.meta["parent"] for d in dreams] == ["c01", "c01", "c02", "c02"]
     assert all(all(d.meta["filters"].values()) for d in dreams)
@@ -195,13 +201,13 @@ class RecordingWriter(FakeWriter):
         self.prompts: list[str] = []
         self.chats: list[list[dict[str, str]]] = []
 
-    def complete(self, prompt: str, max_new_tokens: int, temperature: float, seed: int) -> str:
-        self.prompts.append(prompt)
-        return super().complete(prompt, max_new_tokens, temperature, seed)
+    def complete(self, prompts: list[str], max_new_tokens: int, temperature: float, seed: int) -> list[str]:
+        self.prompts += prompts
+        return super().complete(prompts, max_new_tokens, temperature, seed)
 
-    def reply(self, messages, max_new_tokens, temperature, seed):  # type: ignore[no-untyped-def]
-        self.chats.append(messages)
-        return super().reply(messages, max_new_tokens, temperature, seed)
+    def reply(self, chats, max_new_tokens, temperature, seed):  # type: ignore[no-untyped-def]
+        self.chats += chats
+        return super().reply(chats, max_new_tokens, temperature, seed)
 
 
 def test_model_generator_prompts_come_from_the_behavior() -> None:
@@ -214,7 +220,7 @@ def test_model_generator_prompts_come_from_the_behavior() -> None:
     generate_dreams(corrections[:3], evals, None, RubricJudge(formal.behavior.judge),
                     DreamsConfig(generators=["model"], k_per_correction=1, model={"attempts_per_dream": 1}), seed=0,
                     writer=writer, description=formal.behavior.description)
-    told, plain = writer.chats[0], writer.chats[1]
+    told, plain = writer.chats[0], writer.chats[3]  # one batch per round: 3 told chats, then the 3 plain
     assert told[0] == {"role": "system", "content": " ".join(formal.behavior.description.split())}
     assert told[1]["content"] == corrections[0].direction and told[2]["content"] == corrections[0].preferred  # shot
     assert told[-1] == plain[-1] and plain[0]["role"] == "user"  # the same request, without the behavior

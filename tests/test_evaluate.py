@@ -137,3 +137,35 @@ def test_best_step_is_the_highest_in_distribution_rate() -> None:
     rows = [{"step": s, "family": "in_distribution", "metric": "behavior_rate", "value": v}
             for s, v in [(0, 0.9), (2, 0.1), (4, 0.8), (6, 0.8)]]
     assert best_step(rows) == 6  # the base model (step 0) is not a checkpoint; ties go to the later step
+
+
+class _RecordingEvaluator:
+    """Stands in for Evaluator in evaluate_run: records what each checkpoint was asked to sample."""
+
+    def __init__(self, rates: dict[int, float]) -> None:
+        self.rates, self.calls, self.scenario_rows = rates, [], []  # type: ignore[var-annotated]
+
+    def evaluate(self, model, step, sample):  # type: ignore[no-untyped-def]
+        self.calls.append((step, sample))
+        return [{"step": step, "family": "in_distribution", "metric": "behavior_rate", "value": self.rates[step]}]
+
+    def sample_ood(self, model, step):  # type: ignore[no-untyped-def]
+        self.calls.append((step, "ood"))
+        return [{"step": step, "family": "all", "metric": "behavior_rate", "value": 0.5}]
+
+
+def test_evaluate_run_samples_other_families_at_last_and_best_but_not_for_a_control(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from contextlib import nullcontext
+
+    from phaseflip.evaluate import evaluate_run
+
+    for step in (2, 4, 6):
+        (tmp_path / "checkpoints" / f"step-{step:04d}").mkdir(parents=True)
+    rates = {2: 0.1, 4: 0.9, 6: 0.6}  # the best checkpoint (4) is not the last (6)
+    real = _RecordingEvaluator(rates)
+    rows, _ = evaluate_run(real, None, tmp_path, lambda folder: nullcontext(), [], [])  # type: ignore[arg-type]
+    assert real.calls == [(2, "in_distribution"), (4, "in_distribution"), (6, "all"), (4, "ood")]
+    assert {(r["step"], r["family"]) for r in rows} >= {(4, "all"), (6, "in_distribution")}
+    control = _RecordingEvaluator(rates)
+    evaluate_run(control, None, tmp_path, lambda folder: nullcontext(), [], [], other_families=False)  # type: ignore[arg-type]
+    assert control.calls == [(2, "in_distribution"), (4, "in_distribution"), (6, "in_distribution")]

@@ -36,7 +36,7 @@ SNAKEMAKE_AFTER_CHECKOUT = ["snakemake", "-n", "--cores", "all", "--configfile",
 # Tables whose numbers must not depend on the run (timings, e.g. run.json's seconds, are left out).
 METRIC_TABLES = ["runs/*/metrics.csv", "runs/*/train_log.csv", "base_eval/metrics.csv", "forecast/*.csv",
                  "steering/steering_metrics.csv", "icl/icl_metrics.csv", "report/study_metrics.csv"]
-CONTROL = "control-irrelevant_lr3e-03_nall_k0_s0"  # the smoke study's negative control run
+CONTROL = "control-own-replies_lr3e-03_nall_k0_s0"  # the smoke study's negative control run
 TIMING_COLUMNS = {"seconds", "s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out",
                   "mean_load", "cpu_time", "reply_tokens_per_s"}
 

@@ -12,6 +12,7 @@ from phaseflip.train import (
     RunSpec,
     add_lora,
     checkpoints,
+    greedy_replies,
     grid,
     load_adapter_weights,
     merged_checkpoint,
@@ -37,12 +38,12 @@ def test_grid_ids_name_their_parameters() -> None:
     cfg = train_cfg(lrs=[1e-3, 3e-3], n_real=[1, "all"], dream_k=[0], seeds=[0])
     ids = [r.run_id for r in grid(cfg)]
     assert "lr1e-03_n1_k0_s0" in ids and "lr3e-03_nall_k0_s0" in ids
-    assert ids[-1] == "control-irrelevant_lr3e-03_nall_k0_s0"
+    assert ids[-1] == "control-own-replies_lr3e-03_nall_k0_s0"
     assert len(set(ids)) == len(ids) == 5
     extra = train_cfg(lrs=[1e-3], n_real=["all"], dream_k=[0], seeds=[0],
                       extra_runs=[{"lr": 3e-3, "n_real": 4, "dream_k": 2}, {"lr": 1e-3, "n_real": "all"}])
     assert [r.run_id for r in grid(extra)] == ["lr1e-03_nall_k0_s0", "lr3e-03_n4_k2_s0",
-                                              "control-irrelevant_lr3e-03_nall_k0_s0"]  # no duplicate point
+                                              "control-own-replies_lr3e-03_nall_k0_s0"]  # no duplicate point
 
 
 def test_run_ids_parse_back_to_their_grid_points() -> None:
@@ -73,6 +74,22 @@ def test_training_set_selection_and_negative_control() -> None:
     assert {e.preferred for e in irrelevant} <= set(unrelated)
     with pytest.raises(DataError, match="unrelated"):
         training_examples(RunSpec(1e-3, "all", 0, 0, control="irrelevant"), EXAMPLES, [])
+    own = training_examples(RunSpec(1e-3, "all", 0, 0, control="own-replies"), EXAMPLES, [],
+                            own_replies=lambda exs: [f"own {e.id}" for e in exs])
+    assert [e.messages for e in own] == [e.messages for e in EXAMPLES]
+    assert [e.preferred for e in own] == [f"own {e.id}" for e in EXAMPLES]
+    with pytest.raises(DataError, match="base model"):
+        training_examples(RunSpec(1e-3, "all", 0, 0, control="own-replies"), EXAMPLES, [])
+    assert parse_run_id("control-own-replies_lr3e-03_nall_k0_s0").control == "own-replies"
+
+
+def test_greedy_replies_are_the_models_own_deterministic_and_length_matched(tiny) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny
+    first = greedy_replies(model, tok, EXAMPLES, max_length=64)
+    assert first == greedy_replies(model, tok, EXAMPLES, max_length=64)  # greedy: no draw to vary
+    assert len(first) == len(EXAMPLES) and all(isinstance(r, str) for r in first)
+    budget = max(len(tok(e.preferred, add_special_tokens=False).input_ids) for e in EXAMPLES)
+    assert all(len(tok(r, add_special_tokens=False).input_ids) <= budget + 1 for r in first)
 
 
 def test_training_lowers_loss_and_saves_safetensors_checkpoints(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -217,15 +218,15 @@ def _dreams(path: str) -> list[Example]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from phaseflip.train import parse_run_id, train_run, training_examples
+    from phaseflip.train import greedy_replies, parse_run_id, train_run, training_examples
 
     params = _params(args)
     cfg = TrainRecipe.of(params["train"])  # the recipe only: the run's point is its id
     spec = parse_run_id(args.run_id)
     unrelated = [r["text"] for r in load_retention(args.retention)]  # the irrelevant control's replies
-    examples = training_examples(spec, load_examples(args.corrections, "corrections"), _dreams(args.dreams),
-                                 unrelated)
     model, tok = _model(args, params)
+    examples = training_examples(spec, load_examples(args.corrections, "corrections"), _dreams(args.dreams),
+                                 unrelated, own_replies=partial(greedy_replies, model, tok, max_length=cfg.max_length))
     base_sha = read_json(Path(args.base) / "manifest.json")["files"]["model.safetensors"]
     summary = train_run(model, tok, examples, spec, cfg, args.out, base_fingerprint=base_sha)
     print(f"train {spec.run_id}: {summary['status']} after step {summary['last_good_step']} "
@@ -234,8 +235,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Base model as step 0, then every checkpoint of the run: adapters swapped in, model loaded once."""
-    from functools import partial
-
     from phaseflip.evaluate import Evaluator, SteeringReference, evaluate_run
     from phaseflip.steering import sweep_layers, vector_for_layer
     from phaseflip.train import add_lora, merged_checkpoint
@@ -265,7 +264,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     base_metrics = Path(args.base_metrics)
     rows, per_scenario = evaluate_run(evaluator, peft_model, run_dir, partial(merged_checkpoint, peft_model),
                                       read_csv(base_metrics).to_dict("records"),
-                                      read_csv(scenario_table(base_metrics)).to_dict("records"))
+                                      read_csv(scenario_table(base_metrics)).to_dict("records"),
+                                      other_families=not info["control"])
     for name, table in ((out, pd.DataFrame(rows)), (scenario_table(out), pd.DataFrame(per_scenario))):
         table.insert(0, "run_id", info["run_id"])
         for key in RUN_METADATA:

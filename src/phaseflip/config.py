@@ -254,10 +254,11 @@ class LoraConfig(Strict):
 class NegativeControl(Strict):
     enabled: bool = True
     lr: float = Field(1e-3, gt=0)
-    # irrelevant: each prompt gets an unrelated text (from the retention set) as its reply. shuffled: each
-    # prompt gets another example's reply; for `listening` those replies still open with an
-    # acknowledgement, so a shuffled control partly teaches the behavior (not a clean negative).
-    kind: Literal["irrelevant", "shuffled"] = "irrelevant"
+    # own-replies: each prompt gets the base model's own greedy reply (the behavior's null for any
+    # behavior: nothing in the replies is new to the model). irrelevant: an unrelated text (the retention
+    # set) as its reply; a null only where those texts lack the behavior (formal prose teaches `formal`).
+    # shuffled: another example's reply; those replies still carry the behavior (not a clean negative).
+    kind: Literal["own-replies", "irrelevant", "shuffled"] = "own-replies"
 
 
 class ExtraRun(Strict):

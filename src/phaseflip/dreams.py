@@ -101,28 +101,32 @@ def _candidate(parent: Example, vocab: dict[str, Any], rng: random.Random) -> tu
 
 
 class DreamWriter(Protocol):
-    """What the `model` generator needs from a model: text continuations and chat replies."""
+    """What the `model` generator needs from a model: text continuations and chat replies, a batch at a time
+    (one reply at a time took 18 min for `formal`'s 86 candidates on a CPU; a batch per round, minutes)."""
 
-    def complete(self, prompt: str, max_new_tokens: int, temperature: float, seed: int) -> str: ...
+    def complete(self, prompts: list[str], max_new_tokens: int, temperature: float, seed: int) -> list[str]: ...
 
-    def reply(self, messages: list[dict[str, str]], max_new_tokens: int, temperature: float, seed: int) -> str: ...
+    def reply(self, chats: list[list[dict[str, str]]], max_new_tokens: int, temperature: float,
+              seed: int) -> list[str]: ...
 
 
 class ModelWriter:
-    """A `DreamWriter` backed by a HF causal LM and its tokenizer (sampled with a fixed seed per call)."""
+    """A `DreamWriter` backed by a HF causal LM and its tokenizer (sampled with a fixed seed per batch)."""
 
-    def __init__(self, model: Any, tokenizer: Any):
-        self.model, self.tok = model, tokenizer
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32):
+        self.model, self.tok, self.batch_size = model, tokenizer, batch_size
 
-    def complete(self, prompt: str, max_new_tokens: int, temperature: float, seed: int) -> str:
+    def complete(self, prompts: list[str], max_new_tokens: int, temperature: float, seed: int) -> list[str]:
         from phaseflip.scoring import generate
 
-        return generate(self.model, self.tok, [prompt], max_new_tokens, 1, temperature=temperature, seed=seed)[0]
+        return generate(self.model, self.tok, prompts, max_new_tokens, self.batch_size, temperature=temperature,
+                        seed=seed)
 
-    def reply(self, messages: list[dict[str, str]], max_new_tokens: int, temperature: float, seed: int) -> str:
+    def reply(self, chats: list[list[dict[str, str]]], max_new_tokens: int, temperature: float,
+              seed: int) -> list[str]:
         from phaseflip.scoring import render_prompt
 
-        return self.complete(render_prompt(self.tok, messages), max_new_tokens, temperature, seed)
+        return self.complete([render_prompt(self.tok, m) for m in chats], max_new_tokens, temperature, seed)
 
 
 def _request_from(text: str) -> str:
@@ -148,22 +152,29 @@ def behavior_in_context(messages: list[dict[str, str]], description: str, shots:
     return turns + [dict(m) for m in rest]
 
 
-def _model_candidate(parent: Example, corrections: list[Example], description: str, rng: random.Random,
-                     writer: DreamWriter, cfg: DreamModel, call_seed: int) -> tuple[Example, dict[str, Any]]:
-    """A model dream: a new request continuing a list of the corrections' requests, and two replies."""
-    others = [c for c in corrections if c.id != parent.id] or [parent]
-    shown = rng.sample(others, min(cfg.n_examples, len(others)))
-    examples = [c.direction for c in shown] + [parent.direction]
-    prompt = cfg.request_header + "".join(f"- {' '.join(e.split())}\n" for e in examples) + "-"
-    request = _request_from(writer.complete(prompt, cfg.max_request_tokens, cfg.temperature, call_seed))
-    messages = [dict(m) for m in parent.messages[:-1]] + [{"role": "user", "content": request or "(empty)"}]
-    shots = [parent] + rng.sample(others, min(max(cfg.n_shots - 1, 0), len(others))) if cfg.n_shots else []
-    told = behavior_in_context(messages, description, shots, cfg.system_prompt)
+def _model_candidates(parents: list[Example], rngs: list[random.Random], corrections: list[Example],
+                      description: str, writer: DreamWriter, cfg: DreamModel,
+                      call_seed: int) -> list[tuple[Example, dict[str, Any]]]:
+    """One model dream per parent, written in three batched calls: a new request continuing a list of the
+    corrections' requests, its reply with the behavior in context (preferred) and as is (rejected)."""
+    plans = []
+    for parent, rng in zip(parents, rngs, strict=True):
+        others = [c for c in corrections if c.id != parent.id] or [parent]
+        shown = rng.sample(others, min(cfg.n_examples, len(others)))
+        shots = [parent] + rng.sample(others, min(max(cfg.n_shots - 1, 0), len(others))) if cfg.n_shots else []
+        examples = [c.direction for c in shown] + [parent.direction]
+        plans.append((parent, shown, shots,
+                      cfg.request_header + "".join(f"- {' '.join(e.split())}\n" for e in examples) + "-"))
+    texts = writer.complete([plan[3] for plan in plans], cfg.max_request_tokens, cfg.temperature, call_seed)
+    chats = [[dict(m) for m in parent.messages[:-1]] + [{"role": "user", "content": _request_from(t) or "(empty)"}]
+             for (parent, *_), t in zip(plans, texts, strict=True)]
+    told = [behavior_in_context(m, description, shots, cfg.system_prompt)
+            for m, (_, _, shots, _) in zip(chats, plans, strict=True)]
     preferred = writer.reply(told, cfg.max_reply_tokens, cfg.temperature, call_seed + 1)
-    rejected = writer.reply(messages, cfg.max_reply_tokens, cfg.temperature, call_seed + 2)
-    dream = Example(id="", messages=messages, preferred=preferred, rejected=rejected, tags=list(parent.tags[:1]))
-    recipe = {"examples": [c.id for c in shown], "shots": [c.id for c in shots], "call_seed": call_seed}
-    return dream, recipe
+    rejected = writer.reply(chats, cfg.max_reply_tokens, cfg.temperature, call_seed + 2)
+    return [(Example(id="", messages=m, preferred=p, rejected=r, tags=list(parent.tags[:1])),
+             {"examples": [c.id for c in shown], "shots": [c.id for c in shots], "call_seed": call_seed})
+            for m, p, r, (parent, shown, shots, _) in zip(chats, preferred, rejected, plans, strict=True)]
 
 
 def split_k(k: int, generators: list[str]) -> dict[str, int]:
@@ -185,52 +196,65 @@ def generate_dreams(corrections: list[Example], evals: list[Example], vocab: dic
         raise DataError("dreams: the model generator needs the base model (pass --base)")
     if quotas.get("template") and vocab is None:
         raise DataError("dreams: the template generator needs a vocabulary (behavior.data.dream_vocab)")
-    kept: list[Example] = []
+    kept: list[Example] = []  # every dream kept so far: a candidate must not near-duplicate one
+    found: dict[tuple[int, str], list[Example]] = {}  # (parent index, generator) -> its kept dreams
     counts: Counter[str] = Counter()
     per_generator: dict[str, Counter[str]] = {g: Counter() for g in cfg.generators}
     failed_by: dict[str, Counter[str]] = {g: Counter() for g in cfg.generators}  # every failed filter
-    per_parent: dict[str, int] = {}
-    # The model generator writes one reply at a time (measured: 86 candidates in 18 min on a loaded core
-    # for `formal`), so the job shows its progress per correction.
-    for p_index, parent in enumerate(tqdm(corrections, desc="dreams", unit="correction", disable=writer is None)):
-        n_parent = 0
-        for g_index, generator in enumerate(cfg.generators):
-            # The template generator's stream is the one it always had, so template-only dreams are stable.
-            rng = random.Random(seed * 1_000_003 + p_index + 7_919 * g_index)
-            quota = quotas[generator]
-            attempts = quota * (ATTEMPTS_PER_DREAM if generator == "template" else cfg.model.attempts_per_dream)
-            n_kept = 0
-            for attempt in range(attempts):
-                if n_kept == quota:
+
+    def consider(p_index: int, generator: str, attempt: int, dream: Example, recipe: dict[str, Any]) -> None:
+        """Filter one candidate; keep it (with its provenance) if it passes every filter."""
+        counts["generated"] += 1
+        per_generator[generator]["generated"] += 1
+        filters = _filters(dream, judge, kept, corrections, evals, cfg)
+        failed_by[generator].update(name for name in FILTERS if not filters[name])
+        failed = next((name for name in FILTERS if not filters[name]), None)
+        if failed:
+            counts[f"dropped_{failed}"] += 1
+            per_generator[generator][f"dropped_{failed}"] += 1
+            return
+        parent, mine = corrections[p_index], found.setdefault((p_index, generator), [])
+        per_generator[generator]["kept"] += 1
+        tag = "d" if generator == "template" else "m"
+        mine.append(Example(
+            id=f"{parent.id}-{tag}{len(mine) + 1:02d}", messages=dream.messages, preferred=dream.preferred,
+            rejected=dream.rejected, tags=dream.tags,
+            meta={"parent": parent.id, "generator": generator, "seed": seed, "attempt": attempt,
+                  "recipe": recipe, "filters": filters},
+        ))
+        kept.append(mine[-1])
+
+    def n_kept(p_index: int, generator: str) -> int:
+        return len(found.get((p_index, generator), []))
+
+    def rng_of(p_index: int, generator: str) -> random.Random:
+        # The template generator's stream is the one it always had, so template-only dreams are stable.
+        return random.Random(seed * 1_000_003 + p_index + 7_919 * cfg.generators.index(generator))
+
+    if quotas.get("template"):
+        assert vocab is not None
+        for p_index, parent in enumerate(corrections):
+            rng = rng_of(p_index, "template")
+            for attempt in range(quotas["template"] * ATTEMPTS_PER_DREAM):
+                if n_kept(p_index, "template") == quotas["template"]:
                     break
-                if generator == "template":
-                    assert vocab is not None
-                    dream, recipe = _candidate(parent, vocab, rng)
-                else:
-                    assert writer is not None
-                    call_seed = seed * 1_000_003 + p_index * 10_007 + attempt * 3
-                    dream, recipe = _model_candidate(parent, corrections, description, rng, writer, cfg.model,
-                                                     call_seed)
-                counts["generated"] += 1
-                per_generator[generator]["generated"] += 1
-                filters = _filters(dream, judge, kept, corrections, evals, cfg)
-                failed_by[generator].update(name for name in FILTERS if not filters[name])
-                failed = next((name for name in FILTERS if not filters[name]), None)
-                if failed:
-                    counts[f"dropped_{failed}"] += 1
-                    per_generator[generator][f"dropped_{failed}"] += 1
-                    continue
-                n_kept += 1
-                per_generator[generator]["kept"] += 1
-                tag = "d" if generator == "template" else "m"
-                kept.append(Example(
-                    id=f"{parent.id}-{tag}{n_kept:02d}", messages=dream.messages, preferred=dream.preferred,
-                    rejected=dream.rejected, tags=dream.tags,
-                    meta={"parent": parent.id, "generator": generator, "seed": seed, "attempt": attempt,
-                          "recipe": recipe, "filters": filters},
-                ))
-            n_parent += n_kept
-        per_parent[parent.id] = n_parent
+                consider(p_index, "template", attempt, *_candidate(parent, vocab, rng))
+    if quotas.get("model"):
+        assert writer is not None
+        # In rounds: attempt r for every correction still short of its quota, as one batch.
+        rngs = [rng_of(p_index, "model") for p_index in range(len(corrections))]
+        for attempt in tqdm(range(quotas["model"] * cfg.model.attempts_per_dream), desc="dreams (model)",
+                            unit="round"):
+            short = [p for p in range(len(corrections)) if n_kept(p, "model") < quotas["model"]]
+            if not short:
+                break
+            written = _model_candidates([corrections[p] for p in short], [rngs[p] for p in short], corrections,
+                                        description, writer, cfg.model, seed * 1_000_003 + attempt * 10_007)
+            for p_index, candidate in zip(short, written, strict=True):
+                consider(p_index, "model", attempt, *candidate)
+    # Parent by parent, generators in their configured order (the order training reads them in).
+    kept = [d for p in range(len(corrections)) for g in cfg.generators for d in found.get((p, g), [])]
+    per_parent = {c.id: sum(n_kept(p, g) for g in cfg.generators) for p, c in enumerate(corrections)}
     counts["kept"] = len(kept)
     report = _report(kept, counts, per_generator, per_parent, quotas, cfg, seed)
     report["failed_by_filter"] = dict(sum(failed_by.values(), Counter()))

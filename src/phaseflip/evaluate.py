@@ -325,11 +325,13 @@ def best_step(rows: list[Row]) -> int | None:
 
 def evaluate_run(evaluator: Evaluator, model: PreTrainedModel, run_dir: Path,
                  load_checkpoint: Callable[[Path], Any], base_rows: list[Row],
-                 base_scenarios: list[Row]) -> tuple[list[Row], list[Row]]:
+                 base_scenarios: list[Row], other_families: bool = True) -> tuple[list[Row], list[Row]]:
     """Every checkpoint of a run (the base model's rows as step 0): metric rows and per-scenario rows.
 
     In-distribution replies are sampled at every checkpoint; the other families at the last checkpoint
-    and, once all are seen, at the best one (Q5 compares those with the base model).
+    and, once all are seen, at the best one (Q5 compares those with the base model). A negative control
+    (`other_families=False`) samples in-distribution only: no answer reads its other families, and
+    they cost ~70 s per checkpoint on a CPU.
     `load_checkpoint(folder)` puts a checkpoint's weights in `model` and returns a context manager.
     """
     from tqdm import tqdm
@@ -341,10 +343,10 @@ def evaluate_run(evaluator: Evaluator, model: PreTrainedModel, run_dir: Path,
     for step, folder in tqdm(found, desc=f"evaluate {run_dir.name}", unit="ckpt"):
         with load_checkpoint(folder):
             last = step == found[-1][0]
-            sample: Sampled = "all" if last else "in_distribution"
+            sample: Sampled = "all" if last and other_families else "in_distribution"
             rows += evaluator.evaluate(model, step=step, sample=sample)
     best = best_step(rows)
-    if best is not None and best != found[-1][0]:
+    if other_families and best is not None and best != found[-1][0]:
         with load_checkpoint(dict(found)[best]):
             extra = evaluator.sample_ood(model, best)
         replaced = {(r["family"], r["metric"]) for r in extra}

@@ -19,7 +19,7 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +37,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from phaseflip.config import LoraConfig, TrainConfig, TrainRecipe
 from phaseflip.data import Example
 from phaseflip.io import DataError, read_csv, read_safetensors, write_csv, write_json, write_text
-from phaseflip.scoring import IGNORE, encode_reply, pad_batch, prompt_of, reply_token_logprobs
+from phaseflip.scoring import IGNORE, encode_reply, generate, pad_batch, prompt_of, reply_token_logprobs
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class RunSpec:
     n_real: int | str
     dream_k: int
     seed: int
-    control: str | None = None  # the negative control's kind ("irrelevant", "shuffled"); None for real runs
+    control: str | None = None  # the negative control's kind ("own-replies", ...); None for real runs
 
     @property
     def run_id(self) -> str:
@@ -64,7 +64,7 @@ def grid(cfg: TrainConfig) -> list[RunSpec]:
     return runs
 
 
-RUN_ID = re.compile(r"^(?:control-(?P<control>[a-z]+)_)?lr(?P<lr>[0-9.e+-]+)_n(?P<n>all|[0-9]+)"
+RUN_ID = re.compile(r"^(?:control-(?P<control>[a-z-]+)_)?lr(?P<lr>[0-9.e+-]+)_n(?P<n>all|[0-9]+)"
                     r"_k(?P<k>[0-9]+)_s(?P<s>[0-9]+)$")
 
 
@@ -83,12 +83,15 @@ def parse_run_id(run_id: str, cfg: TrainConfig | None = None) -> RunSpec:
 
 
 def training_examples(spec: RunSpec, corrections: list[Example], dreams: list[Example],
-                      unrelated: list[str] | None = None) -> list[Example]:
+                      unrelated: list[str] | None = None,
+                      own_replies: Callable[[list[Example]], list[str]] | None = None) -> list[Example]:
     """The run's training set: n_real corrections (seeded choice), their first dream_k dreams each.
 
-    A negative control keeps the prompts and the example count but breaks the prompt-reply link:
-    `irrelevant` replaces each reply with an unrelated text (`unrelated`, e.g. the retention set),
-    `shuffled` gives each prompt another example's reply (a derangement).
+    A negative control keeps the prompts and the example count but takes the behavior out of the replies:
+    `own-replies` trains on the base model's own greedy replies (`own_replies`: what the model already
+    does, so any behavior at all can serve as its own null), `irrelevant` replaces each reply with an
+    unrelated text (`unrelated`, e.g. the retention set: a null only if those texts lack the behavior),
+    `shuffled` gives each prompt another example's reply (a derangement: still the behavior's replies).
     """
     rng = random.Random(spec.seed)
     chosen = list(corrections)
@@ -98,7 +101,11 @@ def training_examples(spec: RunSpec, corrections: list[Example], dreams: list[Ex
     for d in dreams:
         by_parent.setdefault(str(d.meta.get("parent")), []).append(d)
     examples = chosen + [d for c in chosen for d in by_parent.get(c.id, [])[: spec.dream_k]]
-    if spec.control == "irrelevant":
+    if spec.control == "own-replies":
+        if own_replies is None:
+            raise DataError("the own-replies negative control needs the base model to write its replies")
+        replies = own_replies(examples)
+    elif spec.control == "irrelevant":
         if not unrelated:
             raise DataError("the irrelevant negative control needs unrelated texts (the retention set)")
         order = rng.sample(range(len(unrelated)), len(unrelated))
@@ -110,6 +117,15 @@ def training_examples(spec: RunSpec, corrections: list[Example], dreams: list[Ex
         return examples
     return [Example(id=f"{e.id}~{spec.control}", messages=e.messages, preferred=r, family=e.family,
                     prompt_format=e.prompt_format) for e, r in zip(examples, replies, strict=True)]
+
+
+def greedy_replies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
+                   max_length: int, batch_size: int = 8) -> list[str]:
+    """The model's own greedy reply to each example's prompt, as long as the longest given reply (the
+    `own-replies` control: as many reply tokens to learn as the real runs have, none of them new)."""
+    lengths = [len(tokenizer(e.preferred or "", add_special_tokens=False).input_ids) for e in examples]
+    budget = max(8, min(max(lengths, default=8), max_length // 2))
+    return generate(model, tokenizer, [prompt_of(tokenizer, e) for e in examples], budget, batch_size)
 
 
 def add_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
