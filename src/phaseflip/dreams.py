@@ -229,7 +229,7 @@ def generate_dreams(corrections: list[Example], evals: list[Example], vocab: dic
 
     def rng_of(p_index: int, generator: str) -> random.Random:
         # The template generator's stream is the one it always had, so template-only dreams are stable.
-        return random.Random(seed * 1_000_003 + p_index + 7_919 * list(cfg.generators).index(generator))
+        return random.Random(seed * 1_000_003 + p_index + 7_919 * [str(g) for g in cfg.generators].index(generator))
 
     if quotas.get("template"):
         assert vocab is not None
