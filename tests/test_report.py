@@ -93,3 +93,23 @@ def test_q4_cites_the_steering_screen_best_setting_with_its_interval(tmp_path) -
     assert "- real: layer 1 x1: p_preferred 0.65 [0.60, 0.70]" in lines and "(2 of 4 settings under the bound)" in lines
     steering_figure(steer, tmp_path / "steering.png")
     assert (tmp_path / "steering.png").stat().st_size > 1000
+
+
+def test_q4_answer_tests_the_difference_not_interval_overlap() -> None:
+    from phaseflip.report import _q4_answer
+
+    def comp(icl: tuple[float, float, float]) -> pd.DataFrame:
+        return pd.DataFrame([
+            {"setup": "base model", "family": "in_distribution", "behavior_rate": 0.0, "lo": 0.0, "hi": 0.1},
+            {"setup": "LoRA lr3e-03 step 16", "family": "in_distribution", "behavior_rate": 0.80, "lo": 0.62,
+             "hi": 0.91},
+            {"setup": "ICL k=3", "family": "in_distribution", "behavior_rate": icl[0], "lo": icl[1], "hi": icl[2]},
+        ])
+
+    # the two intervals overlap (0.62 < 0.64), yet the difference 0.30 is resolved above 0 by MOVER
+    overlapping = "\n".join(_q4_answer(comp((0.50, 0.36, 0.64))))
+    assert "vs ICL k=3: 0.30 [" in overlapping and "training is needed here" in overlapping
+    close = "\n".join(_q4_answer(comp((0.71, 0.55, 0.83))))
+    assert "not resolved" in close and "training is needed here" not in close
+    above = "\n".join(_q4_answer(comp((0.99, 0.95, 1.0))))
+    assert "above LoRA's best" in above

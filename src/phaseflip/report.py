@@ -17,6 +17,7 @@ import pandas as pd
 from phaseflip import answers, figures, references
 from phaseflip.answers import fmt as _fmt
 from phaseflip.figures import ID, pick
+from phaseflip.inference import rate_difference
 from phaseflip.io import read_csv, read_json, write_csv, write_json, write_text
 
 FIGURES = ["curves", "all_metrics", "phase_diagram", "dreams", "families", "steering", "icl", "forecast"]
@@ -202,8 +203,8 @@ def _screen_lines(steer: pd.DataFrame) -> list[str]:
 def _q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: Any, **_: Any) -> list[str]:
     families = sorted(comp.family.unique(), key=lambda f: (f != ID, f != "all", f))
     L = ["", "## Q4 — Steering and in-context examples vs LoRA", "",
-         f"behavior_rate per family (Wilson 95%); each setup's best setting chosen on {ID} only, other families "
-         "reported as found (no selection on them):", "",
+         f"behavior_rate per family (95% interval, clustered by scenario); each setup's best setting chosen on "
+         f"{ID} only, other families reported as found (no selection on them):", "",
          "| setup | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
     for setup, grp in comp.groupby("setup", sort=False):
         cells = grp.set_index("family")
@@ -227,16 +228,35 @@ def _q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: 
         L += ["", "ICL behavior_rate by k: " + ", ".join(
             f"k={int(k)}: {_fmt(v, lo, hi)}" for k, v, lo, hi in zip(rates.k, rates.value, rates.lo, rates.hi,
                                                                     strict=True)) + "."]
+    L += _q4_answer(comp)
+    return L
+
+
+def _q4_answer(comp: pd.DataFrame) -> list[str]:
+    """LoRA's best minus each training-free baseline's best, in-distribution, as a difference with its 95%
+    interval (MOVER from the two clustered intervals): training is needed only where every difference is
+    resolved above 0 (two overlapping intervals can still differ; this tests the difference itself)."""
     lora = comp[comp.setup.str.startswith("LoRA") & (comp.family == ID)]
     others = comp[~comp.setup.str.startswith("LoRA") & (comp.family == ID) & (comp.setup != "base model")]
-    if len(lora) and len(others):
-        l_lo = float(lora.lo.iloc[0])
-        beaten = [s for s, hi in zip(others.setup, others.hi, strict=True) if hi < l_lo]
-        L.append("\nAnswer: " + (f"LoRA's best in-distribution rate is above {', '.join(beaten)} with "
-                                 "non-overlapping intervals; training is needed here."
-                                 if len(beaten) == len(others) else
-                                 "at least one training-free baseline's interval overlaps LoRA's best: "
-                                 "the data do not show that training is needed."))
+    if lora.empty or others.empty:
+        return []
+    best = lora.iloc[0]
+    L = ["", f"LoRA's best minus each baseline's best ({ID} behavior_rate, 95% MOVER interval):", ""]
+    diffs = []
+    for o in others.itertuples():
+        d = rate_difference((best.behavior_rate, best.lo, best.hi), (o.behavior_rate, o.lo, o.hi))
+        diffs.append(d)
+        L.append(f"- vs {o.setup}: {_fmt(d.value, d.lo, d.hi)}")
+    if all(d.lo > 0 for d in diffs):
+        L.append("\nAnswer: LoRA's best in-distribution rate is above every training-free baseline's, each "
+                 "difference resolved above 0: training is needed here.")
+    elif any(d.hi < 0 for d in diffs):
+        L.append("\nAnswer: a training-free baseline's rate is above LoRA's best (difference resolved below 0).")
+    else:
+        closest = min(diffs, key=lambda d: d.value)
+        L.append("\nAnswer: not resolved: at least one training-free baseline's difference from LoRA includes 0 "
+                 f"(closest {_fmt(closest.value, closest.lo, closest.hi)}, half-width ±{closest.half_width:.2f}); "
+                 "the data do not show that training is needed.")
     return L
 
 
