@@ -147,3 +147,26 @@ def test_screen_refuses_scenarios_without_reference_pairs(tiny) -> None:  # type
     bare = [Example(id="e", messages=[{"role": "user", "content": "Q"}], family="in_distribution")]
     with pytest.raises(DataError, match="in_distribution eval scenario has both"):
         screen(model, tok, {"real": _planted(model, tok)}, bare, RETENTION, [1.0])
+
+
+def test_screen_and_evaluate_fully_evaluates_the_selected_setting_only(tiny) -> None:  # type: ignore[no-untyped-def]
+    from phaseflip.config import EvalConfig, load_study_config
+    from phaseflip.evaluate import Evaluator
+    from phaseflip.judge import make_judge
+    from phaseflip.steering import screen_and_evaluate
+
+    model, tok = tiny
+    judge = make_judge(load_study_config({"study": "smoke"}).behavior)
+    cfg = SteeringConfig(layers=[0, 1], multipliers=[-4.0, 4.0],
+                         screen={"full_evaluations": 1, "max_retention_kl": 100.0, "dtype": "float32"})
+    evaluator = Evaluator(tok, _scenarios(), RETENTION, judge, EvalConfig(n_samples=1, max_new_tokens=2))
+    table, rows, seconds = screen_and_evaluate(model, tok, {"real": _planted(model, tok)}, evaluator, cfg)
+    assert len(table) == 4 and table.selected.sum() == 1 and set(seconds) == {"screen", "full"}
+    chosen = table[table.selected].iloc[0]
+    full = {(r["layer"], r["multiplier"]) for r in rows if r["metric"] == "behavior_rate"}
+    assert full == {(int(chosen.layer), float(chosen.multiplier))}  # sampled: the selected setting alone
+    assert sum(r["metric"] == "screen_rank" for r in rows) == 4  # the whole screen is reported
+    bare = Evaluator(tok, [Example(id="e", messages=[{"role": "user", "content": "Q"}], family="in_distribution")],
+                     RETENTION, judge, EvalConfig(n_samples=1, max_new_tokens=2))
+    empty, none, _ = screen_and_evaluate(model, tok, {"real": _planted(model, tok)}, bare, cfg)
+    assert empty.empty and none == []

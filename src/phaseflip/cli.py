@@ -150,41 +150,27 @@ def cmd_steering_vectors(args: argparse.Namespace) -> None:
 
 def cmd_steering(args: argparse.Namespace) -> None:
     """The screen over every (training set, layer, multiplier), then the full evaluation of the best few."""
-    from phaseflip.base_model import DTYPES
     from phaseflip.evaluate import Evaluator
-    from phaseflip.steering import load_vector, screen, screen_rows, select, sweep, vector_file
+    from phaseflip.steering import load_vector, screen_and_evaluate, vector_file
 
     params = _params(args)
     cfg = SteeringConfig.model_validate(params["steering"])
     model, tok = _model(args, params)
     scenarios, retention, eval_cfg = _eval_set(args, params)
     vectors: dict[str, Any] = {t: load_vector(Path(args.vectors) / vector_file(t))[0] for t in cfg.training_sets}
-    started = time.time()
-    rows = _base_rows(args, training_set="none", layer=-1, multiplier=0.0)
-    if not any(ex.family == "in_distribution" and ex.preferred and ex.rejected for ex in scenarios):
-        # No reference pair to screen on (e.g. none could be generated): the base model's rows only.
-        write_csv(Path(args.out) / "steering_screen.csv", pd.DataFrame({"training_set": []}))
-        write_csv(Path(args.out) / "steering_metrics.csv", pd.DataFrame(rows))
-        print("steering: no in_distribution scenario has a reference pair; nothing to screen")
-        return
-    table = select(screen(model, tok, vectors, scenarios, retention, cfg.multipliers, DTYPES[cfg.screen.dtype],
-                          max_scenarios=cfg.screen.max_scenarios),
-                   cfg.screen)
-    screened = time.time() - started
     evaluator = Evaluator(tok, scenarios, retention, _judge(args, params), eval_cfg, seed=int(params["seed"]))
-    evaluator.set_references(model)  # base retention distributions, for retention_kl of each setting
-    rows += screen_rows(table)
-    for training_set, chosen in table[table.selected].groupby("training_set", sort=False):
-        settings = list(zip(chosen.layer.astype(int), chosen.multiplier.astype(float), strict=True))
-        rows += [dict(r, training_set=training_set)
-                 for r in sweep(model, vectors[training_set], evaluator, cfg.multipliers, settings)]
+    table, rows, seconds = screen_and_evaluate(model, tok, vectors, evaluator, cfg)
     out = Path(args.out)
     write_csv(out / "steering_screen.csv", table)
-    write_csv(out / "steering_metrics.csv", pd.DataFrame(rows))
+    write_csv(out / "steering_metrics.csv",
+              pd.DataFrame(_base_rows(args, training_set="none", layer=-1, multiplier=0.0) + rows))
+    if table.empty:
+        print("steering: no in_distribution scenario has a reference pair; nothing to screen")
+        return
     print(f"steering: screened {len(table)} settings ({len(cfg.training_sets)} training sets x "
-          f"{table.layer.nunique()} layers x {table.multiplier.nunique()} multipliers) in {screened:.0f}s "
-          f"({len(table) / max(screened, 1e-9):.2f} settings/s); full evaluation of {int(table.selected.sum())} "
-          f"in {time.time() - started - screened:.0f}s")
+          f"{table.layer.nunique()} layers x {table.multiplier.nunique()} multipliers) in {seconds['screen']:.0f}s "
+          f"({len(table) / max(seconds['screen'], 1e-9):.2f} settings/s); full evaluation of "
+          f"{int(table.selected.sum())} in {seconds['full']:.0f}s")
 
 
 def cmd_icl(args: argparse.Namespace) -> None:

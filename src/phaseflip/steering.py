@@ -433,3 +433,25 @@ def screen_rows(table: pd.DataFrame) -> list[Row]:
         rows.append({**key, "family": ID, "metric": "screen_rank", "value": r["rank"], "lo": math.nan,
                      "hi": math.nan, "n": r["n"]})
     return rows
+
+
+def screen_and_evaluate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, vectors: Mapping[str, SteeringVector],
+                        evaluator: Evaluator, cfg: SteeringConfig) -> tuple[pd.DataFrame, list[Row], dict[str, float]]:
+    """The stage: the screen over every (training set, layer, multiplier), the pre-registered selection, then
+    the full evaluation of the selected settings. Returns the screen table (empty when no in-distribution
+    scenario has a reference pair to screen on), the metric rows, and the seconds of each part."""
+    from phaseflip.base_model import DTYPES
+
+    scenarios, started = evaluator.scenarios, time.time()
+    if not any(ex.family == ID and ex.preferred and ex.rejected for ex in scenarios):
+        return pd.DataFrame({"training_set": []}), [], {"screen": 0.0, "full": 0.0}
+    table = select(screen(model, tok, vectors, scenarios, evaluator.retention, cfg.multipliers,
+                          DTYPES[cfg.screen.dtype], max_scenarios=cfg.screen.max_scenarios), cfg.screen)
+    screened = time.time() - started
+    evaluator.set_references(model)  # base retention distributions, for retention_kl of each setting
+    rows = screen_rows(table)
+    for training_set, chosen in table[table.selected].groupby("training_set", sort=False):
+        settings = list(zip(chosen.layer.astype(int), chosen.multiplier.astype(float), strict=True))
+        rows += [dict(r, training_set=training_set)
+                 for r in sweep(model, vectors[training_set], evaluator, cfg.multipliers, settings)]
+    return table, rows, {"screen": screened, "full": time.time() - started - screened}
