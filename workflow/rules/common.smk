@@ -43,10 +43,13 @@ def run_params(*sections):
 # cores each, at most 8. On 2 cores that is 1 thread, so they pack beside the 1-thread train/evaluate
 # jobs instead of waiting for both cores to be free (one thread is also the more efficient per core:
 # evaluate_base took 37.6 s at 1 thread, 28.1 s at 2: 1.34x). On a cluster: set-threads in the profile.
+# `corrections` is the one job nothing can run beside (every later stage reads its files): all cores, at
+# most 8 (for a behavior without reference replies it writes them with the model: 237 s at 1 thread).
 try:
     STAGE_THREADS = max(1, min(8, (workflow.cores or 2) // 2))
+    ALONE_THREADS = max(1, min(8, workflow.cores or 2))
 except WorkflowError:  # no --cores: commands that run no job (--report, --lint, --summary)
-    STAGE_THREADS = 1
+    STAGE_THREADS = ALONE_THREADS = 1
 # Scheduling on a few cores (priority: in the rules): the short jobs every evaluate waits on
 # (evaluate_base, steering_vectors) first, and the steering screen (the longest single job: 300 settings)
 # as soon as it can run, so it overlaps the grid's train -> evaluate chains instead of finishing alone;

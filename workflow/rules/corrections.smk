@@ -18,7 +18,7 @@ rule corrections:
         "results/logs/corrections.log",
     benchmark:
         "results/benchmarks/corrections.tsv"
-    threads: STAGE_THREADS  # like the other stage jobs, so on 2 cores the next ready job runs beside it
+    threads: ALONE_THREADS  # every later job waits on it (see common.smk)
     shell:
         "python -m phaseflip.cli corrections --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--out {params.out} > {log} 2>&1"
