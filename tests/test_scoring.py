@@ -177,3 +177,28 @@ def test_preallocated_decode_cache_samples_the_same_tokens(tiny, monkeypatch) ->
                        generate(model, tok, prompts, max_new_tokens=12, batch_size=4))
     assert got[True] == got[False]
     assert len({r for reps in got[True][0] for r in reps}) > 3  # really sampled, not one repeated reply
+
+
+def test_reply_logprobs_hand_the_head_a_contiguous_input_with_the_same_values_and_gradients(tiny) -> None:  # type: ignore[no-untyped-def]
+    """Training's hot path: the head's input is made contiguous (a strided slice made autograd broadcast
+    the head weight per row); log-probs and gradients equal those of the full-sequence head."""
+    from phaseflip.scoring import pad_batch, reply_token_logprobs, token_logprobs
+
+    model, tok = tiny
+    prompts = ["Use tabs.", "A much longer request, so the batch needs padding on the right side."]
+    enc = [encode_reply(tok, p, "Understood — tabs only.", 64) for p in prompts]
+    ids, mask, labels = pad_batch([a for a, _ in enc], [b for _, b in enc], tok.pad_token_id, torch.device("cpu"))
+    seen: list[bool] = []
+    spy = model.get_output_embeddings().register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous()))
+    fast = reply_token_logprobs(model, ids, mask, labels)
+    fast.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    spy.remove()
+    assert seen == [True]
+    full = token_logprobs(model(input_ids=ids, attention_mask=mask).logits, labels)
+    full.sum().backward()
+    kept = labels.shape[1] - fast.shape[1] - 1  # reply_token_logprobs starts one token before the first reply
+    assert torch.allclose(fast, full[:, kept:], atol=1e-5)
+    for a, p in zip(grads, [p for p in model.parameters() if p.grad is not None], strict=True):
+        assert torch.allclose(a, p.grad, atol=1e-5, rtol=1e-4)

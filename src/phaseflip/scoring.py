@@ -10,7 +10,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,8 +101,26 @@ def reply_token_logprobs(model: PreTrainedModel, ids: torch.Tensor, mask: torch.
     has_label = labels != IGNORE
     first = int(torch.where(has_label.any(dim=1), has_label.float().argmax(dim=1), labels.shape[1]).min())
     keep_from = max(first - 1, 0)
-    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=ids.shape[1] - keep_from).logits
+    with contiguous_head_input(model):
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=ids.shape[1] - keep_from).logits
     return token_logprobs(logits, labels[:, keep_from:])
+
+
+@contextmanager
+def contiguous_head_input(model: PreTrainedModel) -> Iterator[None]:
+    """Hand the LM head a contiguous input. `logits_to_keep` slices the hidden states (batch, kept, d)
+    out of (batch, seq, d); under autograd, F.linear on that strided slice broadcasts the (vocab, d) head
+    weight to every row and runs a bmm: a (4, 576, 49152) copy and a slow bmm, 2.1 s of a 3.3 s training
+    micro-batch of SmolLM2 on one CPU core, vs 0.35 s as one matmul on a contiguous copy (torch 2.13)."""
+    head = model.get_output_embeddings()
+    if head is None:
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]), prepend=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @dataclass
