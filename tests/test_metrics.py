@@ -16,6 +16,14 @@ def test_wilson_interval_known_values(k: int, n: int, lo: float, hi: float) -> N
     assert got == pytest.approx((lo, hi), abs=1e-3)
 
 
+def test_wilson_interval_always_contains_the_estimate() -> None:
+    """13 of 13 gave hi = 1 - 1e-16 < 1.0 by rounding: a negative error bar in the calibration figure."""
+    for n in range(1, 300):
+        for k in (0, 1, n // 2, n - 1, n):
+            lo, hi = wilson_interval(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n, lo, hi)
+
+
 def test_wilson_interval_of_nothing_is_nan() -> None:
     assert all(math.isnan(x) for x in wilson_interval(0, 0))
 
