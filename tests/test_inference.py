@@ -30,3 +30,5 @@ def test_seed_spread_and_power() -> None:
     assert seeds_per_arm(1.0, 1.0) == 17
     assert seeds_per_arm(1.0, 3.0) < seeds_per_arm(1.0, 1.0)
     assert seeds_per_arm(0.06, 2.0) == 2  # a tiny spread (two seeds 0.08 apart): the minimum, not a crash
+    # formal's lr 6e-4 seeds: SD 0.03 and 0.1 (effect 20-67), where statsmodels' power is nan: still 2
+    assert all(seeds_per_arm(sd, 2.0) == 2 for sd in (0.01, 0.03, 0.1, 0.2, 0.29))

@@ -76,8 +76,10 @@ def seeds_per_arm(sd: float, difference: float, power: float = 0.8, alpha: float
         return None
     test, effect = TTestIndPower(), difference / sd
     # Two seeds per arm is the least a two-sample t test can use; when even that has the power (a spread
-    # far below the difference), the solver has no root above it and returns nan.
-    if test.power(effect_size=effect, nobs1=2, alpha=alpha, ratio=1.0) >= power:
+    # far below the difference), the solver has no root above it and returns nan. Power grows with the
+    # effect size, and statsmodels' noncentral t returns nan for very large ones (d = 20: an SD of 0.1 step
+    # against 2 steps), so the check is made at d <= 10, where two seeds already give power 0.99.
+    if test.power(effect_size=min(effect, 10.0), nobs1=2, alpha=alpha, ratio=1.0) >= power:
         return 2
     n = float(test.solve_power(effect_size=effect, power=power, alpha=alpha, ratio=1.0))
     return int(math.ceil(n)) if math.isfinite(n) else None
