@@ -35,8 +35,11 @@ def write_study(root: Path, model: SimModel, n_runs: int, seed: int = 0) -> list
 
 def test_the_model_is_fitted_to_the_study(tmp_path: Path) -> None:
     truth = SimModel(n_scenarios=12, link_intercept=-2.0, link_slope=2.5, speed_exponent=1.0, sd_log_speed=0.05,
-                     lr_range=(5e-4, 4e-3), steps=[0, 2, 4, 6, 8, 10, 12, 16])
+                     lr_range=(5e-4, 4e-3), steps=[0, 2, 4, 6, 8, 10, 12, 16], x0=-0.6)
     fitted = fit_model(load_study(write_study(tmp_path, truth, 6)), CFG)
+    # the base model's level (formal: p_preferred 0.36, logit -0.6); left at 0, the simulated base rate sat
+    # above the threshold and 94% of the simulated runs could not cross
+    assert fitted.x0 == pytest.approx(-0.6, abs=0.3) and "x0" in fitted.fitted
     assert fitted.steps == truth.steps and fitted.n_scenarios == 12 and "link" in fitted.fitted
     assert fitted.link_slope == pytest.approx(2.5, rel=0.3)
     assert fitted.link_intercept / fitted.link_slope == pytest.approx(-0.8, abs=0.25)  # the crossing level

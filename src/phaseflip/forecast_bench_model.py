@@ -137,7 +137,7 @@ def _run_curve(m: SimModel, sc: pd.DataFrame, met: pd.DataFrame) -> pd.DataFrame
 
 
 def _fit_trajectories(m: SimModel, ids: list[Any], cfg: ForecastConfig) -> None:
-    speeds, resid, offsets, scen_speeds, cell, peaks = [], [], [], [], [], []
+    speeds, resid, offsets, scen_speeds, cell, peaks, starts = [], [], [], [], [], [], []
     for _rid, sc, met, log, info in ids:
         long = _run_curve(m, sc, met)
         if long.empty:
@@ -146,6 +146,8 @@ def _fit_trajectories(m: SimModel, ids: list[Any], cfg: ForecastConfig) -> None:
         base = long[long.step == 0]
         if len(base) > 1:
             offsets.append(float(base.y.std()))
+        if len(base):
+            starts.append(float(base.y.mean()))
         if info.get("control") or len(y) < 4 or 0 not in y.index:
             continue
         s, rise = y.index.to_numpy(float), (y - y.loc[0]).to_numpy(float)
@@ -174,6 +176,9 @@ def _fit_trajectories(m: SimModel, ids: list[Any], cfg: ForecastConfig) -> None:
     if offsets:
         m.sd_offset = float(np.median(offsets))
         m.fitted.append("sd_offset")
+    if starts:  # the base model's level: the link is fitted on absolute levels, so the start must be the study's
+        m.x0 = float(np.median(starts))
+        m.fitted.append("x0")
     if scen_speeds:
         m.sd_speed, m.sd_noise = float(np.std(scen_speeds)), float(np.nanstd(cell)) if cell else m.sd_noise
         m.fitted += ["sd_speed", "sd_noise"]
