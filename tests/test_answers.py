@@ -1,6 +1,6 @@
 import pandas as pd
 
-from phaseflip.answers import q1, q3, q5, t50_difference
+from phaseflip.answers import q1, q2, q3, q5, t50_difference
 from phaseflip.report import effective_count
 
 
@@ -52,3 +52,13 @@ def test_q5_states_each_family_change_with_its_interval() -> None:
                         family_notes={"french": "a note from the behavior's YAML"}))
     assert "| french | 10 | 0.10 [0.02, 0.25] | 0.70 [0.55, 0.82] | 0.60 [" in text
     assert "| up | yes" in text and "a note from the behavior's YAML" in text
+
+
+def test_q2_reads_sharpness_only_for_runs_that_crossed() -> None:
+    table = transitions()
+    table["sharpness_behavior_rate"] = [4.0, 2.0, 3.0, 1.2, 1.2]
+    table["sharpness_p_preferred"] = [1.5, 1.9, 2.0, 462.48, 462.48]  # a flat run's noise over a tiny net change
+    table["sharpness_margin"] = [1.4, 1.8, 2.1, 213.7, 213.7]
+    rows = {line.split(" | ")[0][2:]: line for line in q2(table) if line.startswith("| lr") or "control" in line}
+    assert "mirage" in rows["lr3e-03_nall_k0_s0"] and "a real change" in rows["lr3e-03_nall_k0_s1"]
+    assert "462" not in rows["lr3e-03_n4_k0_s0"] and "not crossed" in rows["lr3e-03_n4_k0_s0"]
