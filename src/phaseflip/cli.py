@@ -209,10 +209,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     params = _params(args)
     cfg = TrainRecipe.of(params["train"])  # the recipe only: the run's point is its id
     spec = parse_run_id(args.run_id)
+    # Every data file is read (and a bad one reported) before the model loads.
+    corrections, dreams = load_examples(args.corrections, "corrections"), _dreams(args.dreams)
     unrelated = [r["text"] for r in load_retention(args.retention)]  # the irrelevant control's replies
     model, tok = _model(args, params)
-    examples = training_examples(spec, load_examples(args.corrections, "corrections"), _dreams(args.dreams),
-                                 unrelated, own_replies=partial(greedy_replies, model, tok, max_length=cfg.max_length))
+    examples = training_examples(spec, corrections, dreams, unrelated,
+                                 own_replies=partial(greedy_replies, model, tok, max_length=cfg.max_length))
     base_sha = read_json(Path(args.base) / "manifest.json")["files"]["model.safetensors"]
     summary = train_run(model, tok, examples, spec, cfg, args.out, base_fingerprint=base_sha)
     print(f"train {spec.run_id}: {summary['status']} after step {summary['last_good_step']} "
