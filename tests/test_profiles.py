@@ -125,11 +125,11 @@ def test_local_dry_run_runs_grid_points_side_by_side(project: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     threads = {j["rule"]: int(j["threads"]) for j in parse_jobs(proc.stdout + proc.stderr) if "threads" in j}
     assert threads["train"] == threads["evaluate"] == 1
-    # stage jobs: half the cores (corrections and dreams too, so a core never idles beside them); the
-    # base model, which everything waits on: all of them
+    # stage jobs: half the cores (dreams too, so evaluate_base runs beside it); the base model and the
+    # corrections, which everything waits on (nothing can run beside them): all of them
     assert threads["steering_vectors"] == threads["steering"] == threads["icl"] == threads["evaluate_base"] == 2
-    assert threads["corrections"] == threads["dreams"] == 2
-    assert threads["base_model"] == 4
+    assert threads["dreams"] == 2
+    assert threads["base_model"] == threads["corrections"] == 4
 
 
 @pytest.mark.parametrize("threads", [1, 3])
