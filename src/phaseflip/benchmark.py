@@ -12,7 +12,7 @@ Prints (and writes as JSON with --out):
 - a scenario's whole evaluation (pair scoring + n samples) per second: the evaluator's batched pass
   (`score_and_sample`: one prompt encoding for both) vs one scenario at a time with `transformers`
   `generate` per sample: the ratio;
-- achieved FLOP/s of training and scoring as a fraction of this machine's dense fp32 matmul peak,
+- achieved FLOP/s of training and scoring as a fraction of this machine's dense matmul peak in the model's dtype,
   measured in the same run (MFU; FLOPs counted as 2N per token forward, 4N per token for LoRA
   training: forward plus input gradients, no base-weight gradients);
 - the baselines (`--only baselines` runs just these): steering screen settings per second (every
@@ -44,10 +44,11 @@ from phaseflip.train import RunSpec, add_lora, train_run
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def matmul_peak(threads: int, size: int = 1536, reps: int = 8) -> float:
-    """Dense fp32 matmul FLOP/s on this machine with `threads` threads (the MFU denominator)."""
+def matmul_peak(threads: int, size: int = 1536, reps: int = 8, dtype: torch.dtype = torch.float32) -> float:
+    """Dense matmul FLOP/s in `dtype` on this machine with `threads` threads (the MFU denominator: the
+    model's compute dtype, since bfloat16 runs 2.4x faster than fp32 on a CPU with AVX512-BF16)."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)  # warm-up
     start = time.perf_counter()
     for _ in range(reps):
@@ -153,16 +154,17 @@ def run(model_dir: Path, steps: int, threads: int) -> dict[str, Any]:
     seed_everything(0)
     cfg = load_study_config({})
     torch.set_num_threads(threads)
-    peak = matmul_peak(threads)
     corrections = load_examples(ROOT / cfg.behavior.data.corrections, "corrections")
     scenarios = [s for s in subset_per_family(load_examples(ROOT / cfg.behavior.data.eval, "eval"), 4)
                  if s.preferred and s.rejected]
     model, tok = base_model.load(model_dir)
+    peak = matmul_peak(threads, dtype=model.dtype)
     n_params = sum(p.numel() for p in model.parameters())
     encoded = [encode_reply(tok, prompt_of(tok, c), c.preferred or "", cfg.train.max_length) for c in corrections]
     reply_tokens = sum(sum(t != IGNORE for t in labels) for _, labels in encoded)
     all_tokens = sum(len(ids) for ids, _ in encoded)
     figures: dict[str, Any] = {"model": str(model_dir), "n_parameters": n_params, "threads": threads,
+                               "compute_dtype": str(model.dtype).removeprefix("torch."),
                                "matmul_peak_gflops": peak / 1e9, "train_examples": len(corrections),
                                "reply_tokens_per_step": reply_tokens}
 
