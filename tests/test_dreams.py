@@ -228,3 +228,30 @@ def test_model_generator_prompts_come_from_the_behavior() -> None:
     for listening_text in ["Begin your reply", "alternatives", "restate"]:
         assert listening_text not in text
     assert corrections[1].direction in writer.prompts[0]  # the request list continues the corrections' own
+
+
+def test_template_generator_takes_any_vocabulary_shape(tmp_path: Path) -> None:
+    """The template fields are the vocabulary's own placeholders: a formal-register vocabulary with no
+    acknowledgment, restatement or alternative fills, and a scenario missing a used field is named."""
+    formal = load_study_config({"behavior": "formal"})
+    corrections = load_examples(ROOT / formal.behavior.data.corrections, "corrections")
+    evals = load_examples(ROOT / formal.behavior.data.eval, "eval")
+    path = tmp_path / "vocab.yaml"
+    path.write_text(
+        "scenarios:\n"
+        "- {topic: the water cycle, fact: Water evaporates, condenses into clouds and falls as rain.}\n"
+        "- {topic: photosynthesis, fact: Plants turn light, water and carbon dioxide into sugar.}\n"
+        "prompt_templates: ['hey can u explain {topic} real quick']\n"
+        "preferred_templates: ['Certainly. {fact} It is a continuous process.']\n"
+        "rejected_templates: ['Sure thing! {fact} Pretty cool, right?']\n")
+    vocab = load_vocab(path)
+    dreams, report = generate_dreams(corrections[:2], evals, vocab, RubricJudge(formal.behavior.judge),
+                                     DreamsConfig(generators=["template"], k_per_correction=1), seed=0)
+    assert len(dreams) == 2 and all(d.direction.startswith("hey can u explain") for d in dreams)
+    assert all(d.preferred and "{" not in d.preferred and d.tags == [] for d in dreams)
+    path.write_text(path.read_text().replace("fact: Plants", "facts: Plants"))
+    with pytest.raises(DataError, match=r"scenarios\[1\] needs fields \['fact', 'topic'\]"):
+        load_vocab(path)
+    path.write_text(path.read_text().replace("'Certainly. {fact}", "'{ack} {fact}"))
+    with pytest.raises(DataError, match=r"uses? \{ack\}.*needs non-empty \['acks'\]"):
+        load_vocab(path)

@@ -2,9 +2,12 @@
 
 Generators (`dreams.generators`, mixable; K per correction is split across them in list order):
 
-- `template` recombines a correction's structure (its acknowledgment, its domain) with new scenarios
-  and phrasings from the behavior's vocabulary file (`behavior.data.dream_vocab`, read only when this
-  generator is selected with K > 0).
+- `template` fills the behavior's own prompt / preferred / rejected templates with new scenarios from
+  its vocabulary file (`behavior.data.dream_vocab`, read only when this generator is selected with
+  K > 0). The fields are the vocabulary's: whatever `{placeholder}` the templates use, every scenario
+  must give. Two are optional helpers: `domain` (dreams stay mostly in the parent correction's
+  domain, its first tag) and `acks` (a list of openers: `{ack}` is the parent's own when its preferred
+  reply starts with one, else a random one).
 - `model` lets the current model write them, for any behavior: it continues a list of requests (other
   corrections' requests, then the parent's) with a new one, replies to it once with the behavior in
   context (the behavior's description as the system prompt, a few corrections as earlier turns: the
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import random
 import re
+import string
 from collections import Counter
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,7 +38,8 @@ from phaseflip.data import Example, leak_score, similarity
 from phaseflip.io import DataError
 from phaseflip.judge import Judge, is_coherent
 
-VOCAB_KEYS = ("scenarios", "prompt_templates", "preferred_templates", "rejected_templates", "acks")
+TEMPLATE_KEYS = ("prompt_templates", "preferred_templates", "rejected_templates")
+VOCAB_KEYS = ("scenarios", *TEMPLATE_KEYS)
 ATTEMPTS_PER_DREAM = 8
 FILTERS = ("judge", "coherence", "not_near_duplicate_of_dream", "not_near_duplicate_of_correction",
            "not_near_duplicate_of_eval")
@@ -49,10 +54,15 @@ def load_vocab(path: str | Path) -> dict[str, Any]:
     missing = [k for k in VOCAB_KEYS if not (isinstance(vocab, dict) and vocab.get(k))]
     if missing:
         raise DataError(f"{path}: dream vocabulary needs non-empty {missing}")
+    used = {name for key in TEMPLATE_KEYS for template in vocab[key]
+            for _, name, _, _ in string.Formatter().parse(str(template)) if name}
+    if "ack" in used and not vocab.get("acks"):
+        raise DataError(f"{path}: the templates use {{ack}}: dream vocabulary needs non-empty ['acks']")
+    # {direction_cap} is made from `direction`; {ack} from `acks`: every other field comes from the scenario
+    need = used - {"ack", "direction_cap"} | ({"direction"} if "direction_cap" in used else set())
     for i, item in enumerate(vocab["scenarios"]):
-        need = {"domain", "task", "direction", "restatement", "work", "alternative"}
         if not isinstance(item, dict) or need - set(item):
-            raise DataError(f"{path}: scenarios[{i}] needs fields {sorted(need)}")
+            raise DataError(f"{path}: scenarios[{i}] needs fields {sorted(need)} (the templates' placeholders)")
     return vocab
 
 
@@ -72,28 +82,33 @@ def _ack_of(parent: Example, acks: list[str]) -> str | None:
     return next((a for a in acks if re.match(re.escape(a) + r"\b", text, re.IGNORECASE)), None)
 
 
-def _fill(scenario: dict[str, Any], ack: str) -> dict[str, str]:
-    direction = scenario["direction"]
-    return {"task": scenario["task"], "direction": direction, "direction_cap": direction[:1].upper() + direction[1:],
-            "ack": ack, "restatement": scenario["restatement"], "work": scenario["work"],
-            "alternative": scenario["alternative"]}
+def _fill(scenario: dict[str, Any], ack: str | None) -> dict[str, str]:
+    """The template fields: the scenario's own, plus `direction_cap` and `ack` where they can be made."""
+    fill = {key: str(value) for key, value in scenario.items()}
+    if "direction" in fill:
+        fill["direction_cap"] = fill["direction"][:1].upper() + fill["direction"][1:]
+    if ack is not None:
+        fill["ack"] = ack
+    return fill
 
 
 def _candidate(parent: Example, vocab: dict[str, Any], rng: random.Random) -> tuple[Example, dict[str, Any]]:
     """A template dream: a vocabulary scenario in one of the prompt/reply templates."""
     domain = parent.tags[0] if parent.tags else None
-    same_domain = [s for s in vocab["scenarios"] if s["domain"] == domain]
+    same_domain = [s for s in vocab["scenarios"] if domain is not None and s.get("domain") == domain]
     # Mostly the parent's domain, sometimes another: new domains widen what the model sees.
     pool = same_domain if same_domain and rng.random() < 0.7 else vocab["scenarios"]
     scenario = rng.choice(pool)
-    fill = _fill(scenario, _ack_of(parent, vocab["acks"]) or rng.choice(vocab["acks"]))
+    acks = vocab.get("acks")
+    fill = _fill(scenario, (_ack_of(parent, acks) or rng.choice(acks)) if acks else None)
     prompt_t, pref_t, rej_t = (rng.randrange(len(vocab[k])) for k in VOCAB_KEYS[1:4])
     # A dream keeps the parent's lead-in turns (system prompt, earlier turns) and replaces the request.
     messages = [dict(m) for m in parent.messages[:-1]] + [
         {"role": "user", "content": vocab["prompt_templates"][prompt_t].format(**fill)}]
     dream = Example(
         id="", messages=messages, preferred=vocab["preferred_templates"][pref_t].format(**fill),
-        rejected=vocab["rejected_templates"][rej_t].format(**fill), tags=[scenario["domain"]],
+        rejected=vocab["rejected_templates"][rej_t].format(**fill),
+        tags=[str(scenario["domain"])] if "domain" in scenario else [],
     )
     recipe = {"scenario": vocab["scenarios"].index(scenario), "prompt_template": prompt_t,
               "preferred_template": pref_t, "rejected_template": rej_t}

@@ -1,12 +1,12 @@
 """How often the judge agrees with hand-written labels (§6): overall, per family, per source.
 
 The labeled set (`judge_labels.jsonl` beside the behavior's eval data) holds replies (written by hand,
-or sampled from SmolLM2 with and without a system prompt asking it to acknowledge first) and a label
+or sampled from a model with and without the behavior's description as a system prompt) and a label
 given by reading each one: does it show the behavior? Fields: id, family, source, prompt, reply, label.
 
     python -m phaseflip.judge_agreement                                  # the rubric judge
     python -m phaseflip.judge_agreement --model-judge results/base_model  # and a model judge (SmolLM2)
-    python -m phaseflip.judge_agreement --show-disagreements behavior=listening
+    python -m phaseflip.judge_agreement --show-disagreements behavior=<name>
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def _report(name: str, predict: Callable[[], list[bool]], records: list[Labeled]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m phaseflip.judge_agreement", description=__doc__.split("\n")[0])
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. behavior=listening")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. behavior=formal")
     ap.add_argument("--labels", help="labeled replies (default: judge_labels.jsonl beside the eval data)")
     ap.add_argument("--model-judge", help="also score a model judge: a HF model folder (e.g. results/base_model)")
     ap.add_argument("--show-disagreements", action="store_true")
