@@ -108,11 +108,11 @@ def q2(transitions: pd.DataFrame, **_: Any) -> list[str]:
          "(1 = a straight line; the number of checkpoints - 1 at most = a single jump).", "",
          "| run | behavior_rate (binary) | p_preferred | margin | reading |", "|---|---|---|---|---|"]
     for t in transitions.itertuples():
-        b, p, m = t.sharpness_behavior_rate, t.sharpness_p_preferred, t.sharpness_margin
-        cont = [v for v in (p, m) if v is not None and not math.isnan(v)]
         if not t.flipped:  # a run that does not move has no sharpness: its net change is noise (e.g. 462)
             L.append(f"| {t.run_id} | n/a | n/a | n/a | not crossed: nothing to compare |")
             continue
+        b, p, m = t.sharpness_behavior_rate, t.sharpness_p_preferred, t.sharpness_margin
+        cont = [v for v in (p, m) if v is not None and not math.isnan(v)]
         if b is None or math.isnan(b) or not cont:
             reading = "no net change to compare"
         elif b > 2 * max(cont):

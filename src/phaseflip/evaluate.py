@@ -155,10 +155,7 @@ class Evaluator:
             [[self.scenarios[i].preferred or "" for i in idx], [self.scenarios[i].rejected or "" for i in idx]],
             batch_size=self.cfg.batch_size, seed=self.seed, layers=layers or [],
             prompt_formats=[self.scenarios[i].prompt_format for i in idx])
-        scored = self._pairwise(pairs[0], pairs[1], idx)
-        for key, values in scored.items():
-            for i in idx:
-                self._pairs[step][key][i] = values[i]
+        self._pairwise(pairs[0], pairs[1], idx, self._pairs[step])
         self._scored_at[step] |= set(idx)
         return probed
 
@@ -211,10 +208,9 @@ class Evaluator:
                          is_base=True)
         self._retention_rows(model, step, is_base=True)
 
-    def _pairwise(self, pref: ReplyScores, rej: ReplyScores, scored: list[int]) -> dict[str, list[float]]:
+    def _pairwise(self, pref: ReplyScores, rej: ReplyScores, scored: list[int], out: dict[str, list[float]]) -> None:
         """margin, p_preferred, forced_choice, heldout_loss from the reference replies' scores (row j of the
-        scores is scenario scored[j]); scenarios not scored, or without both replies, keep nan."""
-        out: dict[str, list[float]] = {key: [math.nan] * len(self.scenarios) for key in PAIRWISE}
+        scores is scenario scored[j]) into the step's table `out`; scenarios without both replies keep nan."""
         margin = pref.logprob_mean - rej.logprob_mean
         for j, i in enumerate(scored):
             ex = self.scenarios[i]
@@ -223,7 +219,6 @@ class Evaluator:
                 out["p_preferred"][i] = float(torch.sigmoid(margin[j]))  # p(pref) / (p(pref) + p(rej))
                 out["forced_choice"][i] = float(margin[j] > 0)
                 out["heldout_loss"][i] = float(-pref.logprob_mean[j])
-        return out
 
     def _aggregate(self, step: int) -> list[Row]:
         per, counts = self._pairs[step], self._counts[step]
