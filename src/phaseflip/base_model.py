@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -203,9 +204,10 @@ def load(model_dir: str | Path, device: torch.device | str = "cpu", trust_remote
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch_dtype,
-            attn_implementation=attention_implementation(device),
+            attn_implementation=attention_implementation(device, config),
         )
     except (OSError, ValueError, RuntimeError) as err:
         raise DataError(f"{model_dir}: cannot load model weights ({err}); rerun rule base_model") from err
