@@ -139,6 +139,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def model_fast_paths(model: PreTrainedModel) -> dict[str, str]:
+    """`architecture.Architecture`'s verdict per fast path; for attention, whether `sdpa_gqa` applies
+    (the CPU attention `load` picks; on a GPU `transformers`' own sdpa always runs)."""
+    from phaseflip.architecture import Architecture, attention_fast_path
+
+    paths = Architecture.of(model).fast_paths()
+    why = attention_fast_path(model.config)
+    paths["attention"] = why if why == "fast" else f"on {model.config.model_type} ({why})"
+    return paths
+
+
 def materialise(cfg: ModelConfig, out_dir: str | Path, seed: int = 0) -> dict[str, Any]:
     """Write the model folder atomically (built in a temp dir, then renamed) and return its manifest."""
     start = time.time()
@@ -167,6 +178,9 @@ def materialise(cfg: ModelConfig, out_dir: str | Path, seed: int = 0) -> dict[st
             "model": cfg.name,
             "source": source,
             "architecture": type(model).__name__,
+            "model_type": model.config.model_type,
+            # Which of phaseflip's shortcuts apply to this model (`fast`) or why the generic path runs.
+            "fast_paths": model_fast_paths(model),
             "n_parameters": sum(p.numel() for p in model.parameters()),
             "dtype": cfg.dtype,  # the compute dtype `load` uses (resolved per device)
             "storage_dtype": cfg.storage_dtype,  # the weights on disk

@@ -302,7 +302,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     build_report(params, metrics_paths=args.metrics, forecast_dir=Path(args.forecast),
                  steering_csv=Path(args.steering), icl_csv=Path(args.icl), dreams_report=Path(args.dreams_report),
                  data_report=Path(args.data_report), benchmarks=args.benchmarks or [], out=Path(args.out),
-                 train_logs=args.train_logs)
+                 train_logs=args.train_logs, base_manifest=Path(args.base) / "manifest.json" if args.base else None)
     print(f"report: {args.out}/summary.md")
 
 
@@ -337,8 +337,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--base-metrics", help="the base model's step-0 metrics (written without --run-dir)")
     stage("forecast", multi=("metrics", "run_dirs"))
     stage("forecast_bench", multi=("run_dirs",))
-    stage("report", "forecast", "steering", "icl", "dreams_report", "data_report",
-          multi=("metrics", "benchmarks", "train_logs"))
+    rp = stage("report", "forecast", "steering", "icl", "dreams_report", "data_report",
+               multi=("metrics", "benchmarks", "train_logs"))
+    rp.add_argument("--base", help="the base model folder: its manifest names the model in the report header")
     return p
 
 
