@@ -188,6 +188,22 @@ def announce(model: Any, path: str, stage: str | None = None) -> bool:
     return False
 
 
+def announce_all(model: Any, stage: str) -> dict[str, str]:
+    """One line for the stage's log naming every fast path that falls back on `model`, grouped by reason,
+    e.g. `steering: generic path on gemma2 for upper_blocks, cache_crop (sliding-window cache layers)`;
+    the per-path lines of `announce` are then not repeated for this model. Returns the fast paths."""
+    arch = Architecture.of(model)
+    by_reason: dict[str, list[str]] = {}
+    for path, why in arch.fast_paths().items():
+        _announced.add((id(model), path))
+        if why != FAST:
+            by_reason.setdefault(why, []).append(path)
+    if by_reason:
+        print(f"{stage}: generic path " + "; ".join(f"{', '.join(paths)} {why}" for why, paths in by_reason.items()),
+              flush=True)
+    return arch.fast_paths()
+
+
 def _cache_kind(cache: Any) -> str:
     if cache is None:
         return "no cache returned"

@@ -55,10 +55,14 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _model(args: argparse.Namespace, params: dict[str, Any]) -> Any:
+    """The base model and tokenizer; the stage's log gets one line naming the fast paths that fall back."""
     from phaseflip import base_model
+    from phaseflip.architecture import announce_all
 
     trust = bool(params.get("model", {}).get("trust_remote_code", False))
-    return base_model.load(args.base, pick_device(params.get("device", "auto")), trust_remote_code=trust)
+    model, tok = base_model.load(args.base, pick_device(params.get("device", "auto")), trust_remote_code=trust)
+    announce_all(model, args.stage)
+    return model, tok
 
 
 def _judge(args: argparse.Namespace, params: dict[str, Any]) -> Any:
