@@ -181,7 +181,7 @@ def announce(model: Any, path: str, stage: str | None = None) -> bool:
     arch = Architecture.of(model)
     if arch.fast(path):
         return True
-    key = (id(model), path)
+    key = (id(_unwrap(model)), path)
     if key not in _announced:
         _announced.add(key)
         print(f"{stage or LABELS[path]}: generic path {arch.reasons[path]}", flush=True)
@@ -195,7 +195,7 @@ def announce_all(model: Any, stage: str) -> dict[str, str]:
     arch = Architecture.of(model)
     by_reason: dict[str, list[str]] = {}
     for path, why in arch.fast_paths().items():
-        _announced.add((id(model), path))
+        _announced.add((id(_unwrap(model)), path))
         if why != FAST:
             by_reason.setdefault(why, []).append(path)
     if by_reason:
