@@ -204,6 +204,45 @@ def announce_all(model: Any, stage: str) -> dict[str, str]:
     return arch.fast_paths()
 
 
+# LoRA targets are configured with Llama's attention projection names; these architectures name (and
+# sometimes fuse) the same projections differently. GPT-2's `c_proj` is also its MLP's output, hence `attn.`.
+ATTENTION_PROJECTIONS = {
+    "gpt_neox": {"q_proj": "query_key_value", "k_proj": "query_key_value", "v_proj": "query_key_value",
+                 "o_proj": "dense"},
+    "gpt2": {"q_proj": "c_attn", "k_proj": "c_attn", "v_proj": "c_attn", "o_proj": "attn.c_proj"},
+    "phi3": {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj"},
+    "phi": {"o_proj": "dense"},
+}
+
+
+def lora_targets(model: Any, configured: list[str]) -> list[str]:
+    """The module names LoRA adapts on `model` for the configured (Llama-named) targets: each configured
+    name the model has stays; a missing one becomes the architecture's own projection
+    (`ATTENTION_PROJECTIONS`: GPT-NeoX's fused `query_key_value`, GPT-2's `c_attn`, Phi-3's `qkv_proj`).
+    Raises ValueError naming the model's linear layers when a target has no counterpart."""
+    root = _unwrap(model)
+    names = {name for name, _ in root.named_modules()}
+    model_type = str(root.config.model_type)
+
+    def present(target: str) -> bool:
+        return any(n == target or n.endswith("." + target) for n in names)
+
+    mapping = ATTENTION_PROJECTIONS.get(model_type, {})
+    targets: list[str] = []
+    for target in configured:
+        chosen = target if present(target) else mapping.get(target)
+        if chosen is None or not present(chosen):
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in root.named_modules()
+                             if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"})
+            raise ValueError(f"train.lora.target_modules: {target!r} has no counterpart in {type(root).__name__} "
+                             f"({model_type}); its linear layers are {', '.join(linear)}")
+        if chosen not in targets:
+            targets.append(chosen)
+    if targets != list(configured):
+        print(f"LoRA targets on {model_type}: {', '.join(configured)} -> {', '.join(targets)}", flush=True)
+    return targets
+
+
 def _cache_kind(cache: Any) -> str:
     if cache is None:
         return "no cache returned"
