@@ -155,7 +155,11 @@ def model_summary(manifest: dict[str, Any] | None, screen: pd.DataFrame | None, 
     if screen is not None and "screen_path" in screen and len(screen):
         paths["upper_blocks"] = str(screen.screen_path.iloc[0])
     used = [p for p, why in paths.items() if why == "fast"]
-    generic = [f"{p} {why}" for p, why in paths.items() if why != "fast"]
+    by_reason: dict[str, list[str]] = {}
+    for path, why in paths.items():
+        if why != "fast":
+            by_reason.setdefault(why, []).append(path)
+    generic = [f"{', '.join(names)} {why}" for why, names in by_reason.items()]
     line = (f"Architecture `{manifest.get('architecture')}` (model_type `{manifest.get('model_type', 'n/a')}`), "
             f"{manifest.get('n_parameters', 0):,} parameters, compute dtype {dtype} on {device.type}.")
     if paths:
