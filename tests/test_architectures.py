@@ -64,6 +64,26 @@ def test_manifest_records_architecture_and_fast_paths(materialised: tuple[str, P
     assert manifest["n_parameters"] > 0 and manifest["architecture"].endswith(("ForCausalLM", "LMHeadModel"))
 
 
+LLAMA_ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+LORA_TARGETS = {"gpt_neox": ["query_key_value", "dense"], "gpt2": ["c_attn", "attn.c_proj"],
+                "phi3": ["qkv_proj", "o_proj"]}
+
+
+def test_lora_adapts_the_architectures_own_attention_projections(materialised: tuple[str, Path]) -> None:
+    from phaseflip.architecture import lora_targets
+    from phaseflip.config import LoraConfig
+    from phaseflip.train import add_lora
+
+    arch, folder = materialised
+    model, _ = base_model.load(folder)
+    assert lora_targets(model, LLAMA_ATTENTION) == LORA_TARGETS.get(arch, LLAMA_ATTENTION)
+    wrapped = add_lora(model, LoraConfig(target_modules=LLAMA_ATTENTION))
+    adapted = {name.rsplit(".lora_A", 1)[0] for name, _ in wrapped.named_parameters() if ".lora_A" in name}
+    assert len(adapted) == len(LORA_TARGETS.get(arch, LLAMA_ATTENTION)) * 2  # every target, in both blocks
+    with pytest.raises(ValueError, match="no counterpart"):
+        lora_targets(model, ["gate_of_nothing"])
+
+
 def _shot_prompts(tok: Any) -> list[str]:
     """Prompts sharing a long prefix (as ICL's shots do), one that shares nothing, mixed lengths."""
     shots = [{"role": "user", "content": "Use tabs, please, in every file of this project."},
