@@ -61,7 +61,7 @@ def _model(args: argparse.Namespace, params: dict[str, Any]) -> Any:
 
     trust = bool(params.get("model", {}).get("trust_remote_code", False))
     model, tok = base_model.load(args.base, pick_device(params.get("device", "auto")), trust_remote_code=trust)
-    announce_all(model, args.stage)
+    announce_all(model, getattr(args, "stage", "model"))
     return model, tok
 
 
