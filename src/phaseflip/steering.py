@@ -378,7 +378,10 @@ def screen(model: PreTrainedModel, tok: PreTrainedTokenizerBase, vectors: Mappin
     enc = _encode(tok, chosen, retention, device)
     all_layers = sorted(layers) if layers is not None else sorted(next(iter(vectors.values())).layer_activations)
     settings = [(t, layer, m) for t in vectors for layer in all_layers for m in multipliers if m != 0]
-    path = FAST if announce(work, "upper_blocks", "steering screen") else Architecture.of(work).reasons["upper_blocks"]
+    # Announced on `model` (already announced by the stage when it named every fallback), decided on `work`.
+    path = Architecture.of(work).reasons["upper_blocks"]
+    if announce(model, "upper_blocks", "steering screen") and path != FAST:
+        print(f"steering screen: generic path {path} (in {dtype})", flush=True)
     base = _base_pass(work, enc, record_blocks=path == FAST)
     if settings and path == FAST:  # the shortcut must equal steering the whole model, on this model
         t, layer, m = settings[len(settings) // 2]
