@@ -28,6 +28,7 @@ from phaseflip.config import (
     IclConfig,
     ModelConfig,
     SteeringConfig,
+    SteeringVectorConfig,
     TrainConfig,
     TrainRecipe,
 )
@@ -133,7 +134,7 @@ def cmd_steering_vectors(args: argparse.Namespace) -> None:
     from phaseflip.steering import save_vector, train_vector, vector_file, vector_sets
 
     params = _params(args)
-    cfg = SteeringConfig.model_validate(params["steering"])
+    cfg = SteeringVectorConfig.model_validate(params["steering"])
     model, tok = _model(args, params)
     out = Path(args.out)
     started = time.time()
@@ -231,7 +232,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     model, tok = _model(args, params)
     steering = None
     if args.steering_vector:  # the reference for steering_cosine: the real-corrections vector, middle layer
-        layers = sweep_layers(SteeringConfig.model_validate(params["steering"]), model.config.num_hidden_layers)
+        layers = sweep_layers(SteeringVectorConfig.model_validate(params["steering"]), model.config.num_hidden_layers)
         layer = layers[len(layers) // 2]
         steering = SteeringReference(layer, vector_for_layer(args.steering_vector, layer))
     scenarios, retention, eval_cfg = _eval_set(args, params)

@@ -7,7 +7,8 @@ result. Two front doors feed it:
     dvc exp run -S study=smoke                                         # DVC composes params.yaml
     snakemake --cores all --configfile params.yaml                     # a composed config
 
-    python -m phaseflip.config study=smoke      # print the composed, validated config
+    python -m phaseflip.config study=smoke                      # print the composed, validated config
+    python -m phaseflip.config --write params.yaml study=smoke  # compose params.yaml as `dvc exp run -S` does
 """
 
 from __future__ import annotations
@@ -215,7 +216,11 @@ class ScreenConfig(Strict):
     max_scenarios: int | None = Field(None, gt=0)
 
 
-class SteeringConfig(Strict):
+class SteeringVectorConfig(Strict):
+    """What defines the steering vectors (and steering_cosine's reference layer): the stages that build or
+    read the vectors get only these fields, so a change to the screen (multipliers, its dtype, its
+    scenarios) reruns the screen alone."""
+
     layers: list[int] | Literal["all"]
 
     @field_validator("layers")
@@ -225,12 +230,35 @@ class SteeringConfig(Strict):
             raise ValueError("steering.layers is empty: give layer indices or 'all'")
         return layers
 
-    multipliers: list[float] = Field(min_length=1)
     layer_type: Literal["decoder_block"] = "decoder_block"
     read_token_index: int = -1
     # Which contrastive pairs train a vector: the real corrections, and/or real + dreams. Each is swept.
     training_sets: list[Literal["real", "real_and_dreams"]] = Field(["real"], min_length=1)
+
+
+class SteeringConfig(SteeringVectorConfig):
+    multipliers: list[float] = Field(min_length=1)
     screen: ScreenConfig = ScreenConfig()
+
+
+# Config subsets a stage can ask for instead of a whole section ("section.subset" -> (section, fields)).
+SECTION_SUBSETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "steering.vector": ("steering", tuple(SteeringVectorConfig.model_fields)),
+}
+
+
+def stage_sections(composed: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The parts of a composed config named by `keys`: whole sections ("eval") or subsets
+    ("steering.vector", see SECTION_SUBSETS). What a Snakemake job's params hold, so it reruns exactly
+    when what it reads changes."""
+    picked: dict[str, Any] = {}
+    for key in keys:
+        if key in SECTION_SUBSETS:
+            section, fields = SECTION_SUBSETS[key]
+            picked[section] = {f: composed[section][f] for f in fields if f in composed[section]}
+        else:
+            picked[key] = composed[key]
+    return picked
 
 
 class IclConfig(Strict):
@@ -551,9 +579,36 @@ def load_study_config(snakemake_config: dict[str, Any] | None = None, check_path
     return cfg
 
 
+def write_params_file(overrides: list[str], path: Path, root: Path = PROJECT_ROOT) -> StudyConfig:
+    """Compose `<root>/conf` with Hydra `overrides` into `path` (params.yaml) exactly as `dvc exp run -S`
+    does (DVC's own `compose_and_dump`, with this repository's `.dvc/config` hydra settings), after
+    validating the result: a bad override fails here and leaves the previous file as it was."""
+    from dvc.utils.hydra import compose_and_dump
+
+    cfg = validate(compose(overrides, root), f"config with overrides {overrides}")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # DVC picks the dumper by the suffix
+    try:
+        compose_and_dump(tmp, str(root / "conf"), None, "config", str(root), list(overrides))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    write = None
+    if args[:1] == ["--write"]:
+        if len(args) < 2:
+            print("usage: python -m phaseflip.config [--write PARAMS_FILE] [override ...]", file=sys.stderr)
+            return 2
+        write, args = Path(args[1]), args[2:]
     try:
+        if write is not None:
+            write_params_file(args, write)
+            print(f"phaseflip: {write} composed from conf/ with overrides {args or '(none)'}")
+            return 0
         cfg = load_study_config(dict(a.split("=", 1) for a in args), check_paths=False)
     except ConfigError as err:
         print(err, file=sys.stderr)

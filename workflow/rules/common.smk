@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from phaseflip.config import ConfigError, load_study_config
+from phaseflip.config import ConfigError, load_study_config, stage_sections
 from phaseflip.steering import vector_file, vector_sets
 from phaseflip.train import grid
 
@@ -16,9 +16,10 @@ RUN_IDS = [spec.run_id for spec in grid(STUDY.train)]
 
 
 def stage_params(*sections, config=CFG):
-    """The config sections a stage needs, as JSON: Snakemake reruns a job when its sections change."""
+    """The config sections a stage needs, as JSON: Snakemake reruns a job when its sections change.
+    A section may be a subset ("steering.vector": the fields that define the vectors, not the screen's)."""
     keys = ("seed", "device", "study") + sections
-    text = json.dumps({key: config[key] for key in keys}, sort_keys=True)
+    text = json.dumps(stage_sections(config, keys), sort_keys=True)
     # A function, not a string: Snakemake would read any "{name}" inside the JSON (e.g. a judge prompt
     # template) as a wildcard.
     return lambda wildcards: text
