@@ -47,9 +47,11 @@ class ModelConfig(Strict):
     hub_id: str | None = None
     path: str | None = None
     tiny: TinyModel = TinyModel()
-    # Compute dtype when a stage loads the model. auto: bfloat16 on a GPU that supports it, float32
-    # otherwise (always on CPU).
+    # Compute dtype. auto: bfloat16 where the device runs it natively (a GPU from Ampere on, a CPU with
+    # AVX512-BF16 or AMX), float32 elsewhere; resolved once per study and recorded (dtype_choice.py).
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # An explicit bfloat16 where it would be emulated (10-100x slower) is refused unless this is true.
+    allow_emulated_bfloat16: bool = False
     # The precision of the weights on disk (upcast to `dtype` on load): half the disk and DVC cache.
     storage_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     trust_remote_code: bool = False
@@ -209,8 +211,8 @@ class ScreenConfig(Strict):
     full_evaluations: int = Field(1, ge=0)
     # Eligible settings: retention_kl (KL(base || steered) on the retention prompts, nats) at most this.
     max_retention_kl: float = Field(0.5, gt=0)
-    # The screen's compute precision; the full evaluation always uses the model's own.
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    # The screen's compute precision (auto: as model.dtype's auto); the full evaluation uses the model's.
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # Screen on the first N in-distribution scenarios with a reference pair (file order); null = all. The
     # screen's cost is linear in it, and it only ranks settings: the chosen ones get the full evaluation.
     max_scenarios: int | None = Field(None, gt=0)
@@ -455,6 +457,9 @@ class StudyConfig(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = None
+    # Written by `make study` into params.yaml (dtype_choice.compute_record): the device and the dtypes
+    # `auto` resolved to there, so DVC sees a change of them. Absent from conf/.
+    compute: dict[str, str] | None = None
 
     @model_validator(mode="after")
     def _threshold_in_band(self) -> StudyConfig:
@@ -579,6 +584,25 @@ def load_study_config(snakemake_config: dict[str, Any] | None = None, check_path
     return cfg
 
 
+def resolve_dtypes(cfg: StudyConfig, source: str = "params.yaml") -> tuple[dict[str, str], list[str]]:
+    """The compute record for this machine (dtype_choice.compute_record: the device and what
+    `model.dtype` and `steering.screen.dtype` resolve to here; an emulated bfloat16 is refused unless
+    allowed) and one line per choice saying why. Snakemake puts the record into every stage's params, so
+    a machine that resolves otherwise reruns what it affects. A `compute` record in `cfg` from another
+    machine is refused (ConfigError)."""
+    from phaseflip.dtype_choice import check_compute_record, compute_record, study_dtypes
+    from phaseflip.io import DataError, pick_device
+
+    try:
+        device = pick_device(cfg.device)
+        choices = study_dtypes(cfg.model.dtype, cfg.steering.screen.dtype, device, cfg.model.allow_emulated_bfloat16)
+        record = compute_record({k: c.name for k, c in choices.items()}, device)
+        check_compute_record(cfg.compute, record, source)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    return record, [f"phaseflip: compute {c.line()}" for c in choices.values()]
+
+
 def write_params_file(overrides: list[str], path: Path, root: Path = PROJECT_ROOT) -> StudyConfig:
     """Compose `<root>/conf` with Hydra `overrides` into `path` (params.yaml) exactly as `dvc exp run -S`
     does (DVC's own `compose_and_dump`, with this repository's `.dvc/config` hydra settings), after
@@ -586,6 +610,10 @@ def write_params_file(overrides: list[str], path: Path, root: Path = PROJECT_ROO
     from dvc.utils.hydra import compose_and_dump
 
     cfg = validate(compose(overrides, root), f"config with overrides {overrides}")
+    record, lines = resolve_dtypes(cfg, "the overrides")
+    print("\n".join(lines), file=sys.stderr)
+    if cfg.compute is None:
+        overrides = [*overrides, *(f"+compute.{k}={v}" for k, v in record.items())]
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # DVC picks the dumper by the suffix
     try:

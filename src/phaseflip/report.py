@@ -123,6 +123,7 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
         "best_checkpoint_behavior_rate": float(best_ckpt.value) if best_ckpt is not None else None,
         "runs_flipped": int(transitions.flipped.sum()), "runs": len(transitions),
         "study_seconds": float(bench.s.sum()) if len(bench) else None,
+        **{f"compute_{k}": v for k, v in (params.get("compute") or {}).items()},  # the resolved dtypes
     })
     ctx = dict(params=params, study=study, base=base, transitions=transitions, quality=quality, comp=comp,
                bench_quality=bench_quality,
@@ -140,7 +141,8 @@ def _header(params: dict[str, Any], base: pd.DataFrame, data: dict[str, Any], th
     per_family = ", ".join(f"{n} ({f})" for f, n in limit.items()) if isinstance(limit, dict) else str(limit or "all")
     ad = params["eval"]["adaptive"]
     L = [f"# phaseflip report — study `{params['study']['name']}`", "",
-         f"Model `{params['model']['name']}`, behavior `{params['behavior']['name']}`. Flip threshold "
+         f"Model `{params['model']['name']}`, behavior `{params['behavior']['name']}`. {_compute_words(params)} "
+         "Flip threshold "
          f"(pre-registered): {threshold} on the {ID} behavior_rate; the transition is `t50`, where the fitted rate "
          f"crosses it (Q1). Data: "
          f"{data['corrections']} corrections ({data['rejected_filled']} `rejected` filled from the base model), "
@@ -161,6 +163,16 @@ def _header(params: dict[str, Any], base: pd.DataFrame, data: dict[str, Any], th
         L.append(f"| {family} | " + " | ".join(
             _fmt(c.value.iloc[0], c.lo.iloc[0], c.hi.iloc[0]) if len(c) else "n/a" for c in cells) + " |")
     return L
+
+
+def _compute_words(params: dict[str, Any]) -> str:
+    """The device and compute dtypes the study ran in: bfloat16 and float32 results differ (README)."""
+    compute = params.get("compute")
+    if not compute:
+        return f"Compute dtype: `{params['model'].get('dtype', 'auto')}` (as configured; not resolved by Snakemake)."
+    return (f"Computed on {compute['device']} in **{compute['model_dtype']}** (steering screen: "
+            f"{compute['steering_screen_dtype']}; model.dtype `{params['model'].get('dtype', 'auto')}`: bfloat16 only "
+            "where the device runs it natively).")
 
 
 def _screen_lines(steer: pd.DataFrame) -> list[str]:
