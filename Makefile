@@ -12,16 +12,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[dev]"
 	touch $(STAMP)
 
-# Hydra overrides for the study, space-separated, each passed to `dvc exp run -S`:
+# Hydra overrides for the study, space-separated, the same as `dvc exp run -S` takes:
 #   make study SET='study=smoke train.lrs=[1e-3,3e-3]'
 SET ?=
 
 # The study runs through DVC (dvc.yaml's one stage: Snakemake, then its HTML report), so DVC records
 # results/ in dvc.lock and its cache: `dvc status`, `dvc plots show`, `dvc exp show`, `dvc push` and
-# `git checkout` + `dvc checkout` all work right after. With Hydra on, `dvc exp run` composes
-# params.yaml from conf/ (plus SET) first, so the study run is always the one conf/ describes.
+# `git checkout` + `dvc checkout` all work right after. Three steps, not `dvc exp run`: that command
+# first force-checks-out the outputs dvc.lock records, which deletes an interrupted study's finished
+# work (and, on a fresh clone whose cache lacks them, all of results/). Here:
+#   1. params.yaml is composed from conf/ + SET by DVC's own Hydra composition (as `dvc exp run -S`);
+#   2. `dvc repro` runs the stage; results/ is `persist`, so Snakemake, not DVC, decides what is stale;
+#   3. `dvc exp save` records the finished run as an experiment (`dvc exp show`).
 study: install        ## the default study (SmolLM2-135M on CPU), its HTML report, recorded by DVC
-	dvc exp run $(foreach o,$(SET),-S '$(o)')
+	$(PY) -m phaseflip.config --write params.yaml $(foreach o,$(SET),'$(o)')
+	dvc repro
+	dvc exp save
 
 smoke: install        ## every stage on a tiny random model, in about a minute (same path as study)
 	$(MAKE) study SET=study=smoke

@@ -16,7 +16,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -64,8 +66,8 @@ def mark_installed(project: Path) -> None:
 
 
 def experiment_name(output: str) -> str:
-    """The name `dvc exp run` gives its experiment ("Ran experiment(s): <name>")."""
-    found = re.findall(r"Ran experiment\(s\): (\S+)", output)
+    """The name `dvc exp run` or `dvc exp save` (`make study`) gives its experiment."""
+    found = re.findall(r"(?:Ran experiment\(s\)|Experiment has been saved as): (\S+)", output)
     assert found, output
     return found[-1]
 
@@ -208,6 +210,101 @@ def test_plain_snakemake_run_is_recorded_by_dvc_commit(plain: Path) -> None:
     curves, _ = dvc_plot_definitions(plain)
     shown = json.loads(run(["dvc", "plots", "show", "--json"], plain))
     assert not shown.get("errors") and all(curve_values(shown, c, d) for c, d in curves.items())
+
+
+def benchmark_files(project: Path) -> dict[str, tuple[int, bytes]]:
+    """Each finished job's Snakemake benchmark file (written when the job ends): its mtime and bytes."""
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (project / "results" / "benchmarks").glob("*.tsv")}
+
+
+def kill_study_during_training(project: Path, log: Path) -> str:
+    """Start `make study SET=study=smoke` in its own process group, wait until a training run has saved
+    its first checkpoint but not finished, then SIGKILL the whole group (a closed laptop, a pre-empted
+    node: nothing gets to clean up). Returns the interrupted run's id."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(["make", "study", "SET=study=smoke"], cwd=project, env=env(project), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and proc.poll() is None:
+                started = [p.parents[1] for p in (project / "results" / "runs").glob("*/checkpoints/step-0002")]
+                running = [r for r in started
+                           if not (r / "run.json").exists() and not (r / "checkpoints" / "step-0004").exists()]
+                if running:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    return running[0].name
+                time.sleep(0.02)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    raise AssertionError(f"no training run was caught between its checkpoints:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def interrupted(repo: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A git copy where `make study SET=study=smoke` was killed (SIGKILL to its process group) while a
+    training run was between checkpoints, then run again the same way to the end."""
+    project = copy_project(tmp_path_factory.mktemp("interrupted") / "project", COPY, source=repo["snapshot"])
+    (project / ".dvc" / "config.local").unlink(missing_ok=True)
+    run(["git", "init", "-q"], project)
+    run([*GIT, "add", "-A"], project)
+    run([*GIT, "commit", "-qm", "project"], project)
+    mark_installed(project)
+    run_id = kill_study_during_training(project, project.parent / "first.log")
+    before = benchmark_files(project)
+    rerun = run(["make", "study", "SET=study=smoke"], project)
+    return {"path": project, "run_id": run_id, "before": before, "after": benchmark_files(project), "rerun": rerun}
+
+
+@pytest.mark.integration
+def test_interrupted_main_command_keeps_finished_jobs_and_resumes_training(interrupted: dict, plain: Path) -> None:
+    project, before, after = interrupted["path"], interrupted["before"], interrupted["after"]
+    # (a) Every job that had finished before the kill kept its output: not rerun (same benchmark file).
+    assert {"base_model.tsv", "corrections.tsv", "dreams.tsv"} <= before.keys(), sorted(before)
+    assert all(after[name] == before[name] for name in before), [n for n in before if after[n] != before[n]]
+    assert f"train_{interrupted['run_id']}.tsv" not in before and f"train_{interrupted['run_id']}.tsv" in after
+    # (b) The killed training run continued from its last checkpoint instead of starting again.
+    info = json.loads((project / "results" / "runs" / interrupted["run_id"] / "run.json").read_text())
+    assert info["resumed_from"] == 2, info
+    # (c) The finished study equals an uninterrupted one, byte for byte in every metric table.
+    first, second = metric_tables(project / "results"), metric_tables(plain / "results")
+    assert first.keys() == second.keys() and len(first) >= 8, sorted(first)
+    for name, table in first.items():
+        pd.testing.assert_frame_equal(table, second[name], check_exact=True, obj=name)
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], project)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("override", "reran"), [
+    ("steering.screen.dtype=float32", {"steering"}),
+    ("icl.ks=[0]", {"icl"}),
+    ("steering.multipliers=[-2.0,2.0]", {"steering"}),
+    ("forecast.n_bootstrap=30", {"forecast", "forecast_bench"}),
+])
+def test_one_stage_override_reruns_only_that_stage(interrupted: dict, override: str, reran: set[str]) -> None:
+    """Through Snakemake as the DVC stage calls it: only the stage the override concerns (and the report,
+    which reads every stage) is planned."""
+    project = interrupted["path"]
+    dry = run(["snakemake", "-n", "--rerun-triggers", "mtime", "params", "input", "--config", "study=smoke",
+               override.replace(".", "__")], project)
+    planned = set(re.findall(r"\b(?:local)?rule (\w+):", dry)) - {"all"}  # `all` is the target, not a job
+    assert planned == reran | {"report"}, (override, planned)
+
+
+@pytest.mark.integration
+def test_one_stage_override_through_make_and_dvc_exp_run(interrupted: dict) -> None:
+    """For real: `make study SET=...` and then `dvc exp run -S ...`, each with one stage's option changed,
+    rerun that stage (and the report) and leave every other job's output as it was."""
+    project = interrupted["path"]
+    before = benchmark_files(project)
+    run(["make", "study", "SET=study=smoke steering.screen.dtype=float32"], project)
+    middle = benchmark_files(project)
+    assert {n for n in before if middle[n] != before[n]} == {"steering.tsv"}
+    run(["dvc", "exp", "run", "-S", "study=smoke", "-S", "steering.screen.dtype=float32", "-S", "icl.ks=[0]"], project)
+    after = benchmark_files(project)
+    assert {n for n in middle if after[n] != middle[n]} == {"icl.tsv"}
 
 
 @pytest.mark.integration

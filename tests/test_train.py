@@ -116,7 +116,7 @@ def test_bfloat16_training_follows_float32_with_float32_adapters(tiny_model_dir:
 
     losses = {}
     for dtype in ("float32", "bfloat16"):
-        model, tok = base_model.load(tiny_model_dir, dtype=dtype)
+        model, tok = base_model.load(tiny_model_dir, dtype=dtype, allow_emulated_bfloat16=True)
         train_run(model, tok, EXAMPLES, RunSpec(1e-2, "all", 0, 0), train_cfg(), tmp_path / dtype)
         losses[dtype] = pd.read_csv(tmp_path / dtype / "train_log.csv").loss.tolist()
     adapters = load_file(str(tmp_path / "bfloat16/checkpoints/step-0004/adapter_model.safetensors"))
@@ -154,7 +154,7 @@ def test_merged_checkpoint_in_bfloat16_restores_the_base_weights_exactly(tiny_mo
     cfg = train_cfg()
     model, tok = base_model.load(tiny_model_dir)
     train_run(model, tok, EXAMPLES, RunSpec(1e-2, "all", 0, 0), cfg, tmp_path)
-    bf16, _ = base_model.load(tiny_model_dir, dtype="bfloat16")
+    bf16, _ = base_model.load(tiny_model_dir, dtype="bfloat16", allow_emulated_bfloat16=True)
     wrapped = add_lora(bf16, cfg.lora)
     before = {k: v.clone() for k, v in wrapped.state_dict().items() if "lora_" not in k}
     ids = tok("Understood — tabs.", return_tensors="pt").input_ids

@@ -14,7 +14,6 @@ import importlib.util
 import shutil
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,39 +30,11 @@ from transformers import (
 
 from phaseflip.attention import attention_implementation
 from phaseflip.config import ModelConfig
-from phaseflip.io import DataError, read_json, write_json
+from phaseflip.dtype_choice import DTYPES, choose_dtype, resolve_dtype
+from phaseflip.io import DataError, pick_device, read_json, write_json
 
 MANIFEST = "manifest.json"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 STORAGE_DTYPES = {**DTYPES, "float16": torch.float16}
-
-
-def resolve_dtype(requested: str, device: torch.device | str) -> torch.dtype:
-    """The compute dtype for `model.dtype` on `device`.
-
-    auto: bfloat16 on a CUDA device that supports it (Ampere and later), float32 otherwise: auto never
-    picks bfloat16 on a CPU, so numbers do not change with the CPU model. A model config asks for
-    bfloat16 on the CPU explicitly (the shipped SmolLM2 does: 2.4x float32's matmul rate where the CPU
-    has AVX512-BF16 or AMX; a warning where it does not). An explicit bfloat16 on a GPU without it is an
-    error, not a silent emulation.
-    """
-    device = torch.device(device)
-    if requested == "auto":
-        gpu_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if gpu_bf16 else torch.float32
-    if requested not in DTYPES:
-        raise DataError(f"model.dtype={requested!r}: expected one of auto, {', '.join(DTYPES)}")
-    if requested == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise DataError("model.dtype=bfloat16 but this GPU does not support bfloat16; use model.dtype=auto")
-    if requested == "bfloat16" and device.type == "cpu" and not cpu_has_native_bfloat16():
-        warnings.warn("model.dtype=bfloat16 on a CPU without AVX512-BF16 or AMX: bfloat16 matmuls are "
-                      "emulated there and slower than float32; set model.dtype=float32", stacklevel=2)
-    return DTYPES[requested]
-
-
-def cpu_has_native_bfloat16() -> bool:
-    """AVX512-BF16 or AMX: bfloat16 matmuls at ~2.4x float32's rate (measured: 201 vs 83 GFLOP/s, one core)."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def gguf_location(cfg: ModelConfig) -> tuple[Path, str]:
@@ -150,9 +121,13 @@ def model_fast_paths(model: PreTrainedModel) -> dict[str, str]:
     return paths
 
 
-def materialise(cfg: ModelConfig, out_dir: str | Path, seed: int = 0) -> dict[str, Any]:
-    """Write the model folder atomically (built in a temp dir, then renamed) and return its manifest."""
+def materialise(cfg: ModelConfig, out_dir: str | Path, seed: int = 0, device: str = "auto") -> dict[str, Any]:
+    """Write the model folder atomically (built in a temp dir, then renamed) and return its manifest.
+
+    The compute dtype is resolved here, once, for `device` (see dtype_choice) and recorded: every stage
+    that loads this folder computes in it."""
     start = time.time()
+    choice = choose_dtype(cfg.dtype, pick_device(device), cfg.allow_emulated_bfloat16)
     if cfg.source == "gguf_package":
         model, tokenizer, source = _from_gguf(cfg)
     elif cfg.source == "tiny_random":
@@ -182,7 +157,10 @@ def materialise(cfg: ModelConfig, out_dir: str | Path, seed: int = 0) -> dict[st
             # Which of phaseflip's shortcuts apply to this model (`fast`) or why the generic path runs.
             "fast_paths": model_fast_paths(model),
             "n_parameters": sum(p.numel() for p in model.parameters()),
-            "dtype": cfg.dtype,  # the compute dtype `load` uses (resolved per device)
+            "dtype": choice.name,  # the compute dtype every stage's `load` uses (resolved once, here)
+            "requested_dtype": cfg.dtype,
+            "dtype_reason": choice.reason,
+            "allow_emulated_bfloat16": cfg.allow_emulated_bfloat16,
             "storage_dtype": cfg.storage_dtype,  # the weights on disk
             "num_hidden_layers": model.config.num_hidden_layers,
             "seconds": round(time.time() - start, 1),
@@ -200,19 +178,24 @@ def materialise(cfg: ModelConfig, out_dir: str | Path, seed: int = 0) -> dict[st
 
 
 def load(model_dir: str | Path, device: torch.device | str = "cpu", trust_remote_code: bool = False,
-         dtype: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+         dtype: str | None = None, allow_emulated_bfloat16: bool | None = None,
+         ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a materialised model (safetensors only) and its tokenizer, ready for batched left-padded use.
 
-    `dtype` (auto, float32, bfloat16) defaults to the `model.dtype` recorded in the manifest (auto when
-    absent) and is resolved for `device` by `resolve_dtype`: float32 on CPU, bfloat16 on a capable GPU.
+    `dtype` (auto, float32, bfloat16) defaults to the compute dtype recorded in the manifest (resolved
+    when the folder was made; auto when absent) and is resolved for `device` by `resolve_dtype`; an
+    emulated bfloat16 is refused unless `allow_emulated_bfloat16` (default: as the manifest records).
     """
     model_dir = Path(model_dir)
     if not (model_dir / MANIFEST).is_file():
         raise DataError(f"{model_dir}: not a materialised model (no {MANIFEST}); rerun rule base_model")
+    recorded = read_json(model_dir / MANIFEST)
+    recorded = recorded if isinstance(recorded, dict) else {}
     if dtype is None:
-        recorded = read_json(model_dir / MANIFEST)
-        dtype = str(recorded.get("dtype", "auto")) if isinstance(recorded, dict) else "auto"
-    torch_dtype = resolve_dtype(dtype, device)
+        dtype = str(recorded.get("dtype", "auto"))
+    if allow_emulated_bfloat16 is None:  # as the study configured it
+        allow_emulated_bfloat16 = bool(recorded.get("allow_emulated_bfloat16", False))
+    torch_dtype = resolve_dtype(dtype, device, allow_emulated_bfloat16)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -3,6 +3,7 @@
     python -m phaseflip.benchmark                 # the default study's model (SmolLM2-135M), a few minutes
     python -m phaseflip.benchmark --tiny          # the tiny random Llama, seconds
     python -m phaseflip.benchmark --model-dir results/base_model --steps 4
+    python -m phaseflip.benchmark --only dtype    # float32 vs bfloat16 matmul here, and the dtype the study picks
 
 Prints (and writes as JSON with --out):
 - LoRA training reply tokens/s: phaseflip's loop vs a plain peft + transformers.Trainer loop on the
@@ -56,6 +57,24 @@ def matmul_peak(threads: int, size: int = 1536, reps: int = 8, dtype: torch.dtyp
     return 2 * size**3 * reps / (time.perf_counter() - start)
 
 
+def dtype_figures(threads: int) -> dict[str, Any]:
+    """float32 and bfloat16 matmul rates on this CPU (one thread and `threads`) and the compute dtypes the
+    default study would pick here (`auto`, see dtype_choice), with the reason."""
+    from phaseflip.dtype_choice import cpu_has_native_bfloat16, study_dtypes
+
+    cfg = load_study_config({})
+    figures: dict[str, Any] = {"cpu_native_bfloat16": cpu_has_native_bfloat16()}
+    for n in sorted({1, threads}):
+        for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+            # bfloat16 is emulated on many CPUs (about 1 GFLOP/s): a smaller matrix keeps that case short
+            size = 1024 if dtype == torch.float32 or figures["cpu_native_bfloat16"] else 384
+            figures[f"matmul_gflops_{name}_{n}_threads"] = matmul_peak(n, size=size, reps=4, dtype=dtype) / 1e9
+    for setting, choice in study_dtypes(cfg.model.dtype, cfg.steering.screen.dtype, "cpu").items():
+        figures[f"study_picks_{setting}"] = f"{choice.name} ({choice.reason})"
+    torch.set_num_threads(threads)
+    return figures
+
+
 def reference_trainer_loop(model: Any, tok: Any, examples: list[Example], lr: float, steps: int,
                            micro_batch: int, lora: Any, max_length: int) -> float:
     """Seconds per step of a plain peft + transformers.Trainer run on the same data and LoRA config."""
@@ -90,7 +109,7 @@ def reference_trainer_loop(model: Any, tok: Any, examples: list[Example], lr: fl
 
 def baseline_figures(model_dir: Path, threads: int) -> dict[str, Any]:
     """Steering screen settings/s, ICL prompts/s with and without prefix reuse, static vs growing decode cache."""
-    from phaseflip.base_model import DTYPES
+    from phaseflip.dtype_choice import choose_dtype
     from phaseflip.icl import choose_shots, icl_prompt
     from phaseflip.steering import screen, train_vector
 
@@ -106,8 +125,9 @@ def baseline_figures(model_dir: Path, threads: int) -> dict[str, Any]:
     n_layers = model.config.num_hidden_layers
     pairs = [c for c in corrections if c.preferred and c.rejected] or corrections
     vector = train_vector(model, tok, pairs, cfg.steering.model_copy(update={"layers": "all"}))
-    table = screen(model, tok, {"real": vector}, scenarios, retention, [1.0, 4.0], DTYPES[cfg.steering.screen.dtype])
-    figures[f"steering_screen_settings_per_s_{cfg.steering.screen.dtype}"] = table.attrs["settings_per_s"]
+    screen_dtype = choose_dtype(cfg.steering.screen.dtype, "cpu", setting="steering.screen.dtype")
+    table = screen(model, tok, {"real": vector}, scenarios, retention, [1.0, 4.0], screen_dtype.dtype)
+    figures[f"steering_screen_settings_per_s_{screen_dtype.name}"] = table.attrs["settings_per_s"]
     figures["steering_screen_settings"] = f"{len(table)} ({n_layers} layers x 2 multipliers)"
 
     # ICL at k=all, as the evaluator runs it (pair scores + n samples), with and without prefix reuse.
@@ -251,9 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3, help="timed training steps (after one warm-up step)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
-    p.add_argument("--only", choices=["baselines"], default=None,
-                   help="only the baseline figures (steering screen, ICL prefix reuse, decode cache)")
+    p.add_argument("--only", choices=["baselines", "dtype"], default=None,
+                   help="only the baseline figures (steering screen, ICL prefix reuse, decode cache), or only the "
+                        "float32 / bfloat16 matmul rates and the dtype the study picks on this CPU (seconds)")
     args = p.parse_args(argv)
+    if args.only == "dtype":
+        _print(dtype_figures(args.threads), args.out)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir
         if args.tiny:
@@ -268,13 +292,17 @@ def main(argv: list[str] | None = None) -> int:
             figures = baseline_figures(model_dir, args.threads)
             figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         else:
-            figures = run(model_dir, args.steps, args.threads)
+            figures = {**dtype_figures(args.threads), **run(model_dir, args.steps, args.threads)}
+    _print(figures, args.out)
+    return 0
+
+
+def _print(figures: dict[str, Any], out: Path | None) -> None:
     width = max(len(k) for k in figures)
     for key, value in figures.items():
         print(f"{key:<{width}}  {value:,.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
-    if args.out:
-        write_json(args.out, figures)
-    return 0
+    if out:
+        write_json(out, figures)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from phaseflip.config import (
     IclConfig,
     ModelConfig,
     SteeringConfig,
+    SteeringVectorConfig,
     TrainConfig,
     TrainRecipe,
 )
@@ -83,8 +84,10 @@ def cmd_base_model(args: argparse.Namespace) -> None:
     from phaseflip.base_model import materialise
 
     params = _params(args)
-    manifest = materialise(ModelConfig.model_validate(params["model"]), args.out, seed=int(params["seed"]))
-    print(f"base_model: {manifest['model']} ({manifest['n_parameters']:,} parameters) -> {args.out}")
+    manifest = materialise(ModelConfig.model_validate(params["model"]), args.out, seed=int(params["seed"]),
+                           device=params.get("device", "auto"))
+    print(f"base_model: {manifest['model']} ({manifest['n_parameters']:,} parameters) -> {args.out}; "
+          f"compute dtype {manifest['dtype']} ({manifest['dtype_reason']})")
 
 
 def cmd_corrections(args: argparse.Namespace) -> None:
@@ -137,7 +140,7 @@ def cmd_steering_vectors(args: argparse.Namespace) -> None:
     from phaseflip.steering import save_vector, train_vector, vector_file, vector_sets
 
     params = _params(args)
-    cfg = SteeringConfig.model_validate(params["steering"])
+    cfg = SteeringVectorConfig.model_validate(params["steering"])
     model, tok = _model(args, params)
     out = Path(args.out)
     started = time.time()
@@ -154,11 +157,17 @@ def cmd_steering_vectors(args: argparse.Namespace) -> None:
 
 def cmd_steering(args: argparse.Namespace) -> None:
     """The screen over every (training set, layer, multiplier), then the full evaluation of the best few."""
+    from phaseflip.dtype_choice import choose_dtype
     from phaseflip.evaluate import Evaluator
     from phaseflip.steering import load_vector, screen_and_evaluate, vector_file
 
     params = _params(args)
     cfg = SteeringConfig.model_validate(params["steering"])
+    model_cfg = ModelConfig.model_validate(params["model"])
+    screen_dtype = choose_dtype(cfg.screen.dtype, pick_device(params.get("device", "auto")),
+                                model_cfg.allow_emulated_bfloat16, "steering.screen.dtype")
+    print(f"steering: screen in {screen_dtype.line()}")
+    cfg = cfg.model_copy(update={"screen": cfg.screen.model_copy(update={"dtype": screen_dtype.name})})
     model, tok = _model(args, params)
     scenarios, retention, eval_cfg = _eval_set(args, params)
     vectors: dict[str, Any] = {t: load_vector(Path(args.vectors) / vector_file(t))[0] for t in cfg.training_sets}
@@ -235,7 +244,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     model, tok = _model(args, params)
     steering = None
     if args.steering_vector:  # the reference for steering_cosine: the real-corrections vector, middle layer
-        layers = sweep_layers(SteeringConfig.model_validate(params["steering"]), model.config.num_hidden_layers)
+        layers = sweep_layers(SteeringVectorConfig.model_validate(params["steering"]), model.config.num_hidden_layers)
         layer = layers[len(layers) // 2]
         steering = SteeringReference(layer, vector_for_layer(args.steering_vector, layer))
     scenarios, retention, eval_cfg = _eval_set(args, params)

@@ -7,7 +7,8 @@ result. Two front doors feed it:
     dvc exp run -S study=smoke                                         # DVC composes params.yaml
     snakemake --cores all --configfile params.yaml                     # a composed config
 
-    python -m phaseflip.config study=smoke      # print the composed, validated config
+    python -m phaseflip.config study=smoke                      # print the composed, validated config
+    python -m phaseflip.config --write params.yaml study=smoke  # compose params.yaml as `dvc exp run -S` does
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ class ModelConfig(Strict):
     hub_id: str | None = None
     path: str | None = None
     tiny: TinyModel = TinyModel()
-    # Compute dtype when a stage loads the model. auto: bfloat16 on a GPU that supports it, float32
-    # otherwise (always on CPU).
+    # Compute dtype. auto: bfloat16 where the device runs it natively (a GPU from Ampere on, a CPU with
+    # AVX512-BF16 or AMX), float32 elsewhere; resolved once per study and recorded (dtype_choice.py).
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # An explicit bfloat16 where it would be emulated (10-100x slower) is refused unless this is true.
+    allow_emulated_bfloat16: bool = False
     # The precision of the weights on disk (upcast to `dtype` on load): half the disk and DVC cache.
     storage_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     trust_remote_code: bool = False
@@ -208,14 +211,18 @@ class ScreenConfig(Strict):
     full_evaluations: int = Field(1, ge=0)
     # Eligible settings: retention_kl (KL(base || steered) on the retention prompts, nats) at most this.
     max_retention_kl: float = Field(0.5, gt=0)
-    # The screen's compute precision; the full evaluation always uses the model's own.
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    # The screen's compute precision (auto: as model.dtype's auto); the full evaluation uses the model's.
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # Screen on the first N in-distribution scenarios with a reference pair (file order); null = all. The
     # screen's cost is linear in it, and it only ranks settings: the chosen ones get the full evaluation.
     max_scenarios: int | None = Field(None, gt=0)
 
 
-class SteeringConfig(Strict):
+class SteeringVectorConfig(Strict):
+    """What defines the steering vectors (and steering_cosine's reference layer): the stages that build or
+    read the vectors get only these fields, so a change to the screen (multipliers, its dtype, its
+    scenarios) reruns the screen alone."""
+
     layers: list[int] | Literal["all"]
 
     @field_validator("layers")
@@ -225,12 +232,35 @@ class SteeringConfig(Strict):
             raise ValueError("steering.layers is empty: give layer indices or 'all'")
         return layers
 
-    multipliers: list[float] = Field(min_length=1)
     layer_type: Literal["decoder_block"] = "decoder_block"
     read_token_index: int = -1
     # Which contrastive pairs train a vector: the real corrections, and/or real + dreams. Each is swept.
     training_sets: list[Literal["real", "real_and_dreams"]] = Field(["real"], min_length=1)
+
+
+class SteeringConfig(SteeringVectorConfig):
+    multipliers: list[float] = Field(min_length=1)
     screen: ScreenConfig = ScreenConfig()
+
+
+# Config subsets a stage can ask for instead of a whole section ("section.subset" -> (section, fields)).
+SECTION_SUBSETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "steering.vector": ("steering", tuple(SteeringVectorConfig.model_fields)),
+}
+
+
+def stage_sections(composed: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The parts of a composed config named by `keys`: whole sections ("eval") or subsets
+    ("steering.vector", see SECTION_SUBSETS). What a Snakemake job's params hold, so it reruns exactly
+    when what it reads changes."""
+    picked: dict[str, Any] = {}
+    for key in keys:
+        if key in SECTION_SUBSETS:
+            section, fields = SECTION_SUBSETS[key]
+            picked[section] = {f: composed[section][f] for f in fields if f in composed[section]}
+        else:
+            picked[key] = composed[key]
+    return picked
 
 
 class IclConfig(Strict):
@@ -427,6 +457,9 @@ class StudyConfig(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = None
+    # Written by `make study` into params.yaml (dtype_choice.compute_record): the device and the dtypes
+    # `auto` resolved to there, so DVC sees a change of them. Absent from conf/.
+    compute: dict[str, str] | None = None
 
     @model_validator(mode="after")
     def _threshold_in_band(self) -> StudyConfig:
@@ -551,9 +584,59 @@ def load_study_config(snakemake_config: dict[str, Any] | None = None, check_path
     return cfg
 
 
+def resolve_dtypes(cfg: StudyConfig, source: str = "params.yaml") -> tuple[dict[str, str], list[str]]:
+    """The compute record for this machine (dtype_choice.compute_record: the device and what
+    `model.dtype` and `steering.screen.dtype` resolve to here; an emulated bfloat16 is refused unless
+    allowed) and one line per choice saying why. Snakemake puts the record into every stage's params, so
+    a machine that resolves otherwise reruns what it affects. A `compute` record in `cfg` from another
+    machine is refused (ConfigError)."""
+    from phaseflip.dtype_choice import check_compute_record, compute_record, study_dtypes
+    from phaseflip.io import DataError, pick_device
+
+    try:
+        device = pick_device(cfg.device)
+        choices = study_dtypes(cfg.model.dtype, cfg.steering.screen.dtype, device, cfg.model.allow_emulated_bfloat16)
+        record = compute_record({k: c.name for k, c in choices.items()}, device)
+        check_compute_record(cfg.compute, record, source)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    return record, [f"phaseflip: compute {c.line()}" for c in choices.values()]
+
+
+def write_params_file(overrides: list[str], path: Path, root: Path = PROJECT_ROOT) -> StudyConfig:
+    """Compose `<root>/conf` with Hydra `overrides` into `path` (params.yaml) exactly as `dvc exp run -S`
+    does (DVC's own `compose_and_dump`, with this repository's `.dvc/config` hydra settings), after
+    validating the result: a bad override fails here and leaves the previous file as it was."""
+    from dvc.utils.hydra import compose_and_dump
+
+    cfg = validate(compose(overrides, root), f"config with overrides {overrides}")
+    record, lines = resolve_dtypes(cfg, "the overrides")
+    print("\n".join(lines), file=sys.stderr)
+    if cfg.compute is None:
+        overrides = [*overrides, *(f"+compute.{k}={v}" for k, v in record.items())]
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # DVC picks the dumper by the suffix
+    try:
+        compose_and_dump(tmp, str(root / "conf"), None, "config", str(root), list(overrides))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    write = None
+    if args[:1] == ["--write"]:
+        if len(args) < 2:
+            print("usage: python -m phaseflip.config [--write PARAMS_FILE] [override ...]", file=sys.stderr)
+            return 2
+        write, args = Path(args[1]), args[2:]
     try:
+        if write is not None:
+            write_params_file(args, write)
+            print(f"phaseflip: {write} composed from conf/ with overrides {args or '(none)'}")
+            return 0
         cfg = load_study_config(dict(a.split("=", 1) for a in args), check_paths=False)
     except ConfigError as err:
         print(err, file=sys.stderr)

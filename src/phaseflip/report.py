@@ -123,11 +123,11 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
         "best_checkpoint_behavior_rate": float(best_ckpt.value) if best_ckpt is not None else None,
         "runs_flipped": int(transitions.flipped.sum()), "runs": len(transitions),
         "study_seconds": float(bench.s.sum()) if len(bench) else None,
+        **{f"compute_{k}": v for k, v in (params.get("compute") or {}).items()},  # the resolved dtypes
     })
     screen_csv = steering_csv.with_name("steering_screen.csv")  # written with steering_metrics.csv
     model_line = model_summary(read_json(base_manifest) if base_manifest and base_manifest.exists() else None,
-                               read_csv(screen_csv) if screen_csv.exists() and screen_csv.stat().st_size else None,
-                               params)
+                               read_csv(screen_csv) if screen_csv.exists() and screen_csv.stat().st_size else None)
     ctx = dict(params=params, study=study, model_line=model_line, base=base, transitions=transitions, quality=quality,
                comp=comp,
                bench_quality=bench_quality,
@@ -139,18 +139,14 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
     write_text(out / "summary.md", "\n".join(line for section in sections for line in section(**ctx)) + "\n")
 
 
-def model_summary(manifest: dict[str, Any] | None, screen: pd.DataFrame | None, params: dict[str, Any]) -> str:
-    """The header's model sentence: architecture, parameters, compute dtype, fast paths used or not.
+def model_summary(manifest: dict[str, Any] | None, screen: pd.DataFrame | None) -> str:
+    """The header's model sentence: architecture, parameters, fast paths used or not (the compute dtype
+    follows in `_compute_words`).
 
     From the base model manifest (`base_model.model_fast_paths`); the steering screen's own record
     (`screen_path` in steering_screen.csv) wins for `upper_blocks`, since its check runs on the model."""
     if not manifest:
         return ""
-    from phaseflip.base_model import resolve_dtype
-    from phaseflip.io import pick_device
-
-    device = pick_device(params.get("device", "auto"))
-    dtype = str(resolve_dtype(str(manifest.get("dtype", "auto")), device)).removeprefix("torch.")
     paths = dict(manifest.get("fast_paths") or {})
     if screen is not None and "screen_path" in screen and len(screen):
         paths["upper_blocks"] = str(screen.screen_path.iloc[0])
@@ -161,7 +157,7 @@ def model_summary(manifest: dict[str, Any] | None, screen: pd.DataFrame | None, 
             by_reason.setdefault(why, []).append(path)
     generic = [f"{', '.join(names)} {why}" for why, names in by_reason.items()]
     line = (f"Architecture `{manifest.get('architecture')}` (model_type `{manifest.get('model_type', 'n/a')}`), "
-            f"{manifest.get('n_parameters', 0):,} parameters, compute dtype {dtype} on {device.type}.")
+            f"{manifest.get('n_parameters', 0):,} parameters.")
     if paths:
         line += (f" Fast paths used: {', '.join(used) or 'none'}; generic path: "
                  f"{'; '.join(generic) or 'none'}.")
@@ -175,7 +171,7 @@ def _header(params: dict[str, Any], base: pd.DataFrame, data: dict[str, Any], th
     ad = params["eval"]["adaptive"]
     L = [f"# phaseflip report — study `{params['study']['name']}`", "",
          f"Model `{params['model']['name']}`, behavior `{params['behavior']['name']}`. "
-         + (f"{model_line} " if model_line else "") + "Flip threshold "
+         + (f"{model_line} " if model_line else "") + f"{_compute_words(params)} Flip threshold "
          f"(pre-registered): {threshold} on the {ID} behavior_rate; the transition is `t50`, where the fitted rate "
          f"crosses it (Q1). Data: "
          f"{data['corrections']} corrections ({data['rejected_filled']} `rejected` filled from the base model), "
@@ -196,6 +192,16 @@ def _header(params: dict[str, Any], base: pd.DataFrame, data: dict[str, Any], th
         L.append(f"| {family} | " + " | ".join(
             _fmt(c.value.iloc[0], c.lo.iloc[0], c.hi.iloc[0]) if len(c) else "n/a" for c in cells) + " |")
     return L
+
+
+def _compute_words(params: dict[str, Any]) -> str:
+    """The device and compute dtypes the study ran in: bfloat16 and float32 results differ (README)."""
+    compute = params.get("compute")
+    if not compute:
+        return f"Compute dtype: `{params['model'].get('dtype', 'auto')}` (as configured; not resolved by Snakemake)."
+    return (f"Computed on {compute['device']} in **{compute['model_dtype']}** (steering screen: "
+            f"{compute['steering_screen_dtype']}; model.dtype `{params['model'].get('dtype', 'auto')}`: bfloat16 only "
+            "where the device runs it natively).")
 
 
 def _screen_lines(steer: pd.DataFrame) -> list[str]:

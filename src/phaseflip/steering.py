@@ -37,7 +37,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from phaseflip.architecture import FAST, Architecture, announce, numbered_modules
-from phaseflip.config import ScreenConfig, SteeringConfig
+from phaseflip.config import ScreenConfig, SteeringConfig, SteeringVectorConfig
 from phaseflip.data import Example
 from phaseflip.evaluate import Evaluator, Row
 from phaseflip.io import DataError, atomic_path, read_safetensors_with_metadata
@@ -58,7 +58,7 @@ def training_pairs(tokenizer: PreTrainedTokenizerBase, examples: list[Example]) 
     return pairs
 
 
-def vector_sets(cfg: SteeringConfig) -> list[str]:
+def vector_sets(cfg: SteeringVectorConfig) -> list[str]:
     """The training sets that get a vector: those swept, and `real` (the steering_cosine reference)."""
     return ["real"] + [t for t in cfg.training_sets if t != "real"]
 
@@ -68,7 +68,7 @@ def vector_file(training_set: str) -> str:
     return "vector.safetensors" if training_set == "real" else f"vector_{training_set}.safetensors"
 
 
-def sweep_layers(cfg: SteeringConfig, n_layers: int) -> list[int]:
+def sweep_layers(cfg: SteeringVectorConfig, n_layers: int) -> list[int]:
     layers = list(range(n_layers)) if cfg.layers == "all" else list(cfg.layers)
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
@@ -98,7 +98,7 @@ def forward_up_to(model: PreTrainedModel, last_layer: int) -> Iterator[None]:
 
 
 def train_vector(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
-                 cfg: SteeringConfig) -> SteeringVector:
+                 cfg: SteeringVectorConfig) -> SteeringVector:
     layers = sweep_layers(cfg, model.config.num_hidden_layers)
     with forward_up_to(model, max(layers)):
         return train_steering_vector(model, tokenizer, training_pairs(tokenizer, examples), layers=layers,

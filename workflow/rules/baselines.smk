@@ -6,7 +6,7 @@ rule steering_vectors:
     output:
         [f"results/steering/{vector_file(t)}" for t in vector_sets(STUDY.steering)],
     params:
-        cfg=stage_params("model", "steering"),
+        cfg=stage_params("model", "steering.vector"),
         out=subpath(output[0], parent=True),
     conda:
         "../envs/phaseflip.yaml"

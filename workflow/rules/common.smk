@@ -1,24 +1,30 @@
 # Target logic: compose + validate the config once, before any job starts, and derive the run grid.
 import json
+import sys
 from pathlib import Path
 
-from phaseflip.config import ConfigError, load_study_config
+from phaseflip.config import ConfigError, load_study_config, resolve_dtypes, stage_sections
 from phaseflip.steering import vector_file, vector_sets
 from phaseflip.train import grid
 
+# The compute dtypes (`auto` -> what this machine runs natively) are resolved here, once, said in the
+# terminal, and part of every stage's params: another machine that resolves otherwise reruns them.
 try:
     STUDY = load_study_config(config, root=Path(workflow.basedir))
+    COMPUTE, DTYPE_LINES = resolve_dtypes(STUDY)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
+print("\n".join(DTYPE_LINES), file=sys.stderr)
 
-CFG = STUDY.model_dump(mode="json")
+CFG = {**STUDY.model_dump(mode="json"), "compute": COMPUTE}
 RUN_IDS = [spec.run_id for spec in grid(STUDY.train)]
 
 
 def stage_params(*sections, config=CFG):
-    """The config sections a stage needs, as JSON: Snakemake reruns a job when its sections change."""
-    keys = ("seed", "device", "study") + sections
-    text = json.dumps({key: config[key] for key in keys}, sort_keys=True)
+    """The config sections a stage needs, as JSON: Snakemake reruns a job when its sections change.
+    A section may be a subset ("steering.vector": the fields that define the vectors, not the screen's)."""
+    keys = ("seed", "device", "study", "compute") + sections
+    text = json.dumps(stage_sections(config, keys), sort_keys=True)
     # A function, not a string: Snakemake would read any "{name}" inside the JSON (e.g. a judge prompt
     # template) as a wildcard.
     return lambda wildcards: text

@@ -38,7 +38,7 @@ rule evaluate:
         metrics="results/runs/{run_id}/metrics.csv",
         scenarios="results/runs/{run_id}/scenarios.csv",  # per-scenario counts: the t50 bootstrap's input
     params:
-        cfg=run_params("model", "behavior", "train", "eval", "steering"),
+        cfg=run_params("model", "behavior", "train", "eval", "steering.vector"),
         run_dir=subpath(input.info, parent=True),
     wildcard_constraints:
         run_id="[A-Za-z0-9_.+-]+",
