@@ -113,3 +113,21 @@ def test_q4_answer_tests_the_difference_not_interval_overlap() -> None:
     assert "not resolved" in close and "training is needed here" not in close
     above = "\n".join(_q4_answer(comp((0.99, 0.95, 1.0))))
     assert "above LoRA's best" in above
+
+
+def test_header_names_the_model_and_the_fast_paths_it_used() -> None:
+    """The manifest's architecture and fast paths, the steering screen's own verdict winning for its path."""
+    import pandas as pd
+
+    from phaseflip.report import model_summary
+
+    sliding = "on gemma2 (DynamicSlidingWindowLayer cache layers, not croppable)"
+    manifest = {"architecture": "Gemma2ForCausalLM", "model_type": "gemma2", "n_parameters": 3_220_096,
+                "dtype": "float32", "fast_paths": {"upper_blocks": "fast", "cache_crop": sliding,
+                                                   "decode_cache": sliding, "attention": "fast"}}
+    screen = pd.DataFrame({"screen_path": ["on gemma2 (blocks above layer 1 alone give margin 0.1, ...)"]})
+    line = model_summary(manifest, screen)
+    assert line.startswith("Architecture `Gemma2ForCausalLM` (model_type `gemma2`), 3,220,096 parameters.")
+    assert "Fast paths used: attention;" in line
+    assert f"cache_crop, decode_cache {sliding}" in line and "upper_blocks on gemma2 (blocks above layer 1" in line
+    assert model_summary(None, None) == ""

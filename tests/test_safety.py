@@ -102,6 +102,7 @@ def test_cli_passes_the_model_configs_trust_remote_code_through(monkeypatch: pyt
         return None, None
 
     monkeypatch.setattr(base_model, "load", fake_load)
+    monkeypatch.setattr("phaseflip.architecture.announce_all", lambda model, stage: {})  # no model to probe
     params: dict[str, Any] = {"device": "cpu", "model": {} if trust is None else {"trust_remote_code": trust}}
     cli._model(argparse.Namespace(base="unused"), params)
     assert seen.get("trust_remote_code", False) is bool(trust)

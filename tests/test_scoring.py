@@ -128,6 +128,7 @@ def _shot_prompts(tok):  # type: ignore[no-untyped-def]
 def test_shared_prefix_is_encoded_once_with_the_same_logprobs(tiny, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Prefix KV reuse gives the log-probs, probe and greedy replies of encoding each prompt whole."""
     import phaseflip.scoring as scoring
+    from phaseflip.architecture import Architecture
 
     model, tok = tiny
     prompts = _shot_prompts(tok)
@@ -137,6 +138,7 @@ def test_shared_prefix_is_encoded_once_with_the_same_logprobs(tiny, monkeypatch)
     assert sorted(len(m) for _, m in groups) == [1, 3] and max(n for n, _ in groups) >= 64
     calls = []
     original = model.forward
+    Architecture.of(model)  # its one probe pass, before the passes counted here
     monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape) or original(*a, **k))
     reused, samples = scoring.score_and_sample(model, tok, prompts, pairs, n=1, max_new_tokens=5, batch_size=8,
                                                layers=[1])

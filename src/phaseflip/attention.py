@@ -12,7 +12,7 @@ kernel altogether: in bfloat16 its fixed cost per call was 11x the attention its
 `_one_query_attention`).
 
     from phaseflip.attention import attention_implementation
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention_implementation(device))
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention_implementation(device, config))
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
+from transformers import AttentionInterface, PretrainedConfig
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 NAME = "sdpa_gqa"
@@ -70,6 +70,14 @@ AttentionInterface.register(NAME, sdpa_gqa_attention)
 AttentionMaskInterface.register(NAME, sdpa_mask)  # the same masks as `sdpa`
 
 
-def attention_implementation(device: torch.device | str) -> str:
-    """The attention to load a model with on `device`."""
+def attention_implementation(device: torch.device | str, config: PretrainedConfig | None = None) -> str:
+    """The attention to load a model with on `device`: `sdpa_gqa` on CPU where it computes what the
+    model's own attention does (`architecture.attention_fast_path`), else `transformers`' own: `eager`
+    for soft-capped attention logits (Gemma-2; `sdpa` would drop the cap), `sdpa` otherwise."""
+    from phaseflip.architecture import FAST, attention_fast_path
+
+    why = attention_fast_path(config) if config is not None else FAST
+    if why != FAST:
+        text = config.get_text_config(decoder=True) if config is not None else None
+        return "eager" if getattr(text, "attn_logit_softcapping", None) else "sdpa"
     return NAME if torch.device(device).type == "cpu" else "sdpa"

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -109,6 +110,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def model_fast_paths(model: PreTrainedModel) -> dict[str, str]:
+    """`architecture.Architecture`'s verdict per fast path; for attention, whether `sdpa_gqa` applies
+    (the CPU attention `load` picks; on a GPU `transformers`' own sdpa always runs)."""
+    from phaseflip.architecture import Architecture, attention_fast_path
+
+    paths = Architecture.of(model).fast_paths()
+    why = attention_fast_path(model.config)
+    paths["attention"] = why if why == "fast" else f"on {model.config.model_type} ({why})"
+    return paths
+
+
 def materialise(cfg: ModelConfig, out_dir: str | Path, seed: int = 0, device: str = "auto") -> dict[str, Any]:
     """Write the model folder atomically (built in a temp dir, then renamed) and return its manifest.
 
@@ -141,6 +153,9 @@ def materialise(cfg: ModelConfig, out_dir: str | Path, seed: int = 0, device: st
             "model": cfg.name,
             "source": source,
             "architecture": type(model).__name__,
+            "model_type": model.config.model_type,
+            # Which of phaseflip's shortcuts apply to this model (`fast`) or why the generic path runs.
+            "fast_paths": model_fast_paths(model),
             "n_parameters": sum(p.numel() for p in model.parameters()),
             "dtype": choice.name,  # the compute dtype every stage's `load` uses (resolved once, here)
             "requested_dtype": cfg.dtype,
@@ -186,9 +201,10 @@ def load(model_dir: str | Path, device: torch.device | str = "cpu", trust_remote
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch_dtype,
-            attn_implementation=attention_implementation(device),
+            attn_implementation=attention_implementation(device, config),
         )
     except (OSError, ValueError, RuntimeError) as err:
         raise DataError(f"{model_dir}: cannot load model weights ({err}); rerun rule base_model") from err

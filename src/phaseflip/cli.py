@@ -56,10 +56,14 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _model(args: argparse.Namespace, params: dict[str, Any]) -> Any:
+    """The base model and tokenizer; the stage's log gets one line naming the fast paths that fall back."""
     from phaseflip import base_model
+    from phaseflip.architecture import announce_all
 
     trust = bool(params.get("model", {}).get("trust_remote_code", False))
-    return base_model.load(args.base, pick_device(params.get("device", "auto")), trust_remote_code=trust)
+    model, tok = base_model.load(args.base, pick_device(params.get("device", "auto")), trust_remote_code=trust)
+    announce_all(model, getattr(args, "stage", "model"))
+    return model, tok
 
 
 def _judge(args: argparse.Namespace, params: dict[str, Any]) -> Any:
@@ -311,7 +315,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     build_report(params, metrics_paths=args.metrics, forecast_dir=Path(args.forecast),
                  steering_csv=Path(args.steering), icl_csv=Path(args.icl), dreams_report=Path(args.dreams_report),
                  data_report=Path(args.data_report), benchmarks=args.benchmarks or [], out=Path(args.out),
-                 train_logs=args.train_logs)
+                 train_logs=args.train_logs, base_manifest=Path(args.base) / "manifest.json" if args.base else None)
     print(f"report: {args.out}/summary.md")
 
 
@@ -346,8 +350,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--base-metrics", help="the base model's step-0 metrics (written without --run-dir)")
     stage("forecast", multi=("metrics", "run_dirs"))
     stage("forecast_bench", multi=("run_dirs",))
-    stage("report", "forecast", "steering", "icl", "dreams_report", "data_report",
-          multi=("metrics", "benchmarks", "train_logs"))
+    rp = stage("report", "forecast", "steering", "icl", "dreams_report", "data_report",
+               multi=("metrics", "benchmarks", "train_logs"))
+    rp.add_argument("--base", help="the base model folder: its manifest names the model in the report header")
     return p
 
 

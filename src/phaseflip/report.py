@@ -60,7 +60,7 @@ def train_log_table(paths: list[str]) -> pd.DataFrame:
 
 def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir: Path, steering_csv: Path,
                  icl_csv: Path, dreams_report: Path, data_report: Path, benchmarks: list[str], out: Path,
-                 train_logs: list[str] | None = None) -> None:
+                 train_logs: list[str] | None = None, base_manifest: Path | None = None) -> None:
     threshold = params["forecast"]["flip_threshold"]
     max_steps = params["train"]["max_steps"]
     study = pd.concat([read_csv(p) for p in metrics_paths], ignore_index=True)
@@ -125,7 +125,11 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
         "study_seconds": float(bench.s.sum()) if len(bench) else None,
         **{f"compute_{k}": v for k, v in (params.get("compute") or {}).items()},  # the resolved dtypes
     })
-    ctx = dict(params=params, study=study, base=base, transitions=transitions, quality=quality, comp=comp,
+    screen_csv = steering_csv.with_name("steering_screen.csv")  # written with steering_metrics.csv
+    model_line = model_summary(read_json(base_manifest) if base_manifest and base_manifest.exists() else None,
+                               read_csv(screen_csv) if screen_csv.exists() and screen_csv.stat().st_size else None)
+    ctx = dict(params=params, study=study, model_line=model_line, base=base, transitions=transitions, quality=quality,
+               comp=comp,
                bench_quality=bench_quality,
                best_ckpt=best_ckpt, best_steer=best_steer, steer=steer, icl=icl, dreams=dreams, data=data,
                bench=bench, threshold=threshold, max_steps=max_steps, effective_count=effective_count,
@@ -135,14 +139,39 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
     write_text(out / "summary.md", "\n".join(line for section in sections for line in section(**ctx)) + "\n")
 
 
+def model_summary(manifest: dict[str, Any] | None, screen: pd.DataFrame | None) -> str:
+    """The header's model sentence: architecture, parameters, fast paths used or not (the compute dtype
+    follows in `_compute_words`).
+
+    From the base model manifest (`base_model.model_fast_paths`); the steering screen's own record
+    (`screen_path` in steering_screen.csv) wins for `upper_blocks`, since its check runs on the model."""
+    if not manifest:
+        return ""
+    paths = dict(manifest.get("fast_paths") or {})
+    if screen is not None and "screen_path" in screen and len(screen):
+        paths["upper_blocks"] = str(screen.screen_path.iloc[0])
+    used = [p for p, why in paths.items() if why == "fast"]
+    by_reason: dict[str, list[str]] = {}
+    for path, why in paths.items():
+        if why != "fast":
+            by_reason.setdefault(why, []).append(path)
+    generic = [f"{', '.join(names)} {why}" for why, names in by_reason.items()]
+    line = (f"Architecture `{manifest.get('architecture')}` (model_type `{manifest.get('model_type', 'n/a')}`), "
+            f"{manifest.get('n_parameters', 0):,} parameters.")
+    if paths:
+        line += (f" Fast paths used: {', '.join(used) or 'none'}; generic path: "
+                 f"{'; '.join(generic) or 'none'}.")
+    return line
+
+
 def _header(params: dict[str, Any], base: pd.DataFrame, data: dict[str, Any], threshold: float,
-            **_: Any) -> list[str]:
+            model_line: str = "", **_: Any) -> list[str]:
     limit = params["eval"]["max_scenarios_per_family"]
     per_family = ", ".join(f"{n} ({f})" for f, n in limit.items()) if isinstance(limit, dict) else str(limit or "all")
     ad = params["eval"]["adaptive"]
     L = [f"# phaseflip report — study `{params['study']['name']}`", "",
-         f"Model `{params['model']['name']}`, behavior `{params['behavior']['name']}`. {_compute_words(params)} "
-         "Flip threshold "
+         f"Model `{params['model']['name']}`, behavior `{params['behavior']['name']}`. "
+         + (f"{model_line} " if model_line else "") + f"{_compute_words(params)} Flip threshold "
          f"(pre-registered): {threshold} on the {ID} behavior_rate; the transition is `t50`, where the fitted rate "
          f"crosses it (Q1). Data: "
          f"{data['corrections']} corrections ({data['rejected_filled']} `rejected` filled from the base model), "

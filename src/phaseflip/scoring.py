@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from phaseflip.architecture import announce
 from phaseflip.data import Example
 
 IGNORE = -100
@@ -281,6 +283,20 @@ def _sample_token(last: torch.Tensor, temperature: float | None, generator: torc
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=last.shape[-1] - 1)
 
 
+@contextmanager
+def continued(cache: Any, width: int, croppable: bool) -> Iterator[Any]:
+    """A prompt's KV cache to run more tokens on, prompt-only again after the block: the cache itself,
+    cropped back to `width` positions (fast path), or a copy of it where a layer cannot be cropped (a
+    sliding-window layer has dropped the states a crop would need)."""
+    if not croppable:
+        yield copy.deepcopy(cache)
+        return
+    try:
+        yield cache
+    finally:
+        cache.crop(width)
+
+
 @torch.no_grad()
 def _score_from_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cache: Any,
                       mask: torch.Tensor, last_logp: torch.Tensor, replies: Sequence[str],
@@ -292,9 +308,9 @@ def _score_from_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     r_ids, r_mask, r_labels = pad_batch(reply_ids, reply_ids, tokenizer.pad_token_id, device)
     width = mask.shape[1]
     positions = mask.sum(dim=1, keepdim=True) + torch.arange(r_ids.shape[1], device=device)[None, :]
-    logits = model(input_ids=r_ids, attention_mask=torch.cat([mask, r_mask], dim=1), position_ids=positions,
-                   past_key_values=cache, use_cache=True).logits
-    cache.crop(width)  # back to the prompt-only cache for the next reply list
+    with continued(cache, width, announce(model, "cache_crop")) as past:  # the cache stays prompt-only
+        logits = model(input_ids=r_ids, attention_mask=torch.cat([mask, r_mask], dim=1), position_ids=positions,
+                       past_key_values=past, use_cache=True).logits
     first = last_logp.gather(1, r_ids[:, :1]).squeeze(1)  # the first reply token, predicted by the prompt
     rest = token_logprobs(logits, r_labels).sum(dim=1)
     return (first + rest).cpu(), r_mask.sum(dim=1).float().cpu()
@@ -337,7 +353,7 @@ def _decode(model: PreTrainedModel, cache: Any, mask: torch.Tensor, last: torch.
     position = mask.sum(dim=1, keepdim=True)
     done = torch.zeros(len(mask), dtype=torch.bool, device=mask.device)
     tokens = []
-    if STATIC_DECODE_CACHE and max_new_tokens > 1:
+    if STATIC_DECODE_CACHE and max_new_tokens > 1 and announce(model, "decode_cache"):
         preallocate(cache, max_new_tokens - 1)
     for _ in range(max_new_tokens):
         token = _sample_token(last, temperature, generator).masked_fill_(done, pad)
@@ -384,9 +400,12 @@ def score_and_sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     hidden: dict[int, list[torch.Tensor | None]] = {layer: [None] * len(prompts) for layer in layers}
     new_tokens = 0
     prefix_kv: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}  # shared prefixes, encoded once
+    # Only into a plain cache: the prefix's KV is placed as a `DynamicCache`, with a gap of padding that a
+    # sliding window would count.
+    min_shared = MIN_SHARED_PREFIX if MIN_SHARED_PREFIX and announce(model, "shared_prefix_kv") else 0
     for batch_no, idx in enumerate(_balanced_batches(order, max(1, batch_size // max(n, 1)))):
         last, last_hidden, cache, mask = _prefill(model, [encoded[i] for i in idx], pad, device, layers, prefix_kv,
-                                                  MIN_SHARED_PREFIX)
+                                                  min_shared)
         last_logp = torch.log_softmax(last, dim=-1)
         for row, i in enumerate(idx):
             logps[i] = last_logp[row].cpu()

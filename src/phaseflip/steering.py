@@ -36,12 +36,13 @@ from steering_vectors import SteeringVector, train_steering_vector
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from phaseflip.architecture import FAST, Architecture, announce, numbered_modules
 from phaseflip.config import ScreenConfig, SteeringConfig, SteeringVectorConfig
 from phaseflip.data import Example
 from phaseflip.evaluate import Evaluator, Row
 from phaseflip.io import DataError, atomic_path, read_safetensors_with_metadata
 from phaseflip.metrics import kl_divergence, wilson_interval
-from phaseflip.scoring import pad_batch, prompt_of, reply_suffix, token_logprobs
+from phaseflip.scoring import continued, pad_batch, prompt_of, reply_suffix, token_logprobs
 
 ID = "in_distribution"
 
@@ -82,20 +83,17 @@ def forward_up_to(model: PreTrainedModel, last_layer: int) -> Iterator[None]:
     A steering vector reads activations up to its deepest layer; the blocks above it and the vocabulary
     projection are wasted work (SmolLM2 with layers [9, 15]: 14 of 30 blocks and a 49k-token head,
     about 60% of each forward pass). Activations at the kept layers are unchanged. Models whose decoder
-    does not keep its blocks in a `layers` list run whole.
+    blocks `Architecture` does not find run whole.
     """
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    blocks = getattr(decoder, "layers", None)
-    head = model.get_output_embeddings()
-    if not isinstance(blocks, torch.nn.ModuleList) or head is None:
+    if not announce(model, "forward_up_to", "steering vectors"):
         yield
         return
-    decoder.layers = blocks[: last_layer + 1]  # type: ignore[union-attr]
+    arch, head = Architecture.of(model), model.get_output_embeddings()
     model.set_output_embeddings(torch.nn.Identity())
     try:
-        yield
+        with arch.replaced_blocks(model, arch.blocks(model)[: last_layer + 1]):  # type: ignore[arg-type]
+            yield
     finally:
-        decoder.layers = blocks  # type: ignore[union-attr]
         model.set_output_embeddings(head)
 
 
@@ -162,35 +160,28 @@ def vector_for_layer(path: str | Path, layer: int) -> torch.Tensor:
 SCREEN_METRICS = ("margin", "p_preferred", "forced_choice", "retention_kl")
 
 
-def _blocks(model: PreTrainedModel) -> torch.nn.ModuleList:
-    blocks = getattr(model.get_decoder(), "layers", None)
-    if not isinstance(blocks, torch.nn.ModuleList):
-        raise DataError(f"steering screen: {type(model).__name__} keeps no decoder blocks in a `layers` list")
-    return blocks
-
-
 @contextmanager
 def upper_blocks(model: PreTrainedModel, layer: int) -> Iterator[None]:
     """Within the block, a forward pass takes `inputs_embeds` as the output of block `layer` and runs only
     blocks layer+1.. (then the final norm and LM head).
 
     The kept blocks' attention is renumbered from 0 while inside, because a KV cache indexes layers by
-    that number and reads its length from layer 0. Exact for decoders whose embedding enters block 0
-    unscaled (Llama, Qwen2, Mistral); `screen` checks that on one setting before it trusts the shortcut.
+    that number and reads its length from layer 0. Exact where `Architecture` finds the embedding
+    entering block 0 unchanged and a plain cache (Llama, Qwen2, Phi-3, GPT-NeoX); `screen` checks that
+    on one setting before it trusts the shortcut.
     """
-    decoder, blocks = model.get_decoder(), _blocks(model)
-    kept = list(blocks[layer + 1:])
-    attention: list[Any] = [block.self_attn for block in kept]
-    numbers = [a.layer_idx for a in attention]
-    decoder.layers = torch.nn.ModuleList(kept)
-    for i, attn in enumerate(attention):
-        attn.layer_idx = i
-    try:
-        yield
-    finally:
-        decoder.layers = blocks
-        for attn, number in zip(attention, numbers, strict=True):
-            attn.layer_idx = number
+    arch = Architecture.of(model)
+    blocks = arch.blocks(model)
+    numbered: list[tuple[Any, int]] = [(module, index) for index in range(layer + 1, len(blocks))
+                for module in numbered_modules(blocks[index], index)]
+    with arch.replaced_blocks(model, torch.nn.ModuleList(list(blocks[layer + 1:]))):
+        for module, index in numbered:
+            module.layer_idx = index - layer - 1
+        try:
+            yield
+        finally:
+            for module, index in numbered:
+                module.layer_idx = index
 
 
 def _run_recording(model: PreTrainedModel, **inputs: Any) -> tuple[Any, list[torch.Tensor]]:
@@ -200,7 +191,7 @@ def _run_recording(model: PreTrainedModel, **inputs: Any) -> tuple[Any, list[tor
     def record(_module: Any, _args: Any, out: Any) -> None:
         outputs.append((out[0] if isinstance(out, tuple) else out).detach())
 
-    hooks = [block.register_forward_hook(record) for block in _blocks(model)]
+    hooks = [block.register_forward_hook(record) for block in Architecture.of(model).blocks(model)]
     try:
         result = model(**inputs)
     finally:
@@ -254,9 +245,10 @@ def _encode(tok: PreTrainedTokenizerBase, scenarios: list[Example], retention: l
 
 
 def _pair_scores(model: PreTrainedModel, enc: _Encoded, prompt_in: dict[str, torch.Tensor],
-                 reply_in: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+                 reply_in: list[dict[str, torch.Tensor]], croppable: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean reply-token log-prob of the preferred and of the rejected reply per scenario: the prompt is
-    encoded once (`prompt_in`: input_ids or inputs_embeds), each reply list continues its KV cache."""
+    encoded once (`prompt_in`: input_ids or inputs_embeds), each reply list continues its KV cache
+    (cropped back after each list, or a copy of it where the cache cannot be cropped)."""
     mask = enc.prompt_mask
     out = model(**prompt_in, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                 use_cache=True, logits_to_keep=1)
@@ -264,9 +256,9 @@ def _pair_scores(model: PreTrainedModel, enc: _Encoded, prompt_in: dict[str, tor
     cache, width, means = out.past_key_values, mask.shape[1], []
     for r_in, r_ids, r_mask in zip(reply_in, enc.reply_ids, enc.reply_mask, strict=True):
         positions = mask.sum(dim=1, keepdim=True) + torch.arange(r_ids.shape[1], device=mask.device)[None, :]
-        logits = model(**r_in, attention_mask=torch.cat([mask, r_mask], dim=1), position_ids=positions,
-                       past_key_values=cache, use_cache=True).logits
-        cache.crop(width)
+        with continued(cache, width, croppable) as past:
+            logits = model(**r_in, attention_mask=torch.cat([mask, r_mask], dim=1), position_ids=positions,
+                           past_key_values=past, use_cache=True).logits
         labels = r_ids.masked_fill(r_mask == 0, -100)
         total = last_logp.gather(1, r_ids[:, :1]).squeeze(1) + token_logprobs(logits, labels).sum(dim=1)
         means.append(total / r_mask.sum(dim=1).clamp(min=1))
@@ -280,23 +272,28 @@ def _retention_logp(model: PreTrainedModel, enc: _Encoded, ret_in: dict[str, tor
 
 
 @torch.no_grad()
-def _base_pass(model: PreTrainedModel, enc: _Encoded) -> _Base:
+def _base_pass(model: PreTrainedModel, enc: _Encoded, record_blocks: bool = True) -> _Base:
+    """The unsteered references: every block's output on every input (for `screen_setting`; skipped with
+    `record_blocks=False`, the generic path) and the base retention log-probs."""
     mask = enc.prompt_mask
-    out, prompt_h = _run_recording(model, input_ids=enc.prompt_ids, attention_mask=mask,
-                                   position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
-                                   logits_to_keep=1)
-    replies = []
-    for r_ids, r_mask in zip(enc.reply_ids, enc.reply_mask, strict=True):
-        positions = mask.sum(dim=1, keepdim=True) + torch.arange(r_ids.shape[1], device=mask.device)[None, :]
-        _, hidden = _run_recording(model, input_ids=r_ids, attention_mask=torch.cat([mask, r_mask], dim=1),
-                                   position_ids=positions, past_key_values=out.past_key_values, use_cache=True,
-                                   logits_to_keep=1)
-        out.past_key_values.crop(mask.shape[1])
-        replies.append(hidden)
-    positions = torch.arange(enc.ret_ids.shape[1], device=mask.device)[None, :].expand_as(enc.ret_ids)
-    ret_out, ret_h = _run_recording(model, input_ids=enc.ret_ids, attention_mask=enc.ret_mask,
-                                    position_ids=positions)
-    return _Base(prompt_h, replies, ret_h, torch.log_softmax(ret_out.logits[:, :-1].float(), dim=-1))
+    prompt_h: list[torch.Tensor] = []
+    replies: list[list[torch.Tensor]] = []
+    if record_blocks:
+        out, prompt_h = _run_recording(model, input_ids=enc.prompt_ids, attention_mask=mask,
+                                       position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
+                                       logits_to_keep=1)
+        for r_ids, r_mask in zip(enc.reply_ids, enc.reply_mask, strict=True):
+            positions = mask.sum(dim=1, keepdim=True) + torch.arange(r_ids.shape[1], device=mask.device)[None, :]
+            _, hidden = _run_recording(model, input_ids=r_ids, attention_mask=torch.cat([mask, r_mask], dim=1),
+                                       position_ids=positions, past_key_values=out.past_key_values, use_cache=True,
+                                       logits_to_keep=1)
+            out.past_key_values.crop(mask.shape[1])
+            replies.append(hidden)
+        positions = torch.arange(enc.ret_ids.shape[1], device=mask.device)[None, :].expand_as(enc.ret_ids)
+        ret_out, ret_h = _run_recording(model, input_ids=enc.ret_ids, attention_mask=enc.ret_mask,
+                                        position_ids=positions)
+        return _Base(prompt_h, replies, ret_h, torch.log_softmax(ret_out.logits[:, :-1].float(), dim=-1))
+    return _Base([], [], [], _retention_logp(model, enc, {"input_ids": enc.ret_ids}))
 
 
 def _mean_interval(values: torch.Tensor) -> tuple[float, float, float]:
@@ -333,7 +330,7 @@ def screen_setting(model: PreTrainedModel, enc: _Encoded, base: _Base, layer: in
     delta = delta.to(base.prompt[layer].dtype)
     with upper_blocks(model, layer):
         pref, rej = _pair_scores(model, enc, {"inputs_embeds": base.prompt[layer] + delta},
-                                 [{"inputs_embeds": h[layer] + delta} for h in base.replies])
+                                 [{"inputs_embeds": h[layer] + delta} for h in base.replies], croppable=True)
         ret_logp = _retention_logp(model, enc, {"inputs_embeds": base.retention[layer] + delta})
     return _setting_row(pref, rej, ret_logp, base, enc)
 
@@ -344,7 +341,8 @@ def patched_setting(model: PreTrainedModel, enc: _Encoded, base: _Base, vector: 
     """The same metrics the slow way: the whole model, steered by `steering-vectors`' own patch."""
     handle = single_layer(vector, layer).patch_activations(model, multiplier=multiplier)
     try:
-        pref, rej = _pair_scores(model, enc, {"input_ids": enc.prompt_ids}, [{"input_ids": r} for r in enc.reply_ids])
+        pref, rej = _pair_scores(model, enc, {"input_ids": enc.prompt_ids}, [{"input_ids": r} for r in enc.reply_ids],
+                                 croppable=Architecture.of(model).croppable_cache)
         ret_logp = _retention_logp(model, enc, {"input_ids": enc.ret_ids})
     finally:
         handle.remove()
@@ -366,6 +364,9 @@ def screen(model: PreTrainedModel, tok: PreTrainedTokenizerBase, vectors: Mappin
     model is copied for it, and the
     base references are computed in the same precision, so multiplier 0 has retention_kl 0 exactly.
     Before the sweep, one setting is checked against `steering-vectors`' own patch on the whole model.
+    Where the shortcut does not apply (`Architecture`: no block list, a cache that cannot be cropped, an
+    embedding transformed before block 0) or that check fails, every setting is scored the generic way,
+    steering the whole model; the table's `screen_path` says which, and the stage log says why.
     """
     chosen = [ex for ex in scenarios if ex.family == ID and ex.preferred and ex.rejected][:max_scenarios]
     if not chosen:
@@ -375,26 +376,32 @@ def screen(model: PreTrainedModel, tok: PreTrainedTokenizerBase, vectors: Mappin
     work: Any = model if next(model.parameters()).dtype == dtype else copy.deepcopy(model).to(dtype)  # type: ignore[arg-type]
     device = next(work.parameters()).device
     enc = _encode(tok, chosen, retention, device)
-    base = _base_pass(work, enc)
     all_layers = sorted(layers) if layers is not None else sorted(next(iter(vectors.values())).layer_activations)
     settings = [(t, layer, m) for t in vectors for layer in all_layers for m in multipliers if m != 0]
-    if settings:  # the shortcut must equal steering the whole model, on this architecture
+    # Announced on `model` (already announced by the stage when it named every fallback), decided on `work`.
+    path = Architecture.of(work).reasons["upper_blocks"]
+    if announce(model, "upper_blocks", "steering screen") and path != FAST:
+        print(f"steering screen: generic path {path} (in {dtype})", flush=True)
+    base = _base_pass(work, enc, record_blocks=path == FAST)
+    if settings and path == FAST:  # the shortcut must equal steering the whole model, on this model
         t, layer, m = settings[len(settings) // 2]
         v = vectors[t].layer_activations[layer].to(device)
         fast = screen_setting(work, enc, base, layer, m * v)
         slow = patched_setting(work, enc, base, SteeringVector({layer: v.to(dtype)}, vectors[t].layer_type), layer, m)
         if abs(fast["margin"] - slow["margin"]) > SCREEN_CHECK_TOLERANCE.get(dtype, 1e-3):
-            raise DataError(f"steering screen: running blocks above layer {layer} alone gives margin "
-                            f"{fast['margin']:.4f}, steering the whole {type(model).__name__} gives "
-                            f"{slow['margin']:.4f}; this architecture needs the slow sweep")
+            path = (f"on {Architecture.of(work).model_type} (blocks above layer {layer} alone give margin "
+                    f"{fast['margin']:.4f}, the whole model {slow['margin']:.4f})")
+            print(f"steering screen: generic path {path}", flush=True)
     rows = []
     started = time.perf_counter()
     for t, layer, m in tqdm(settings, desc="steering screen", unit="setting"):
         v = vectors[t].layer_activations[layer].to(device)
-        rows.append({"training_set": t, "layer": layer, "multiplier": m,
-                     **screen_setting(work, enc, base, layer, m * v)})
+        scores = (screen_setting(work, enc, base, layer, m * v) if path == FAST else patched_setting(
+            work, enc, base, SteeringVector({layer: v.to(dtype)}, vectors[t].layer_type), layer, m))
+        rows.append({"training_set": t, "layer": layer, "multiplier": m, **scores})
     elapsed = time.perf_counter() - started
     table = pd.DataFrame(rows)
+    table["screen_path"] = path  # `fast` (blocks above the layer only) or why the whole model was steered
     table.attrs["settings_per_s"] = len(settings) / elapsed if elapsed > 0 else math.nan
     return table
 

@@ -129,8 +129,18 @@ def greedy_replies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
 
 
 def add_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
-    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                              target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+    """LoRA on the configured attention projections, under the architecture's own names
+    (`architecture.lora_targets`: GPT-NeoX `query_key_value`/`dense`, GPT-2 `c_attn`/`attn.c_proj`)."""
+    from phaseflip.architecture import lora_targets
+
+    try:
+        targets = lora_targets(model, list(cfg.target_modules))
+    except ValueError as err:
+        raise DataError(str(err)) from err
+    # GPT-2's Conv1D stores its weight transposed: peft needs fan_in_fan_out for it.
+    fan_in_fan_out = model.config.model_type == "gpt2"
+    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                              bias="none", task_type="CAUSAL_LM", fan_in_fan_out=fan_in_fan_out)
     return get_peft_model(model, peft_cfg)  # type: ignore[arg-type,return-value]
 
 

@@ -11,6 +11,7 @@ rule report:
         icl="results/icl/icl_metrics.csv",
         dreams_report="results/dreams/dream_report.json",
         data_report="results/corrections/data_report.json",
+        base="results/base_model",  # its manifest: architecture, parameters, fast paths (report header)
         benchmarks=[f"results/benchmarks/{s}.tsv" for s in STAGES]
         + expand("results/benchmarks/{job}_{run_id}.tsv", job=["train", "evaluate"], run_id=RUN_IDS),
     output:
@@ -38,4 +39,4 @@ rule report:
         "python -m phaseflip.cli report --params {params.cfg:q} --metrics {input.metrics} --forecast {params.forecast} "
         "--steering {input.steering} --icl {input.icl} --dreams-report {input.dreams_report} "
         "--data-report {input.data_report} --benchmarks {input.benchmarks} --train-logs {input.train_logs} "
-        "--out {params.out} > {log} 2>&1"
+        "--base {input.base} --out {params.out} > {log} 2>&1"
