@@ -278,7 +278,7 @@ def test_interrupted_main_command_keeps_finished_jobs_and_resumes_training(inter
 
 @pytest.mark.integration
 @pytest.mark.parametrize(("override", "reran"), [
-    ("steering.screen.dtype=float32", {"steering"}),
+    ("steering.screen.max_scenarios=3", {"steering"}),
     ("icl.ks=[0]", {"icl"}),
     ("steering.multipliers=[-2.0,2.0]", {"steering"}),
     ("forecast.n_bootstrap=30", {"forecast", "forecast_bench"}),
@@ -287,8 +287,9 @@ def test_one_stage_override_reruns_only_that_stage(interrupted: dict, override: 
     """Through Snakemake as the DVC stage calls it: only the stage the override concerns (and the report,
     which reads every stage) is planned."""
     project = interrupted["path"]
+    key, value = override.split("=", 1)
     dry = run(["snakemake", "-n", "--rerun-triggers", "mtime", "params", "input", "--config", "study=smoke",
-               override.replace(".", "__")], project)
+               f"{key.replace('.', '__')}={value}"], project)
     planned = set(re.findall(r"\b(?:local)?rule (\w+):", dry)) - {"all"}  # `all` is the target, not a job
     assert planned == reran | {"report"}, (override, planned)
 
@@ -299,10 +300,11 @@ def test_one_stage_override_through_make_and_dvc_exp_run(interrupted: dict) -> N
     rerun that stage (and the report) and leave every other job's output as it was."""
     project = interrupted["path"]
     before = benchmark_files(project)
-    run(["make", "study", "SET=study=smoke steering.screen.dtype=float32"], project)
+    run(["make", "study", "SET=study=smoke steering.screen.max_scenarios=3"], project)
     middle = benchmark_files(project)
     assert {n for n in before if middle[n] != before[n]} == {"steering.tsv"}
-    run(["dvc", "exp", "run", "-S", "study=smoke", "-S", "steering.screen.dtype=float32", "-S", "icl.ks=[0]"], project)
+    run(["dvc", "exp", "run", "-S", "study=smoke", "-S", "steering.screen.max_scenarios=3", "-S", "icl.ks=[0]"],
+        project)
     after = benchmark_files(project)
     assert {n for n in middle if after[n] != middle[n]} == {"icl.tsv"}
 
