@@ -66,6 +66,14 @@ def _model(args: argparse.Namespace, params: dict[str, Any]) -> Any:
     return model, tok
 
 
+def _steering_vector_config(params: dict[str, Any]) -> SteeringVectorConfig:
+    """The vector-defining steering fields: what Snakemake passes (`steering.vector`), or picked from a
+    whole `steering` section when the stage is called by hand."""
+    section = params["steering"]
+    return SteeringVectorConfig.model_validate({k: section[k] for k in SteeringVectorConfig.model_fields
+                                                if k in section})
+
+
 def _judge(args: argparse.Namespace, params: dict[str, Any]) -> Any:
     """The behavior's judge: rubric, or a model judge (by default the study's own base model)."""
     from phaseflip.judge import make_judge
@@ -140,7 +148,7 @@ def cmd_steering_vectors(args: argparse.Namespace) -> None:
     from phaseflip.steering import save_vector, train_vector, vector_file, vector_sets
 
     params = _params(args)
-    cfg = SteeringVectorConfig.model_validate(params["steering"])
+    cfg = _steering_vector_config(params)
     model, tok = _model(args, params)
     out = Path(args.out)
     started = time.time()
@@ -244,7 +252,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     model, tok = _model(args, params)
     steering = None
     if args.steering_vector:  # the reference for steering_cosine: the real-corrections vector, middle layer
-        layers = sweep_layers(SteeringVectorConfig.model_validate(params["steering"]), model.config.num_hidden_layers)
+        layers = sweep_layers(_steering_vector_config(params), model.config.num_hidden_layers)
         layer = layers[len(layers) // 2]
         steering = SteeringReference(layer, vector_for_layer(args.steering_vector, layer))
     scenarios, retention, eval_cfg = _eval_set(args, params)
