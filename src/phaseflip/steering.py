@@ -447,13 +447,15 @@ def screen_and_evaluate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, ve
     """The stage: the screen over every (training set, layer, multiplier), the pre-registered selection, then
     the full evaluation of the selected settings. Returns the screen table (empty when no in-distribution
     scenario has a reference pair to screen on), the metric rows, and the seconds of each part."""
-    from phaseflip.base_model import DTYPES
+    from phaseflip.dtype_choice import DTYPES, resolve_dtype
 
+    # the stage resolves `auto` (and an allowed emulated bfloat16) before; a caller may leave it to here
+    screen_dtype = DTYPES.get(cfg.screen.dtype) or resolve_dtype(cfg.screen.dtype, model.device)
     scenarios, started = evaluator.scenarios, time.time()
     if not any(ex.family == ID and ex.preferred and ex.rejected for ex in scenarios):
         return pd.DataFrame({"training_set": []}), [], {"screen": 0.0, "full": 0.0}
     table = select(screen(model, tok, vectors, scenarios, evaluator.retention, cfg.multipliers,
-                          DTYPES[cfg.screen.dtype], max_scenarios=cfg.screen.max_scenarios), cfg.screen)
+                          screen_dtype, max_scenarios=cfg.screen.max_scenarios), cfg.screen)
     screened = time.time() - started
     evaluator.set_references(model)  # base retention distributions, for retention_kl of each setting
     rows = screen_rows(table)
