@@ -1,4 +1,4 @@
-# phaseflip: the study as one DAG (DESIGN §2). Stage logic lives in src/phaseflip; rules only wire files.
+# phaseflip: the study as one DAG (README "The study"). Stage logic lives in src/phaseflip; rules only wire files.
 #
 #   snakemake --cores all                                  # the default study (SmolLM2-135M on CPU)
 #   snakemake --cores all --config study=smoke             # a preset

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from phaseflip.config import DreamsConfig, load_study_config
+from phaseflip.config import DreamsConfig, load_study_config, split_k
 from phaseflip.data import Example, load_examples
-from phaseflip.dreams import ModelWriter, generate_dreams, load_vocab, split_k
+from phaseflip.dreams import ModelWriter, generate_dreams, load_vocab
 from phaseflip.io import DataError
 from phaseflip.judge import RubricJudge
 

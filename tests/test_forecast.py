@@ -2,14 +2,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from phaseflip.change_points import change_point, penalised_change_point
 from phaseflip.config import ForecastConfig
 from phaseflip.forecast import (
     analyse_study,
     calibration,
-    change_point,
     forecast_quality,
     forecast_run,
-    penalised_change_point,
     sharpness,
 )
 from phaseflip.forecast_bench import simulate_study

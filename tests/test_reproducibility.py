@@ -1,4 +1,4 @@
-"""Reproducibility, experiment history and DVC as a user meets it (issues #7, #18; DESIGN §10), end to end
+"""Reproducibility, experiment history and DVC as a user meets it (README "DVC" and "Experiment history"), end to end
 in temporary git repositories.
 
 One smoke study runs the README's way (`make study SET=study=smoke`, i.e. through `dvc exp run`) in a

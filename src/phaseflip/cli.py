@@ -115,7 +115,8 @@ def cmd_corrections(args: argparse.Namespace) -> None:
 
 
 def cmd_dreams(args: argparse.Namespace) -> None:
-    from phaseflip.dreams import ModelWriter, generate_dreams, split_k, vocab_for
+    from phaseflip.config import split_k
+    from phaseflip.dreams import ModelWriter, generate_dreams, vocab_for
     from phaseflip.judge import make_judge
 
     params = _params(args)

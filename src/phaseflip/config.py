@@ -205,6 +205,12 @@ class DreamsConfig(Strict):
         return generators
 
 
+def split_k(k: int, generators: list[str]) -> dict[str, int]:
+    """K dreams per correction split across generators: equal shares, the remainder to the first ones."""
+    n = len(generators)
+    return {g: k // n + (1 if i < k % n else 0) for i, g in enumerate(generators)}
+
+
 class ScreenConfig(Strict):
     """The pre-registered steering screen criterion (§2): which settings get the full evaluation."""
     # Per training set, this many settings get the full evaluation (sampling, OOD, retention, coherence).
@@ -471,8 +477,6 @@ class StudyConfig(Strict):
 
     @model_validator(mode="after")
     def _template_needs_vocab(self) -> StudyConfig:
-        from phaseflip.dreams import split_k  # the same split the dream stage makes
-
         quota = split_k(self.dreams.k_per_correction, list(self.dreams.generators)).get("template", 0)
         if quota and self.behavior.data.dream_vocab is None:
             raise ValueError(

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import yaml
 from tqdm import tqdm
 
-from phaseflip.config import Coherence, DreamModel, DreamsConfig, JudgeConfig
+from phaseflip.config import Coherence, DreamModel, DreamsConfig, JudgeConfig, split_k
 from phaseflip.data import Example, leak_score, similarity
 from phaseflip.io import DataError
 from phaseflip.judge import Judge, is_coherent
@@ -190,12 +190,6 @@ def _model_candidates(parents: list[Example], rngs: list[random.Random], correct
     return [(Example(id="", messages=m, preferred=p, rejected=r, tags=list(parent.tags[:1])),
              {"examples": [c.id for c in shown], "shots": [c.id for c in shots], "call_seed": call_seed})
             for m, p, r, (parent, shown, shots, _) in zip(chats, preferred, rejected, plans, strict=True)]
-
-
-def split_k(k: int, generators: list[str]) -> dict[str, int]:
-    """K dreams per correction split across generators: equal shares, the remainder to the first ones."""
-    n = len(generators)
-    return {g: k // n + (1 if i < k % n else 0) for i, g in enumerate(generators)}
 
 
 def generate_dreams(corrections: list[Example], evals: list[Example], vocab: dict[str, Any] | None, judge: Judge,

@@ -21,13 +21,12 @@ average slope from step 0 to the end; 1 is a straight line, large is a step.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import ruptures as rpt
 
+from phaseflip.change_points import change_point
 from phaseflip.config import ForecastConfig
 from phaseflip.forecast_methods import METHODS, Context, RunData
 from phaseflip.metrics import wilson_interval
@@ -40,14 +39,6 @@ EPS = 1e-3
 def curve(metrics: pd.DataFrame, metric: str, family: str = FAMILY) -> pd.DataFrame:
     sel = metrics[(metrics.metric == metric) & (metrics.family == family)]
     return sel.sort_values("step")[["step", "value", "lo", "hi"]].reset_index(drop=True)
-
-
-def change_point(steps: np.ndarray, values: np.ndarray) -> int | None:
-    """The single most likely change point of a series (ruptures, least-squares cost)."""
-    if len(values) < 4:
-        return None
-    bkps = rpt.Binseg(model="l2", min_size=1, jump=1).fit(values.reshape(-1, 1)).predict(n_bkps=1)
-    return int(steps[bkps[0]]) if bkps and bkps[0] < len(steps) else None
 
 
 def sharpness(steps: np.ndarray, values: np.ndarray) -> float | None:
@@ -67,23 +58,6 @@ def level_at(metrics: pd.DataFrame, metric: str, step: float) -> float | None:
     if c.empty or not c.step.min() <= step <= c.step.max():
         return None
     return float(np.interp(step, c.step.to_numpy(float), c.value.to_numpy(float)))
-
-
-def penalised_change_point(steps: np.ndarray, values: np.ndarray, min_t: float = 5.0) -> int | None:
-    """The best single change point (ruptures), kept only if its mean shift is significant: |t| > min_t.
-
-    The threshold is high because the split was chosen as the best of many (a max-of-t statistic).
-    """
-    if len(values) < 4:
-        return None
-    bkp = rpt.Binseg(model="l2", min_size=2, jump=1).fit(values.reshape(-1, 1)).predict(n_bkps=1)[0]
-    left, right = values[:bkp], values[bkp:]
-    if len(left) < 2 or len(right) < 2:
-        return None
-    resid = np.concatenate([left - left.mean(), right - right.mean()])
-    sigma = float(np.sqrt((resid**2).sum() / max(1, len(values) - 2))) + 1e-9
-    t = abs(right.mean() - left.mean()) / (sigma * math.sqrt(1 / len(left) + 1 / len(right)))
-    return int(steps[bkp]) if t > min_t else None
 
 
 def behavior_counts(scenarios: pd.DataFrame, family: str = FAMILY) -> pd.DataFrame:

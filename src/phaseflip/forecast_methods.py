@@ -38,6 +38,8 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 
+from phaseflip.change_points import penalised_change_point
+
 FAMILY = "in_distribution"
 # One success and one failure in all, spread over the rows in proportion to their replies: keeps the link
 # finite when the other runs' checkpoints separate perfectly by the metric, with a negligible pull (a
@@ -417,8 +419,6 @@ def grad_norm_peak(run: RunData, cutoff: float, ctx: Context) -> Forecast:
 
 def change_point(run: RunData, cutoff: float, ctx: Context) -> Forecast:
     """Baseline: a significant change point of the metric in the prefix is the flip."""
-    from phaseflip.forecast import penalised_change_point
-
     cp = penalised_change_point(run.curve.step.to_numpy(float), run.curve.x.to_numpy(float))
     return none("no change point in the prefix") if cp is None else Forecast(max(float(cp), cutoff))
 
