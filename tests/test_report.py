@@ -88,11 +88,18 @@ def test_q4_cites_the_steering_screen_best_setting_with_its_interval(tmp_path) -
                  "metric": "behavior_rate", "value": 0.2, "lo": 0.1, "hi": 0.4})
     steer = pd.DataFrame(rows)
     lines = "\n".join(_screen_lines(steer))
-    assert "4 settings (1 training sets x 2 layers x 2 multipliers [1.0, 8.0])" in lines
+    assert "1 training sets x 2 layers x 2 multipliers [1.0, 8.0] = 4 settings, each" in lines
+    assert "bracketing search" not in lines  # the whole grid was scored
     assert "retention_kl <= 0.50" in lines
     assert "- real: layer 1 x1: p_preferred 0.65 [0.60, 0.70]" in lines and "(2 of 4 settings under the bound)" in lines
     steering_figure(steer, tmp_path / "steering.png")
     assert (tmp_path / "steering.png").stat().st_size > 1000
+    # A searched screen (layer 0's x8 not scored): the report says how many of the grid it scored.
+    searched = steer[~((steer.layer == 0) & (steer.multiplier == 8.0))]
+    lines = "\n".join(_screen_lines(searched))
+    assert "= 4 settings; the bracketing search scored 3 of them, every layer" in lines
+    steering_figure(searched, tmp_path / "searched.png")  # an unscored cell is drawn grey, not an error
+    assert (tmp_path / "searched.png").stat().st_size > 1000
 
 
 def test_q4_answer_tests_the_difference_not_interval_overlap() -> None:

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from phaseflip.config import SteeringConfig
@@ -170,3 +171,19 @@ def test_screen_and_evaluate_fully_evaluates_the_selected_setting_only(tiny) -> 
                      RETENTION, judge, EvalConfig(n_samples=1, max_new_tokens=2))
     empty, none, _ = screen_and_evaluate(model, tok, {"real": _planted(model, tok)}, bare, cfg)
     assert empty.empty and none == []
+
+
+def test_bracketing_screen_scores_a_subset_of_the_grid_with_the_same_numbers(tiny) -> None:  # type: ignore[no-untyped-def]
+    from phaseflip.steering import screen
+
+    model, tok = tiny
+    v = vector(model, tok)
+    multipliers = [-4.0, -1.0, 1.0, 4.0, 16.0]
+    grid = screen(model, tok, {"real": v}, _scenarios(), RETENTION, multipliers, search="grid")
+    bracket = screen(model, tok, {"real": v}, _scenarios(), RETENTION, multipliers, search="bracket",
+                     max_retention_kl=0.05)
+    assert len(grid) == 10 and set(bracket.layer) == {0, 1} and len(bracket) < len(grid)
+    merged = bracket.merge(grid, on=["training_set", "layer", "multiplier"], suffixes=("", "_grid"))
+    assert len(merged) == len(bracket)
+    for metric in ("margin", "p_preferred", "retention_kl"):
+        assert np.allclose(merged[metric], merged[f"{metric}_grid"], atol=1e-6)

@@ -222,6 +222,11 @@ class ScreenConfig(Strict):
     # Screen on the first N in-distribution scenarios with a reference pair (file order); null = all. The
     # screen's cost is linear in it, and it only ranks settings: the chosen ones get the full evaluation.
     max_scenarios: int | None = Field(None, gt=0)
+    # How the multipliers are screened: `grid` scores every multiplier at every layer; `bracket` searches
+    # each layer's best from a few of them (per sign: the smallest, the retention bound's edge by
+    # bisection, then inward while p_preferred rises). Under retention_kl growing with |multiplier| and
+    # p_preferred rising then falling along a side it finds the grid's per-layer best.
+    search: Literal["bracket", "grid"] = "grid"  # conf/steering sets the shipped default
 
 
 class SteeringVectorConfig(Strict):

@@ -172,7 +172,8 @@ def families_figure(comparison: pd.DataFrame, path: Path) -> None:
 def steering_figure(steer: pd.DataFrame, path: Path) -> None:
     """The steering screen as layer x multiplier heat maps of in-distribution p_preferred, one per training
     set: settings over the retention bound are crossed out, fully evaluated ones are boxed and labelled
-    with their behavior_rate. Without screen rows (older tables): behavior_rate vs multiplier per layer."""
+    with their behavior_rate; settings the bracketing search did not score are grey. Without screen rows
+    (older tables): behavior_rate vs multiplier per layer."""
     screened = steer[steer.metric == "screen_p_preferred"]
     if screened.empty:
         return _steering_lines(steer, path)
@@ -185,7 +186,8 @@ def steering_figure(steer: pd.DataFrame, path: Path) -> None:
         # Centred on 0.5 (no preference) and scaled to the screen's own spread: steering moves p_preferred
         # by hundredths on a small model, which a 0..1 scale would hide.
         half = max(float(np.nanmax(np.abs(grid.values - 0.5))), 0.01)
-        image = ax.imshow(grid.values, aspect="auto", origin="lower", cmap="RdBu_r", vmin=0.5 - half, vmax=0.5 + half)
+        cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")  # grey: not scored (the bracketing search)
+        image = ax.imshow(grid.values, aspect="auto", origin="lower", cmap=cmap, vmin=0.5 - half, vmax=0.5 + half)
         ax.set_xticks(range(len(grid.columns)), [f"{m:g}" for m in grid.columns], fontsize=7)
         ax.set_yticks(range(len(grid.index)), [str(int(layer)) for layer in grid.index], fontsize=6)
         col = {m: j for j, m in enumerate(grid.columns)}
@@ -200,7 +202,7 @@ def steering_figure(steer: pd.DataFrame, path: Path) -> None:
         ax.set_xlabel("multiplier")
         ax.set_ylabel("layer")
         ax.set_title(f"steering screen, {tset}: p_preferred ({ID})\nx: over the retention bound; "
-                     "box: fully evaluated (behavior_rate)", fontsize=8)
+                     "box: fully evaluated (behavior_rate); grey: not scored", fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.04)
     savefig(fig, path)
 

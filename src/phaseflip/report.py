@@ -211,9 +211,12 @@ def _screen_lines(steer: pd.DataFrame) -> list[str]:
         return []
     bound = _fmt(float(screened.max_retention_kl.iloc[0])) if "max_retention_kl" in screened else "n/a"
     settings = screened[["training_set", "layer", "multiplier"]].drop_duplicates()
-    L = ["", f"Steering screen: {len(settings)} settings ({settings.training_set.nunique()} training sets x "
-         f"{settings.layer.nunique()} layers x {settings.multiplier.nunique()} multipliers "
-         f"{sorted(settings.multiplier.unique().tolist())}), each scored on {ID} margin, p_preferred and "
+    n_grid = settings.training_set.nunique() * settings.layer.nunique() * settings.multiplier.nunique()
+    searched = (f"; the bracketing search scored {len(settings)} of them, every layer"
+                if len(settings) < n_grid else "")
+    L = ["", f"Steering screen: {settings.training_set.nunique()} training sets x {settings.layer.nunique()} "
+         f"layers x {settings.multiplier.nunique()} multipliers {sorted(settings.multiplier.unique().tolist())} "
+         f"= {n_grid} settings{searched}, each scored on {ID} margin, p_preferred and "
          "forced_choice (no sampling) and on retention_kl; pre-registered criterion: the highest p_preferred "
          f"among settings with retention_kl <= {bound}. Best per training set:", ""]
     wide = screened.pivot_table(index=["training_set", "layer", "multiplier"], columns="metric",

@@ -42,6 +42,7 @@ from phaseflip.data import Example
 from phaseflip.evaluate import Evaluator, Row
 from phaseflip.io import DataError, atomic_path, read_safetensors_with_metadata
 from phaseflip.metrics import kl_divergence, wilson_interval
+from phaseflip.multiplier_search import search_layer
 from phaseflip.scoring import continued, pad_batch, prompt_of, reply_suffix, token_logprobs
 
 ID = "in_distribution"
@@ -355,9 +356,14 @@ SCREEN_CHECK_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2}  # on the m
 def screen(model: PreTrainedModel, tok: PreTrainedTokenizerBase, vectors: Mapping[str, SteeringVector],
            scenarios: list[Example], retention: list[str], multipliers: Sequence[float],
            dtype: torch.dtype = torch.float32, layers: Sequence[int] | None = None,
-           max_scenarios: int | None = None) -> pd.DataFrame:
-    """Every (training set, layer, multiplier): in-distribution margin, p_preferred, forced_choice (each
-    with its 95% interval) and retention_kl; one row per setting.
+           max_scenarios: int | None = None, search: str = "grid",
+           max_retention_kl: float = math.inf) -> pd.DataFrame:
+    """(training set, layer, multiplier) settings: in-distribution margin, p_preferred, forced_choice (each
+    with its 95% interval) and retention_kl; one row per setting scored.
+
+    `search="grid"` scores every multiplier of every layer; `"bracket"` scores a few multipliers per layer
+    and sign (`multiplier_search.search_layer`, against `max_retention_kl`): every layer is searched, and
+    the rows are the settings it scored.
 
     Scored on the in-distribution scenarios with both reference replies (the first `max_scenarios`).
     `dtype` is the screen's compute precision (bfloat16 is 2.4x faster on a CPU with AVX512-BF16); the
@@ -392,17 +398,32 @@ def screen(model: PreTrainedModel, tok: PreTrainedTokenizerBase, vectors: Mappin
             path = (f"on {Architecture.of(work).model_type} (blocks above layer {layer} alone give margin "
                     f"{fast['margin']:.4f}, the whole model {slow['margin']:.4f})")
             print(f"steering screen: generic path {path}", flush=True)
+    def score(t: str, layer: int, m: float) -> dict[str, float]:
+        v = vectors[t].layer_activations[layer].to(device)
+        return (screen_setting(work, enc, base, layer, m * v) if path == FAST else patched_setting(
+            work, enc, base, SteeringVector({layer: v.to(dtype)}, vectors[t].layer_type), layer, m))
+
     rows = []
     started = time.perf_counter()
-    for t, layer, m in tqdm(settings, desc="steering screen", unit="setting"):
-        v = vectors[t].layer_activations[layer].to(device)
-        scores = (screen_setting(work, enc, base, layer, m * v) if path == FAST else patched_setting(
-            work, enc, base, SteeringVector({layer: v.to(dtype)}, vectors[t].layer_type), layer, m))
-        rows.append({"training_set": t, "layer": layer, "multiplier": m, **scores})
+    if search == "grid":
+        for t, layer, m in tqdm(settings, desc="steering screen", unit="setting"):
+            rows.append({"training_set": t, "layer": layer, "multiplier": m, **score(t, layer, m)})
+    else:  # bracket: per layer and sign, a few multipliers (multiplier_search.search_layer)
+        # multiplier 0 is the same model at every layer: scored once, the reference each side must beat
+        unsteered = score(next(iter(vectors)), all_layers[0], 0.0)
+        progress = tqdm([(t, layer) for t in vectors for layer in all_layers], desc="steering screen",
+                        unit="layer")
+        for t, layer in progress:
+            found = search_layer(multipliers, lambda m, t=t, layer=layer: score(t, layer, m),  # type: ignore[misc]
+                                 max_retention_kl, unsteered)
+            rows += [{"training_set": t, "layer": layer, "multiplier": m, **found[m]} for m in sorted(found)]
+            progress.set_postfix(settings=len(rows))
+        print(f"steering screen: bracketing search scored {len(rows)} of {len(settings)} settings "
+              f"({len(rows) / max(len(settings), 1):.0%}); every layer searched", flush=True)
     elapsed = time.perf_counter() - started
     table = pd.DataFrame(rows)
     table["screen_path"] = path  # `fast` (blocks above the layer only) or why the whole model was steered
-    table.attrs["settings_per_s"] = len(settings) / elapsed if elapsed > 0 else math.nan
+    table.attrs["settings_per_s"] = len(rows) / elapsed if elapsed > 0 else math.nan
     return table
 
 
@@ -455,7 +476,8 @@ def screen_and_evaluate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, ve
     if not any(ex.family == ID and ex.preferred and ex.rejected for ex in scenarios):
         return pd.DataFrame({"training_set": []}), [], {"screen": 0.0, "full": 0.0}
     table = select(screen(model, tok, vectors, scenarios, evaluator.retention, cfg.multipliers,
-                          screen_dtype, max_scenarios=cfg.screen.max_scenarios), cfg.screen)
+                          screen_dtype, max_scenarios=cfg.screen.max_scenarios, search=cfg.screen.search,
+                          max_retention_kl=cfg.screen.max_retention_kl), cfg.screen)
     screened = time.time() - started
     evaluator.set_references(model)  # base retention distributions, for retention_kl of each setting
     rows = screen_rows(table)
