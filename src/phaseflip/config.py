@@ -442,6 +442,15 @@ class ForecastBenchConfig(Strict):
     processes: int = Field(2, gt=0)
     generators: dict[str, BenchGenerator] = Field(default_factory=lambda: {"fitted": BenchGenerator()},
                                                   min_length=1)
+    only: list[str] | None = None  # run these generators only (a quick preset); None: every one
+
+    @model_validator(mode="after")
+    def _known_generators(self) -> ForecastBenchConfig:
+        unknown = set(self.only or []) - set(self.generators)
+        if unknown:
+            raise ValueError(f"forecast.bench.only names generators not in forecast.bench.generators: "
+                             f"{sorted(unknown)}")
+        return self
 
 
 class ForecastConfig(Strict):

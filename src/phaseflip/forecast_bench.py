@@ -210,14 +210,15 @@ def _estimate_t50(runs: list[SimRun], threshold: float) -> None:
         r.run.level_at_flip = None if est is None else float(np.interp(est, c.step, c.x))
 
 
-def _bench_study(args: tuple[SimModel, str, BenchGenerator, ForecastConfig, int, int, np.random.SeedSequence]
-                 ) -> pd.DataFrame:
-    model, name, gen, cfg, n_runs, index, seq = args
+def _bench_study(args: tuple[SimModel, str, BenchGenerator, ForecastConfig, int, int, np.random.SeedSequence,
+                             list[str] | None]) -> pd.DataFrame:
+    model, name, gen, cfg, n_runs, index, seq, methods = args
     rng = np.random.default_rng(seq)
     study = simulate_study(model, n_runs, cfg.bench.control_share, cfg.flip_threshold, rng, gen)
     rows = []
     for i, r in enumerate(study):
-        rows += forecast_run(r.run, [o.run for o in study], cfg, model.max_steps, seed=index * 1000 + i)
+        rows += forecast_run(r.run, [o.run for o in study], cfg, model.max_steps, seed=index * 1000 + i,
+                             methods=methods)
     scored = score_forecasts(rows, {r.run.run_id: r.truth for r in study}, model.max_steps, seed=index)
     estimated = {r.run.run_id: r.run.t50 for r in study}
     scored["estimated_t50"] = scored.run_id.map(estimated)
@@ -228,13 +229,15 @@ def _bench_study(args: tuple[SimModel, str, BenchGenerator, ForecastConfig, int,
 
 
 def run_bench(model: SimModel, cfg: ForecastConfig, n_runs: int | None = None, seed: int | None = None,
-              processes: int | None = None, generators: list[str] | None = None) -> pd.DataFrame:
-    """Scored forecast rows of every generator x run x origin x method, at least `n_runs` runs per generator
-    (deterministic for a seed, whatever the number of processes)."""
+              processes: int | None = None, generators: list[str] | None = None,
+              methods: list[str] | None = None) -> pd.DataFrame:
+    """Scored forecast rows of every generator (`generators`, default `forecast.bench.only` or all) x run x
+    origin x method (default all), at least `n_runs` runs per generator (deterministic for a seed, whatever
+    the number of processes or the generators chosen)."""
     bench = cfg.bench
     n_runs = n_runs or bench.n_runs
     bench_cfg = cfg.model_copy(update={"forecast_bootstrap": bench.n_bootstrap})
-    names = generators or list(bench.generators)
+    names = generators or bench.only or list(bench.generators)
     seqs = np.random.SeedSequence(bench.seed if seed is None else seed).spawn(len(bench.generators))
     jobs = []
     for g, name in enumerate(bench.generators):
@@ -243,7 +246,7 @@ def run_bench(model: SimModel, cfg: ForecastConfig, n_runs: int | None = None, s
         gen = bench.generators[name]
         per = len(model.design) if gen.design == "study" else bench.runs_per_study
         count = math.ceil(n_runs / per)  # at least n_runs, in whole studies
-        jobs += [(model, name, gen, bench_cfg, per, i, s) for i, s in enumerate(seqs[g].spawn(count))]
+        jobs += [(model, name, gen, bench_cfg, per, i, s, methods) for i, s in enumerate(seqs[g].spawn(count))]
     workers = processes or bench.processes
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
