@@ -79,7 +79,7 @@ def test_never_flipping_runs_are_reported_as_such() -> None:
     (trow,), frows = analyse_study(runs, CFG, max_steps=20)
     assert trow["flipped"] is False and trow["t50"] is None and trow["t50_text"] == "t50 > 20"
     assert frows.t50.isna().all() and not frows.crosses.any() and not frows.crossed_by_origin.any()
-    assert set(frows.origin_step) == set(STEPS.astype(float))  # every checkpoint is an origin
+    assert set(frows.origin_step) == set(STEPS[:-1].astype(float))  # every checkpoint before max_steps
     made = frows[frows.forecast_made]
     assert (made.p_cross_by_max_steps < 0.5).all()
 
@@ -326,13 +326,14 @@ def test_paired_skill_and_its_interval() -> None:
 def test_first_winning_origin_needs_every_later_origin_with_enough_runs() -> None:
     def table(los: list[float], pairs: list[int]) -> pd.DataFrame:
         return pd.DataFrame({"method": "p", "origin_step": [0.0, 2.0, 4.0, 6.0][:len(los)],
-                             "skill_linear_lo": los, "skill_climatology_lo": los, "pairs_linear": pairs,
-                             "pairs_climatology": pairs})
+                             "skill_linear": los, "skill_climatology": los, "skill_linear_lo": los,
+                             "skill_climatology_lo": los, "pairs_linear": pairs, "pairs_climatology": pairs})
 
     assert first_winning_origin(table([-0.1, 0.1, 0.2, 0.3], [9, 9, 9, 9]), "p") == 2.0
     assert first_winning_origin(table([0.1, -0.1, 0.2, 0.3], [9, 9, 9, 9]), "p") == 4.0
     assert first_winning_origin(table([0.1, 0.2, 0.3, -0.5], [9, 9, 9, 9]), "p") is None
     assert first_winning_origin(table([0.1, 0.2, 0.3, -0.5], [9, 9, 9, 2]), "p") == 0.0  # too few at 6
+    assert first_winning_origin(table([0.1, 0.2, 0.3, np.nan], [9, 9, 9, 9]), "p") == 0.0  # no ratio at 6
 
 
 def test_lead_time_counts_from_the_first_origin_that_stays_right() -> None:

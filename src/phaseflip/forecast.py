@@ -224,12 +224,13 @@ def forecast_at(view: RunData, others: list[RunData], cfg: ForecastConfig, max_s
 
 def forecast_run(run: RunData, others: list[RunData], cfg: ForecastConfig, max_steps: int, seed: int = 0,
                  methods: list[str] | None = None) -> list[dict[str, Any]]:
-    """Forecast rows of one run: at every evaluated checkpoint (the origin), every method, each seeing the
+    """Forecast rows of one run: at every evaluated checkpoint before max_steps (the origin), every method, each seeing the
     run's view at that origin and the finished runs of other configurations (never this run's outcome).
     Rows carry their draws under `_draws` for `forecast_scores.score_forecasts`."""
     others = other_configurations(run, others)
     rows = []
-    for i, origin in enumerate(run.curve.step.to_numpy(float)):
+    # the last checkpoint at max_steps is no origin: the budget is spent, "crosses by max_steps" is observed
+    for i, origin in enumerate(s for s in run.curve.step.to_numpy(float) if s < max_steps):
         rows += forecast_at(run.prefix(origin), others, cfg, max_steps, seed * 1000 + i, methods or list(METHODS))
     return rows
 

@@ -147,14 +147,16 @@ def score_table(fc: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
 
 def first_winning_origin(table: pd.DataFrame, method: str, min_runs: int = MIN_RUNS) -> float | None:
     """The earliest origin from which `method`'s skill interval vs both references lies above 0 at every
-    origin (those with at least `min_runs` paired runs; later ones have too few to say); None: nowhere."""
+    later origin (those with at least `min_runs` paired runs and a skill; the others cannot say); None:
+    nowhere."""
     t = table[table.method == method].sort_values("origin_step")
     ok = pd.Series(True, index=t.index)
     judged = pd.Series(True, index=t.index)
     for ref in REFERENCES:
         if f"skill_{ref}_lo" not in t:
             return None
-        judged &= t[f"pairs_{ref}"].fillna(0) >= min_runs
+        # an origin where the reference is exact (CRPS 0 on every pair) has no ratio: nothing to judge
+        judged &= (t[f"pairs_{ref}"].fillna(0) >= min_runs) & t[f"skill_{ref}"].notna()
         ok &= t[f"skill_{ref}_lo"].fillna(-math.inf) > 0
     t = t[judged]
     ok = ok[judged]
