@@ -224,8 +224,9 @@ def forecast_at(view: RunData, others: list[RunData], cfg: ForecastConfig, max_s
 
 def forecast_run(run: RunData, others: list[RunData], cfg: ForecastConfig, max_steps: int, seed: int = 0,
                  methods: list[str] | None = None) -> list[dict[str, Any]]:
-    """Forecast rows of one run: at every evaluated checkpoint before max_steps (the origin), every method, each seeing the
-    run's view at that origin and the finished runs of other configurations (never this run's outcome).
+    """Forecast rows of one run: at every evaluated checkpoint before max_steps (the origin), every method,
+    each seeing the run's view at that origin and the finished runs of other configurations (never this
+    run's outcome).
     Rows carry their draws under `_draws` for `forecast_scores.score_forecasts`."""
     others = other_configurations(run, others)
     rows = []

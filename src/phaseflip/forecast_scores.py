@@ -145,6 +145,17 @@ def score_table(fc: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def judged_origins(table: pd.DataFrame, method: str, min_runs: int = MIN_RUNS) -> int:
+    """How many origins have at least `min_runs` paired runs and a skill vs both references."""
+    t = table[table.method == method]
+    ok = pd.Series(True, index=t.index)
+    for ref in REFERENCES:
+        if f"skill_{ref}" not in t:
+            return 0
+        ok &= (t[f"pairs_{ref}"].fillna(0) >= min_runs) & t[f"skill_{ref}"].notna()
+    return int(ok.sum())
+
+
 def first_winning_origin(table: pd.DataFrame, method: str, min_runs: int = MIN_RUNS) -> float | None:
     """The earliest origin from which `method`'s skill interval vs both references lies above 0 at every
     later origin (those with at least `min_runs` paired runs and a skill; the others cannot say); None:
@@ -202,7 +213,8 @@ def summary_row(fc: pd.DataFrame, table: pd.DataFrame, primary: str, max_steps: 
     row: dict[str, Any] = {"generator": name, "runs": fc.run_id.nunique(),
                            "runs_crossing": int(fc.drop_duplicates("run_id").crosses.astype(bool).sum()),
                            "first_winning_origin": first,
-                           "first_winning_fraction": None if first is None else first / max_steps}
+                           "first_winning_fraction": None if first is None else first / max_steps,
+                           "origins_judged": judged_origins(table, primary)}
     for ref in REFERENCES:
         sk, lo, hi, n = skill(late, primary, ref, seed)
         row.update({f"skill_{ref}": sk, f"skill_{ref}_lo": lo, f"skill_{ref}_hi": hi, f"pairs_{ref}": n})
@@ -265,8 +277,11 @@ def format_origins(table: pd.DataFrame, methods: list[str] | None = None) -> str
 def verdict(summary_row: dict[str, Any], primary: str, where: str) -> str:
     """The plain sentence Q6 leads with, for one study or generator."""
     first = summary_row.get("first_winning_origin")
+    judged = summary_row.get("origins_judged")
+    basis = "" if judged is None or pd.isna(judged) else \
+        f" ({int(judged)} origin(s) with at least {MIN_RUNS} runs to judge)"
     if first is None or pd.isna(first):
         return (f"{where}: `{primary}` does **not** beat both linear extrapolation and climatology with a paired 95% "
-                "interval above zero from any origin.")
+                f"interval above zero from any origin{basis}.")
     return (f"{where}: `{primary}` beats both linear extrapolation and climatology (paired 95% intervals above zero) "
-            f"from origin step {first:g} ({summary_row['first_winning_fraction']:.2f} of max_steps) on.")
+            f"from origin step {first:g} ({summary_row['first_winning_fraction']:.2f} of max_steps) on{basis}.")
