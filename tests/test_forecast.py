@@ -359,3 +359,10 @@ def test_coverage_on_a_small_simulated_batch_is_near_nominal() -> None:
     assert 0.3 <= cov[50] <= 0.7 and 0.65 <= cov[80] <= 0.95 and cov[95] >= 0.85, cov
     table = score_table(rows)
     assert {"skill_linear", "skill_climatology_lo", "brier", "coverage_80"} <= set(table.columns)
+
+
+def test_conditioning_on_not_crossed_yet_keeps_later_draws_and_says_now_otherwise() -> None:
+    draws = np.array([1.0, 3.0, 5.0, 7.0, np.inf])
+    assert sorted(condition(draws, 4.0)) == [5.0, 5.0, 7.0, 7.0, np.inf]  # resampled from those after it
+    assert list(condition(np.array([4.0, 1.0]), 4.0)) == [4.0, 4.0]  # a crossing at the origin: now
+    assert list(condition(np.array([1.0, 2.0]), 4.0)) == [4.0, 4.0]  # all in the past: now

@@ -177,9 +177,9 @@ MIN_KEPT = 0.05  # conditioning on "not crossed yet" keeps the draws after the o
 
 
 def condition(draws: np.ndarray, origin: float) -> np.ndarray:
-    """The draws given "not crossed by the origin" (observed): those after it, resampled to the same number;
-    when (almost) none is, the method says "now": every draw at the origin."""
-    keep = draws[draws > origin]
+    """The draws given "not crossed before the origin" (observed): those at or after it (at it: "now"),
+    resampled to the same number; when (almost) none is, the method says "now": every draw at the origin."""
+    keep = draws[draws >= origin]
     if len(keep) >= max(1.0, MIN_KEPT * len(draws)):
         return np.resize(keep, len(draws))
     return np.full(len(draws), float(origin))
