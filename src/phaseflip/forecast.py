@@ -173,7 +173,7 @@ def crossed_by(view: RunData, threshold: float) -> bool:
 
 
 QUANTILES = {"q025": 0.025, "q10": 0.1, "q25": 0.25, "q50": 0.5, "q75": 0.75, "q90": 0.9, "q975": 0.975}
-MIN_KEPT = 0.05  # conditioning on "not crossed yet" keeps the draws after the origin if at least this share
+MIN_KEPT = 0.05  # conditioning on "not crossed yet" keeps the draws at or after the origin if at least this share
 
 
 def condition(draws: np.ndarray, origin: float) -> np.ndarray:
