@@ -138,3 +138,40 @@ def test_header_names_the_model_and_the_fast_paths_it_used() -> None:
     assert "Fast paths used: attention;" in line
     assert f"cache_crop, decode_cache {sliding}" in line and "upper_blocks on gemma2 (blocks above layer 1" in line
     assert model_summary(None, None) == ""
+
+
+def test_q6_leads_with_the_plain_verdict_for_the_study_and_each_generator() -> None:
+    from phaseflip.config import ForecastBenchConfig, ForecastConfig
+    from phaseflip.forecast_bench import bench_tables, run_bench
+    from phaseflip.forecast_bench_model import SimModel
+    from phaseflip.forecast_scores import score_table
+    from phaseflip.report import _q6
+
+    cfg = ForecastConfig(forecast_bootstrap=10, bench=ForecastBenchConfig(n_bootstrap=10, control_share=0.0))
+    rows = run_bench(SimModel(), cfg, n_runs=6, seed=0, processes=1, generators=["fitted"],
+                     methods=["pooled_link", "linear", "climatology"])
+    _, summary = bench_tables(rows, cfg, 16)
+    study = rows.drop(columns=["generator"])
+    runs = study.drop_duplicates("run_id")
+    transitions = pd.DataFrame({"run_id": runs.run_id, "lr": runs.lr, "control": runs.control, "t50": runs.t50,
+                                "flipped": runs.t50.notna()})
+    lines = _q6(forecasts=study, quality=score_table(study), transitions=transitions, max_steps=16,
+                bench_summary=summary, params={"forecast": {"primary": "pooled_link"}})
+    assert lines[1].startswith("## Q6")
+    lead = lines[3]
+    assert lead.startswith("On this study (leave-one-configuration-out): `pooled_link` ")
+    assert "On the `fitted` generator: `pooled_link` " in lead
+    assert ("does **not** beat both" in lead) or ("from origin step" in lead)
+    text = "\n".join(lines)
+    assert "| fitted |" in text and "this study (leave-one-configuration-out)" in text
+    assert "Outside [" in text or "fewer than 3 crossed runs" in text  # lr_scaling: no extrapolation
+
+
+def test_lr_scaling_in_the_report_forecasts_only_between_studied_learning_rates() -> None:
+    from phaseflip.report import _lr_scaling
+
+    t = pd.DataFrame({"run_id": ["a", "b", "c", "d"], "lr": [1e-3, 1e-3, 4e-3, 4e-3], "control": False,
+                      "t50": [12.0, 13.0, 4.0, 4.5]})
+    (_, line) = _lr_scaling(t)
+    assert "lr 0.002:" in line and "lr 0.0001" not in line and "lr 0.01:" not in line
+    assert "Outside [0.001, 0.004] it makes no forecast" in line

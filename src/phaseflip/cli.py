@@ -290,7 +290,8 @@ def scenario_table(metrics_csv: Path) -> Path:
 
 
 def cmd_forecast(args: argparse.Namespace) -> None:
-    from phaseflip.forecast import analyse_study, forecast_quality
+    from phaseflip.forecast import analyse_study
+    from phaseflip.forecast_scores import score_table
 
     params = _params(args)
     cfg = ForecastConfig.model_validate(params["forecast"])
@@ -302,10 +303,9 @@ def cmd_forecast(args: argparse.Namespace) -> None:
                      read_csv(Path(run_dir) / "train_log.csv"), info))
     transitions, forecasts = analyse_study(runs, cfg, max_steps)
     out = Path(args.out)
-    fc = pd.DataFrame(forecasts)
     write_csv(out / "transitions.csv", pd.DataFrame(transitions))
-    write_csv(out / "forecasts.csv", fc)
-    write_csv(out / "forecast_quality.csv", forecast_quality(fc))
+    write_csv(out / "forecasts.csv", forecasts)
+    write_csv(out / "forecast_quality.csv", score_table(forecasts, seed=0))
     print(f"forecast: {sum(t['flipped'] for t in transitions)} of {len(transitions)} runs flipped")
 
 

@@ -416,38 +416,61 @@ class EvalConfig(Strict):
         return value
 
 
+class BenchGenerator(Strict):
+    """One simulation generator of the forecast benchmark: the model fitted to the study
+    (`forecast_bench_model.SimModel`) with these departures from it, each outside some forecaster's model
+    class (all defaults: the fitted model itself). Pre-registered in conf/forecast/, never tuned on."""
+
+    description: str = ""
+    floor: float = Field(0.0, ge=0, lt=1)  # rate = floor + (ceiling - floor) * logistic(a + b x)
+    ceiling: float = Field(1.0, gt=0, le=1)
+    plateau: float | None = Field(None, gt=0)  # the metric's rise saturates at this multiple of the rise to cross
+    onset: tuple[float, float] | None = None  # flat until a step drawn uniformly in these fractions of max_steps
+    onset_speedup: float = Field(1.0, gt=0)  # then the trajectory runs this much faster
+    bend_at: float | None = Field(None, gt=0, lt=1)  # a bend of the trajectory at this fraction of max_steps
+    bend_factor: tuple[float, float] = (1.0, 1.0)  # after it, time runs faster by a factor log-uniform in this
+    noise_scale: float = Field(1.0, gt=0)  # x the fitted per-checkpoint noise of the metric
+    noise_ar: float = Field(0.0, ge=0, lt=1)  # its AR(1) coefficient (checkpoint to checkpoint)
+    scenario_exponent: tuple[float, float] | None = None  # each scenario its own power, uniform in this range
+    scenario_delay: float = Field(0.0, ge=0, lt=1)  # and its own delay, up to this fraction of max_steps
+    design: Literal["log_uniform", "study"] = "log_uniform"  # lrs log-uniform, or the study's own runs
+
+
 class ForecastBenchConfig(Strict):
     """The simulation benchmark (`phaseflip.forecast_bench`): runs drawn from a model fitted to the study."""
 
-    n_runs: int = Field(500, gt=0)
-    runs_per_study: int = Field(6, ge=3)  # each simulated study calibrates its links leave-one-run-out
+    n_runs: int = Field(120, gt=0)  # per generator
+    runs_per_study: int = Field(6, ge=3)  # each simulated study forecasts leave-one-configuration-out
     control_share: float = Field(0.15, ge=0, lt=1)
     n_bootstrap: int = Field(100, gt=1)
     seed: int = 0
     processes: int = Field(2, gt=0)
+    generators: dict[str, BenchGenerator] = Field(default_factory=lambda: {"fitted": BenchGenerator()},
+                                                  min_length=1)
+    only: list[str] | None = None  # run these generators only (a quick preset); None: every one
+
+    @model_validator(mode="after")
+    def _known_generators(self) -> ForecastBenchConfig:
+        unknown = set(self.only or []) - set(self.generators)
+        if unknown:
+            raise ValueError(f"forecast.bench.only names generators not in forecast.bench.generators: "
+                             f"{sorted(unknown)}")
+        return self
 
 
 class ForecastConfig(Strict):
     flip_threshold: float = Field(0.5, gt=0, lt=1)
     continuous_metric: Literal["p_preferred", "margin", "forced_choice"] = "p_preferred"
-    cutoffs: list[float] = Field(min_length=1)
     interval: float = Field(0.95, gt=0, lt=1)  # of t50 (the measurement)
     n_bootstrap: int = Field(200, gt=1)  # of t50
-    # The forecast: its pre-registered primary method, interval and bootstrap size; crossings later than
-    # horizon_factor x max_steps are "no forecast".
-    primary: Literal["pooled_link", "per_scenario", "lr_scaling", "linear", "grad_norm_peak",
+    # The forecast (from every evaluated checkpoint): its pre-registered primary method, the draws per
+    # forecast, and the extrapolation's horizon (crossings later than horizon_factor x max_steps: "beyond").
+    primary: Literal["pooled_link", "per_scenario", "lr_scaling", "linear", "climatology", "grad_norm_peak",
                      "change_point"] = "pooled_link"
-    forecast_interval: float = Field(0.8, gt=0, lt=1)
+    forecast_interval: float = Field(0.8, gt=0, lt=1)  # lr_scaling's prediction interval (the report's table)
     forecast_bootstrap: int = Field(200, gt=1)
     horizon_factor: float = Field(3.0, ge=1)
     bench: ForecastBenchConfig = ForecastBenchConfig()
-
-    @field_validator("cutoffs")
-    @classmethod
-    def _fractions(cls, value: list[float]) -> list[float]:
-        if any(not 0 < c < 1 for c in value):
-            raise ValueError(f"cutoffs are fractions of t50 in (0, 1), got {value}")
-        return value
 
 
 class StudyInfo(Strict):

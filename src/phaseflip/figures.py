@@ -60,10 +60,11 @@ def curves_figure(study: pd.DataFrame, transitions: pd.DataFrame, forecasts: pd.
                     hi = min(float(t.t50_hi.iloc[0]), float(t.last_step.iloc[0]))
                     ax.axvspan(float(t.t50_lo.iloc[0]), hi, color=color, alpha=0.12, lw=0)
             fc = forecasts[(forecasts.run_id == run_id) & forecasts.primary.astype(bool)
-                           & forecasts.predicted.notna()]
-            for f in fc.itertuples():  # where each cutoff's forecast put the flip, at the threshold line
-                err = [[max(0.0, f.predicted - f.lo)], [max(0.0, f.hi - f.predicted)]]
-                axes[0][col].errorbar(f.predicted, threshold, xerr=err,
+                           & forecasts.forecast_made.astype(bool) & np.isfinite(forecasts.q50)]
+            for f in fc.itertuples():  # where each origin's forecast put the flip, at the threshold line
+                hi = f.q90 if np.isfinite(f.q90) else f.q50
+                err = [[max(0.0, f.q50 - f.q10)], [max(0.0, hi - f.q50)]]
+                axes[0][col].errorbar(f.q50, threshold, xerr=err,
                                       marker="x", ms=7, color=color, capsize=2, lw=0.8)
         axes[0][col].axhline(threshold, color="grey", lw=0.8)
         axes[0][col].set_ylim(-0.02, 1.02)
@@ -73,7 +74,8 @@ def curves_figure(study: pd.DataFrame, transitions: pd.DataFrame, forecasts: pd.
         axes[1][col].set_xlabel("training step")
         axes[0][col].legend(fontsize=7)
     fig.suptitle("Dashed line and band: t50 (fitted rate crosses the threshold) and its 95% interval; bands "
-                 "around curves: 95% intervals. x with bar: forecast and its interval from each cutoff.", fontsize=9)
+                 "around curves: 95% intervals. x with bar: the primary's median forecast and 80% interval from "
+                 "each origin.", fontsize=9)
     savefig(fig, path)
 
 
@@ -236,68 +238,64 @@ def icl_figure(icl: pd.DataFrame, path: Path) -> None:
 
 
 def forecast_figure(forecasts: pd.DataFrame, max_steps: int, path: Path) -> None:
-    """Each run's forecast fan: from each cutoff (x), every method's forecast of t50 with its 80% interval
-    (y), against the run's t50 and its 95% interval (line and band; runs that do not cross: shaded above
-    max_steps)."""
+    """Each run's forecast fan: from each origin (x), every method's median forecast of t50 with its 80%
+    interval (y; beyond max_steps drawn at the top), against the run's t50 (line; runs that do not cross:
+    shaded above max_steps). Origins where the run had already crossed carry no forecast."""
     runs = list(dict.fromkeys(forecasts.run_id)) if len(forecasts) else []
     methods = list(dict.fromkeys(forecasts.method)) if len(forecasts) else []
     colors = _colors(methods)
     cols = min(3, max(1, len(runs)))
     rows = max(1, -(-len(runs) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, constrained_layout=True)
-    top = max_steps * 3
+    top = max_steps * 1.1
     handles: dict[str, Any] = {}
     for ax, run_id in zip(axes.ravel(), runs, strict=False):
         run = forecasts[forecasts.run_id == run_id]
-        actual = run.actual.dropna()
+        actual = run.t50.dropna() if "t50" in run else pd.Series(dtype=float)
         if len(actual):
-            t50 = float(actual.iloc[0])
-            lo = run.actual_lo.dropna() if "actual_lo" in run else pd.Series(dtype=float)
-            hi = run.actual_hi.dropna() if "actual_hi" in run else pd.Series(dtype=float)
-            if len(lo) and len(hi):
-                ax.axhspan(float(lo.iloc[0]), min(float(hi.iloc[0]), top), color="grey", alpha=0.2)
-            handles["t50 [95%]"] = ax.axhline(t50, color="black", lw=1)
+            handles["t50"] = ax.axhline(float(actual.iloc[0]), color="black", lw=1)
         else:
             handles[f"t50 > {max_steps}"] = ax.axhspan(max_steps, top, color="grey", alpha=0.15)
         for i, method in enumerate(methods):
-            fc = run[(run.method == method) & run.predicted.notna()]
+            fc = run[(run.method == method) & run.forecast_made.astype(bool)]
             if not len(fc):
                 continue
-            x = fc.cutoff_step.to_numpy(float) + (i - len(methods) / 2) * 0.12
-            y = fc.predicted.to_numpy(float).clip(max=top)
-            has = fc.lo.notna().to_numpy()
-            lo_err = np.where(has, y - fc.lo.to_numpy(float).clip(max=top), 0)
-            hi_err = np.where(has, fc.hi.to_numpy(float).clip(max=top) - y, 0)
-            label = method + (" (primary)" if fc.primary.any() else "")
-            handles[label] = ax.errorbar(x, y, yerr=[np.nan_to_num(lo_err), np.nan_to_num(hi_err)], fmt="o-", ms=3,
-                                         lw=0.8, capsize=2, color=colors[method])
+            x = fc.origin_step.to_numpy(float) + (i - len(methods) / 2) * 0.12
+            y = fc.q50.to_numpy(float).clip(max=top)
+            lo = fc.q10.to_numpy(float).clip(max=top)
+            hi = fc.q90.to_numpy(float).clip(max=top)
+            label = method + (" (primary)" if fc.primary.astype(bool).any() else "")
+            handles[label] = ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="o-", ms=3, lw=0.8, capsize=2,
+                                         color=colors[method])
         ax.set_title(run_id, fontsize=8)
-        ax.set_xlabel("cutoff step (checkpoints seen up to here)")
-        ax.set_ylabel("forecast t50")
+        ax.set_xlabel("origin step (checkpoints seen up to here)")
+        ax.set_ylabel("forecast t50 (median, 80%)")
         ax.set_ylim(0, top)
     for ax in axes.ravel()[len(runs):]:
         ax.axis("off")
     if handles:
         fig.legend(list(handles.values()), list(handles), fontsize=7, loc="outside lower center", ncol=4)
-    fig.suptitle("Forecast fans: t50 forecast from each cutoff (80% intervals) vs the measured t50", fontsize=9)
+    fig.suptitle("Forecast fans: t50 forecast from each origin (median and 80% interval; top = beyond max_steps) "
+                 "vs the measured t50", fontsize=9)
     savefig(fig, path)
 
 
-def calibration_figure(calib: pd.DataFrame, path: Path) -> None:
-    """Forecast calibration on the benchmark: nominal vs actual interval coverage per method (with the
-    Wilson 95% interval of each actual share); on the diagonal = honest intervals."""
-    fig, ax = plt.subplots(figsize=(5, 5))
-    methods = list(calib.method.unique()) if len(calib) else []
-    colors = _colors(methods)
-    for method, grp in calib.groupby("method", sort=False):
-        ax.errorbar(grp.nominal, grp.actual, yerr=[grp.actual - grp.lo, grp.hi - grp.actual], marker="o",
-                    capsize=2, color=colors[method], label=f"{method} (n={int(grp.n.iloc[0])})")
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-    ax.set_xlim(0.4, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("nominal coverage of the forecast interval")
-    ax.set_ylabel("actual coverage (truth inside)")
-    ax.set_title("Forecast calibration (simulation benchmark, cutoffs pooled)")
-    if methods:
-        ax.legend(fontsize=7)
+def pit_figure(forecasts: pd.DataFrame, methods: list[str], path: Path, bins: int = 10) -> None:
+    """PIT histograms (randomised PIT of the censored target): one panel per generator (or one for a study)
+    x method; a calibrated forecaster's is flat at 1 (dashed)."""
+    made = forecasts[forecasts.forecast_made.astype(bool) & forecasts.pit.notna()] if len(forecasts) else forecasts
+    groups = list(dict.fromkeys(made.generator)) if "generator" in made and len(made) else ["study"]
+    fig, axes = plt.subplots(len(groups), len(methods), figsize=(3 * len(methods), 2.2 * len(groups)),
+                             squeeze=False, sharex=True, constrained_layout=True)
+    for r, group in enumerate(groups):
+        sel = made[made.generator == group] if "generator" in made else made
+        for c, method in enumerate(methods):
+            ax = axes[r][c]
+            pit = sel[sel.method == method].pit.to_numpy(float) if len(sel) else np.array([])
+            if len(pit):
+                ax.hist(pit, bins=bins, range=(0, 1), density=True, color="tab:blue", alpha=0.7)
+            ax.axhline(1, color="grey", ls="--", lw=0.8)
+            ax.set_title(f"{group}: {method} (n={len(pit)})", fontsize=7)
+            ax.tick_params(labelsize=6)
+    fig.suptitle("PIT of the t50 forecasts (censored at max_steps; origins pooled); flat = calibrated", fontsize=9)
     savefig(fig, path)

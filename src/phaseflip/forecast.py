@@ -1,17 +1,20 @@
-"""Stage forecast (§7): locate each run's transition and forecast it from checkpoint prefixes.
+"""Stage forecast: locate each run's transition and forecast it from every checkpoint, as it would be used.
 
 Transition: `t50`, the step where a binomial GLM of the in-distribution behavior counts crosses the
 pre-registered flip threshold, with a bootstrap interval over scenarios and samples, or right-censored
 (`phaseflip.transition`); beside it the confirmed flip (first checkpoint whose interval lies above the
 threshold), the dissimilarity peak, the gradient-norm peak and a change point of the continuous metric
-(ruptures), and their lags to t50. Forecasts predict t50.
+(ruptures), and their lags to t50.
 
-Forecast: every method of `phaseflip.forecast_methods` (primary pre-registered in conf/forecast/)
-predicts t50 from the checkpoints up to 25/50/75% of t50 (of max_steps for runs that do not cross),
-with a point and an 80% interval or "no forecast", calibrated leave-one-run-out: whatever a method
-learns from the study (links, flip level, learning-rate scaling) comes from the other runs only.
-`forecast_quality` scores them (relative error, within +-25%, coverage, lead time, false alarms);
-`phaseflip.forecast_bench` scores them where the truth is known.
+Forecast, at fixed origins: at every evaluated checkpoint `s` of a run, every method of
+`phaseflip.forecast_methods` sees what a researcher has at `s` (the run's checkpoints up to `s`: a
+view, `RunData.prefix`) and the finished runs of the *other configurations* (leave-one-configuration-out:
+the run's replicates, its other seeds, are not "other runs"). `check_no_leak` guards every call. If the
+view shows the crossing (the transition fit on the checkpoints so far), the row is "already crossed",
+not a forecast; otherwise the method's draws of t50, conditioned on "not crossed by s" (observed) and
+censored at max_steps, give `p_cross_by_max_steps` and quantiles (`inf`: beyond max_steps).
+`phaseflip.forecast_scores` scores them (CRPS of the censored target, coverage, PIT, Brier, skill vs
+`linear` and `climatology`, lead time); `phaseflip.forecast_bench` does the same where the truth is known.
 
 Sharpness (the mirage check): per metric, the steepest slope between neighbouring checkpoints over the
 average slope from step 0 to the end; 1 is a straight line, large is a step.
@@ -21,6 +24,7 @@ average slope from step 0 to the end; 1 is a straight line, large is a step.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -29,7 +33,7 @@ import pandas as pd
 from phaseflip.change_points import change_point
 from phaseflip.config import ForecastConfig
 from phaseflip.forecast_methods import METHODS, Context, RunData
-from phaseflip.metrics import wilson_interval
+from phaseflip.forecast_scores import score_forecasts
 from phaseflip.transition import confirmed_flip, fit_t50
 
 FAMILY = "in_distribution"
@@ -125,102 +129,124 @@ def run_data(run_id: str, metrics: pd.DataFrame, scenarios: pd.DataFrame, train_
                    t.get("t50"), t.get("continuous_level_at_flip"))
 
 
-def forecast_run(run: RunData, actual: float | None, others: list[RunData], cfg: ForecastConfig, max_steps: int,
-                 seed: int = 0, methods: list[str] | None = None) -> list[dict[str, Any]]:
-    """Forecast rows of one run: every cutoff x method, each seeing only checkpoints up to its cutoff and
-    the other runs (never this run's own t50)."""
+class LeakageError(AssertionError):
+    """A forecaster was handed something a researcher at the origin could not have."""
+
+
+def check_no_leak(view: RunData, others: list[RunData], origin: float) -> None:
+    """The structural guard every forecast passes through: the run is a view cut at `origin` (no step after
+    it in any of its tables, no t50, no level at its flip) and no other run is the run itself or a
+    replicate of its configuration."""
+    if view.origin is None or view.origin > origin:
+        raise LeakageError(f"{view.run_id}: not a view cut at origin {origin} (origin={view.origin})")
+    for name in ("curve", "scenarios", "train_log"):
+        table = getattr(view, name)
+        if len(table) and float(table.step.max()) > origin:
+            raise LeakageError(f"{view.run_id}: {name} has step {table.step.max()} after origin {origin}")
+    if view.t50 is not None or view.level_at_flip is not None:
+        raise LeakageError(f"{view.run_id}: the view carries the run's own outcome (t50={view.t50})")
+    for o in others:
+        if o.run_id == view.run_id or o.configuration == view.configuration:
+            raise LeakageError(f"{view.run_id}: {o.run_id} (configuration {o.configuration}) is not another "
+                               "configuration")
+
+
+def other_configurations(run: RunData, runs: list[RunData]) -> list[RunData]:
+    """Leave-one-configuration-out: the finished runs of every other configuration (the run's replicates,
+    other seeds of its lr / n_real / dreams / control, are excluded)."""
+    return [r for r in runs if r.configuration != run.configuration]
+
+
+def crossed_by(view: RunData, threshold: float) -> bool:
+    """Whether the run has crossed by its view's origin, from the view's counts only: the transition fit
+    (`fit_t50`, the measurement's own estimator) on the checkpoints so far finds a crossing, or the
+    only checkpoint is already above the threshold."""
+    c = view.curve[view.curve.n > 0]
+    if not len(c):
+        return False
+    if len(c) < 2:
+        return bool(c.k.iloc[-1] / c.n.iloc[-1] >= threshold)
+    counts = (view.scenarios[view.scenarios.n > 0][["step", "scenario_id", "k", "n"]] if len(view.scenarios)
+              else c.assign(scenario_id="all")[["step", "scenario_id", "k", "n"]])
+    fit = fit_t50(counts, threshold, n_bootstrap=2, confidence=0.95, seed=0)
+    return fit.t50 is not None or fit.censored == "left"
+
+
+QUANTILES = {"q025": 0.025, "q10": 0.1, "q25": 0.25, "q50": 0.5, "q75": 0.75, "q90": 0.9, "q975": 0.975}
+MIN_KEPT = 0.05  # conditioning on "not crossed yet" keeps the draws at or after the origin if at least this share
+
+
+def condition(draws: np.ndarray, origin: float) -> np.ndarray:
+    """The draws given "not crossed before the origin" (observed): those at or after it (at it: "now"),
+    resampled to the same number; when (almost) none is, the method says "now": every draw at the origin."""
+    keep = draws[draws >= origin]
+    if len(keep) >= max(1.0, MIN_KEPT * len(draws)):
+        return np.resize(keep, len(draws))
+    return np.full(len(draws), float(origin))
+
+
+def summarise(draws: np.ndarray, max_steps: float) -> dict[str, float]:
+    """p(crossing by max_steps) and quantiles of t50 censored at max_steps (inf: "beyond max_steps")."""
+    censored = np.where(draws > max_steps, math.inf, draws)
+    qs = np.quantile(censored, list(QUANTILES.values()), method="inverted_cdf")
+    return {"p_cross_by_max_steps": float(np.mean(draws <= max_steps)), "predicted": float(qs[3]),
+            **{k: float(v) for k, v in zip(QUANTILES, qs, strict=True)}}
+
+
+def forecast_at(view: RunData, others: list[RunData], cfg: ForecastConfig, max_steps: int, seed: int,
+                methods: list[str]) -> list[dict[str, Any]]:
+    """Every method's forecast from one origin (the view's): "already crossed" when the view shows the
+    crossing; otherwise each method's draws, conditioned on not having crossed yet and censored at
+    max_steps. Raises `LeakageError` when the view or the other runs carry what the origin cannot know."""
+    origin = float(view.origin if view.origin is not None else math.nan)
+    check_no_leak(view, others, origin)
+    crossed = crossed_by(view, cfg.flip_threshold)
     ctx = Context(others, cfg.flip_threshold, cfg.forecast_interval, cfg.forecast_bootstrap, max_steps,
                   cfg.continuous_metric, cfg.horizon_factor * max_steps, seed)
-    horizon = actual if actual is not None else max_steps  # runs that do not cross: fractions of max_steps
+    base = {"run_id": view.run_id, "configuration": view.configuration, "control": view.control, "lr": view.lr,
+            "origin_step": origin, "origin_fraction": origin / max_steps, "n_checkpoints": len(view.curve),
+            "crossed_by_origin": crossed}
     rows = []
-    for fraction in cfg.cutoffs:
-        cutoff = fraction * horizon
-        prefix = run.prefix(cutoff)
-        for method in methods or list(METHODS):
-            fc = METHODS[method](prefix, cutoff, ctx)
-            pred = fc.predicted
-            rows.append({
-                "run_id": run.run_id, "control": run.control, "lr": run.lr, "cutoff_fraction": fraction,
-                "cutoff_step": cutoff, "n_checkpoints": len(prefix.curve), "method": method,
-                "primary": method == cfg.primary, "actual": actual, "predicted": pred, "lo": fc.lo, "hi": fc.hi,
-                "form": fc.form, "reason": fc.reason,
-                "relative_error": None if pred is None or actual is None else abs(pred - actual) / actual,
-                "covered": None if actual is None or fc.lo is None or fc.hi is None else bool(fc.lo <= actual <= fc.hi),
-                "pit": None if actual is None else fc.pit(actual),
-                "false_alarm": actual is None and pred is not None and pred <= max_steps,
-                "lead_time": None if pred is None or actual is None else actual - cutoff,
-            })
+    for method in methods:
+        row: dict[str, Any] = {**base, "method": method, "primary": method == cfg.primary, "forecast_made": False,
+                               "p_cross_by_max_steps": math.nan, "predicted": math.nan,
+                               **dict.fromkeys(QUANTILES, math.nan), "form": None, "reason": "already crossed",
+                               "_draws": None}
+        if not crossed:
+            fc = METHODS[method](view, origin, ctx)
+            row["form"], row["reason"] = fc.form, fc.reason
+            if fc.draws is not None and len(fc.draws):
+                draws = condition(np.asarray(fc.draws, float), origin)
+                row.update(forecast_made=True, _draws=draws, **summarise(draws, max_steps))
+        rows.append(row)
+    return rows
+
+
+def forecast_run(run: RunData, others: list[RunData], cfg: ForecastConfig, max_steps: int, seed: int = 0,
+                 methods: list[str] | None = None) -> list[dict[str, Any]]:
+    """Forecast rows of one run: at every evaluated checkpoint before max_steps (the origin), every method,
+    each seeing the run's view at that origin and the finished runs of other configurations (never this
+    run's outcome).
+    Rows carry their draws under `_draws` for `forecast_scores.score_forecasts`."""
+    others = other_configurations(run, others)
+    rows = []
+    # the last checkpoint at max_steps is no origin: the budget is spent, "crosses by max_steps" is observed
+    for i, origin in enumerate(s for s in run.curve.step.to_numpy(float) if s < max_steps):
+        rows += forecast_at(run.prefix(origin), others, cfg, max_steps, seed * 1000 + i, methods or list(METHODS))
     return rows
 
 
 def analyse_study(runs: list[tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]],
-                  cfg: ForecastConfig, max_steps: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Transitions of every run, then forecasts leave-one-run-out: each run's links, flip level and
-    learning-rate scaling come from the other runs only.
+                  cfg: ForecastConfig, max_steps: int) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """Transitions of every run, then fixed-origin forecasts leave-one-configuration-out, scored against
+    each run's measured t50 (censored at max_steps).
 
     runs: (id, metrics, per-scenario counts, train log, run info)."""
     transitions = [detect(run_id, m, sc, log, info, cfg) for run_id, m, sc, log, info in runs]
     data = [run_data(run_id, m, sc, log, info, cfg.continuous_metric, t)
             for (run_id, m, sc, log, info), t in zip(runs, transitions, strict=True)]
-    forecasts = []
-    for i, (run, transition) in enumerate(zip(data, transitions, strict=True)):
-        others = data[:i] + data[i + 1:]
-        forecasts += forecast_run(run, transition["t50"], others, cfg, max_steps, seed=i)
-    for row in forecasts:
-        t = transitions[[r.run_id for r in data].index(row["run_id"])]
-        row["actual_lo"], row["actual_hi"] = t["t50_lo"], t["t50_hi"]
-    return transitions, forecasts
-
-
-def _wilson(k: int, n: int) -> tuple[float | None, float | None]:
-    return wilson_interval(k, n) if n else (None, None)
-
-
-def forecast_quality(forecasts: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """Per method and cutoff: median relative error (with a bootstrap 95% interval over runs), the share
-    of crossing runs forecast within +-25% of t50, the forecast interval's coverage, mean lead time, and
-    false alarms (a forecast at or before max_steps for a run that did not cross); shares with Wilson
-    95% intervals."""
-    rng = np.random.default_rng(seed)
     rows = []
-    for (method, fraction), grp in forecasts.groupby(["method", "cutoff_fraction"], sort=False):
-        crossing = grp[grp.actual.notna()]
-        rel = crossing.relative_error.dropna().to_numpy(float)
-        cov = crossing.covered.dropna().astype(bool)
-        never = grp[grp.actual.isna()]
-        within = int((rel <= 0.25).sum())
-        alarms = int(never.false_alarm.astype(bool).sum())
-        boots = [np.median(rng.choice(rel, len(rel))) for _ in range(200)] if len(rel) > 1 else []
-        row = {
-            "method": method, "cutoff_fraction": fraction, "primary": bool(grp.primary.iloc[0]),
-            "runs_crossing": len(crossing), "forecasts_made": int(crossing.predicted.notna().sum()),
-            "median_relative_error": float(np.median(rel)) if len(rel) else None,
-            "median_relative_error_lo": float(np.quantile(boots, 0.025)) if boots else None,
-            "median_relative_error_hi": float(np.quantile(boots, 0.975)) if boots else None,
-            "within_25": within / len(crossing) if len(crossing) else None,
-            "interval_coverage": float(cov.mean()) if len(cov) else None,
-            "mean_lead_time": float(crossing.lead_time.dropna().mean()) if crossing.lead_time.notna().any() else None,
-            "runs_not_crossing": len(never), "false_alarms": alarms,
-            "false_alarm_rate": alarms / len(never) if len(never) else None,
-        }
-        row["within_25_lo"], row["within_25_hi"] = _wilson(within, len(crossing))
-        row["coverage_lo"], row["coverage_hi"] = _wilson(int(cov.sum()), len(cov))
-        row["false_alarm_lo"], row["false_alarm_hi"] = _wilson(alarms, len(never))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def calibration(forecasts: pd.DataFrame, levels: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-                ) -> pd.DataFrame:
-    """Nominal vs actual coverage per method (cutoffs pooled): truth within the central `level` interval
-    of the forecast's draws, read from each forecast's `pit`."""
-    rows = []
-    for method, grp in forecasts[forecasts.pit.notna()].groupby("method", sort=False):
-        pit = grp.pit.to_numpy(float)
-        for level in levels:
-            k = int((np.abs(pit - 0.5) <= level / 2).sum())
-            lo, hi = wilson_interval(k, len(pit))
-            rows.append({"method": method, "nominal": level, "actual": k / len(pit), "lo": lo, "hi": hi,
-                         "n": len(pit)})
-    # No forecast with draws (e.g. no simulated run crossed): an empty table that still has its columns.
-    return pd.DataFrame(rows, columns=["method", "nominal", "actual", "lo", "hi", "n"])
+    for i, run in enumerate(data):
+        rows += forecast_run(run, data, cfg, max_steps, seed=i)
+    truth = {t["run_id"]: t["t50"] for t in transitions}
+    return transitions, score_forecasts(rows, truth, max_steps)

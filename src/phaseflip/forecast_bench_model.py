@@ -12,7 +12,8 @@ crosses near step 12); `fit_model` replaces each one the study can estimate and 
   `log v` on `log lr` by OLS (kappa, with run-level residual sd) when the study has >= 2 learning rates;
 - the noise per checkpoint (residuals of those fits), scenario offsets at step 0, scenario speeds (sd of
   log of each scenario's rise over the run's) and scenario x checkpoint noise;
-- the gradient-norm peak as a fraction of t50 (median over runs that crossed).
+- the gradient-norm peak as a fraction of t50 (median over runs that crossed);
+- the design: every run's id, learning rate and whether it is the control (the `real_design` generator).
 The scenarios' behavior propensity sd (`sd_propensity`) is not estimated (it needs a mixed model): default.
 """
 
@@ -62,6 +63,13 @@ class SimModel:
     lr_range: tuple[float, float] = (3e-4, 6e-3)
     grad_peak_ratio: float = 0.75
     sd_grad: float = 0.1  # multiplicative (log-scale) noise of the simulated gradient norm
+    # The study's runs (run_id, lr, control): the `real_design` generator's runs. Default: the default
+    # grid of conf/train/ (lr 3e-3 and 6e-3, seeds 0 and 1, two extra runs at 3e-3, the control).
+    design: list[tuple[str, float, bool]] = field(default_factory=lambda: [
+        ("lr3e-03_nall_k0_s0", 3e-3, False), ("lr3e-03_nall_k0_s1", 3e-3, False),
+        ("lr6e-03_nall_k0_s0", 6e-3, False), ("lr6e-03_nall_k0_s1", 6e-3, False),
+        ("lr3e-03_n4_k2_s0", 3e-3, False), ("lr3e-03_n4_k0_s0", 3e-3, False),
+        ("control-own-replies_lr3e-03_nall_k0_s0", 3e-3, True)])
     source: str = "defaults (no study)"
     fitted: list[str] = field(default_factory=list)
 
@@ -104,7 +112,8 @@ def fit_model(study: Study, cfg: ForecastConfig) -> SimModel:
     steps = sorted({int(s) for _, sc, met, _, _ in ids
                     for s in (sc.step if len(sc) else met[met.family == FAMILY].step)})
     m.steps, m.max_steps = steps, max(steps)
-    fitted += ["steps", "max_steps"]
+    m.design = [(rid, float(info.get("lr") or m.lr_ref), bool(info.get("control", False))) for rid, *_, info in study]
+    fitted += ["steps", "max_steps", "design"]
     if with_sc:
         all_sc = pd.concat([sc.assign(run=rid) for rid, sc, *_ in with_sc], ignore_index=True)
         all_sc = all_sc[all_sc.n > 0]

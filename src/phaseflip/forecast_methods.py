@@ -1,34 +1,39 @@
-"""Forecast methods (§7): predict a run's `t50` from its checkpoints up to a cutoff.
+"""Forecast methods: a predictive distribution of a run's `t50` from its checkpoints up to an origin.
 
-Every method takes the prefix of one run (a `RunData` cut at the cutoff) and what the study knows from
-its *other* runs (a `Context`, built leave-one-run-out), and returns a `Forecast`: a point and an
-interval (default 80%), or no forecast with the reason. Methods with an interval also return their
-bootstrap draws of the crossing step (inf = no crossing within the horizon), from which calibration at
-any nominal level is read (`pit`).
+Every method takes a *view* of one run (a `RunData` cut at the forecast origin by `RunData.prefix`: its
+checkpoints up to the origin, no t50, no level at its flip) and what the study knows from the finished
+runs of *other configurations* (a `Context`), and returns a `Forecast`: draws of the crossing step (inf =
+no crossing within `Context.horizon`), a single draw for a point method, or no forecast with the reason.
+What the draws mean downstream (conditioned on "not crossed by the origin", censored at max_steps,
+quantiles, probability of crossing within the budget) is `phaseflip.forecast`'s job, the same for every
+method.
 
-- `pooled_link` (two-step): extrapolate the run's continuous metric (per-step mean over scenarios) with
-  a line, a power law or a logistic in step, chosen by the error on the last prefix checkpoint when fitted
-  without it; map it to the behavior rate with one link, a binomial GLM (statsmodels) of the per-step
-  counts on the metric, fitted on every checkpoint of the other runs. t50 is where the extrapolated metric
-  reaches the link's threshold level. Interval: bootstrap over the run's scenarios and the fit's residuals
-  (the extrapolation) times a cluster bootstrap over the other runs (the link).
+- `pooled_link` (two-step, the pre-registered primary): extrapolate the run's continuous metric (per-step
+  mean over scenarios) with a line, a power law or a logistic in step, chosen by the error on the last
+  prefix checkpoint when fitted without it; map it to the behavior rate with one link, a binomial GLM
+  (statsmodels) of the per-step counts on the metric, fitted on every checkpoint of the other runs. t50 is
+  where the extrapolated metric reaches the link's threshold level. Draws: bootstrap over the run's
+  scenarios and the fit's residuals (the extrapolation) times a cluster bootstrap over the other runs.
 - `per_scenario`: each scenario's metric is an affine copy of the pooled trajectory (fitted per scenario);
   a scenario is past its crossing when its metric reaches the scenario-level link's threshold (a GLM on
   the other runs' per-scenario counts); t50 is when the fraction of scenarios past it reaches the
   threshold. Same bootstrap.
 - `lr_scaling`: t50 · lr^gamma = C over the other runs that crossed (OLS of log t50 on log lr,
-  statsmodels), with its prediction interval; needs no checkpoint of the run, so it forecasts runs not
-  yet trained (`lr_scaling_fit`).
-- Baselines: `linear` (a straight line through the metric to the level at which the other runs flipped),
-  `grad_norm_peak` (the flip comes at the gradient-norm peak once it is behind us), `change_point` (a
-  significant change point of the metric).
+  statsmodels), draws from its t predictive distribution; needs no checkpoint of the run. Only inside
+  the range of learning rates those runs cover: no extrapolation.
+- References: `linear` (a straight line through the metric, OLS with its parameter uncertainty, to the
+  levels at which the other runs flipped) and `climatology` (the other configurations' t50, runs that
+  did not cross as "beyond").
+- Baselines: `grad_norm_peak` (the flip comes at the gradient-norm peak once it is behind us) and
+  `change_point` (a significant change point of the metric): point forecasts.
 
-    from phaseflip.forecast_methods import Context, run_data, METHODS
+    from phaseflip.forecast_methods import Context, RunData, METHODS
 """
 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,13 +58,21 @@ EPS = 1e-3
 LINK_DRAWS = 40
 
 
+def configuration_of(run_id: str) -> str:
+    """A run's configuration: everything but the seed (`lr3e-03_nall_k0_s1` -> `lr3e-03_nall_k0`; the
+    control is its own configuration). Replicates of one configuration share it."""
+    return re.sub(r"_s\d+$", "", run_id)
+
+
 @dataclass
 class RunData:
     """One run's in-distribution data as the methods see it.
 
     scenarios: step, scenario_id, x (the continuous metric; NaN where a scenario has no reference pair),
     k, n. Empty when the run has no per-scenario table (pre-#14 studies): `curve` then comes from
-    metrics.csv. curve: step, x (mean over scenarios), k, n (sums). train_log: step, grad_norm."""
+    metrics.csv. curve: step, x (mean over scenarios), k, n (sums). train_log: step, grad_norm.
+    A finished run (another configuration's, in a `Context`) carries its t50 and level at the flip; the
+    run being forecast is only ever seen through `prefix(origin)`, which has neither (`origin` set)."""
 
     run_id: str
     lr: float | None
@@ -69,27 +82,28 @@ class RunData:
     train_log: pd.DataFrame
     t50: float | None = None  # measured (study) or estimated (benchmark); used only as *another* run's
     level_at_flip: float | None = None
+    configuration: str = ""  # "" = configuration_of(run_id)
+    origin: float | None = None  # set on a view: nothing after this step
 
-    def prefix(self, cutoff: float) -> RunData:
-        return RunData(self.run_id, self.lr, self.control, self.scenarios[self.scenarios.step <= cutoff],
-                       self.curve[self.curve.step <= cutoff], self.train_log[self.train_log.step <= cutoff])
+    def __post_init__(self) -> None:
+        self.configuration = self.configuration or configuration_of(self.run_id)
+
+    def prefix(self, origin: float) -> RunData:
+        """What a researcher has at `origin`: the checkpoints (and logged steps) up to it, nothing of the
+        run's outcome."""
+        return RunData(self.run_id, self.lr, self.control, self.scenarios[self.scenarios.step <= origin],
+                       self.curve[self.curve.step <= origin], self.train_log[self.train_log.step <= origin],
+                       configuration=self.configuration, origin=float(origin))
 
 
 @dataclass
 class Forecast:
-    predicted: float | None
-    lo: float | None = None
-    hi: float | None = None
+    """Draws of the crossing step (inf: no crossing within the horizon; one draw: a point forecast), or
+    None with the reason: no forecast."""
+
+    draws: np.ndarray | None
     reason: str = ""
     form: str | None = None
-    draws: np.ndarray | None = field(default=None, repr=False)
-
-    def pit(self, actual: float) -> float | None:
-        """Where the truth falls in the forecast distribution (0..1): covered at nominal level v iff
-        |pit - 0.5| <= v / 2. Ties (e.g. draws clamped to the cutoff) count half."""
-        if self.draws is None or self.predicted is None:
-            return None
-        return float(np.mean(self.draws < actual) + 0.5 * np.mean(self.draws == actual))
 
 
 def none(reason: str, form: str | None = None) -> Forecast:
@@ -249,20 +263,10 @@ def first_crossing(curves: np.ndarray, levels: np.ndarray, grid: np.ndarray) -> 
     return np.where(hit.any(axis=1), grid[idx], math.inf)
 
 
-def _summarise(point: float, draws: np.ndarray, ctx: Context, floor: float, form: str) -> Forecast:
-    """Point and interval from the draws; no forecast when the point or most draws do not cross."""
-    if not math.isfinite(point) or point > ctx.horizon:
-        return none("no crossing within the horizon", form)
-    if np.mean(np.isfinite(draws)) < 0.5:
-        return none("most resamples do not cross", form)
-    alpha = (1 - ctx.interval) / 2
-    lo, hi = np.quantile(draws, [alpha, 1 - alpha], method="inverted_cdf")  # hi may be inf: open
-    return Forecast(max(point, floor), max(float(lo), floor), max(float(hi), floor), form=form,
-                    draws=np.maximum(draws, floor))
-
-
-def _grid(floor: float, ctx: Context) -> np.ndarray:
-    return np.linspace(floor, ctx.horizon, int(max(50, (ctx.horizon - floor) * 10)))
+def _grid(origin: float, ctx: Context) -> np.ndarray:
+    """Where crossings are looked for: from the origin (the run has not crossed before it: observed) to
+    the horizon."""
+    return np.linspace(origin, ctx.horizon, int(max(50, (ctx.horizon - origin) * 10)))
 
 
 def _trajectory_draws(run: RunData, ctx: Context, rng: np.random.Generator) -> tuple[Form, np.ndarray, np.ndarray]:
@@ -290,7 +294,7 @@ def _trajectory_draws(run: RunData, ctx: Context, rng: np.random.Generator) -> t
     return form, steps, np.vstack([x[None, :], series])
 
 
-def pooled_link(run: RunData, cutoff: float, ctx: Context) -> Forecast:
+def pooled_link(run: RunData, origin: float, ctx: Context) -> Forecast:
     """Two-step: extrapolate the pooled metric, read t50 where it reaches the link's threshold level."""
     if len(run.curve) < 2:
         return none("fewer than 2 checkpoints")
@@ -299,15 +303,15 @@ def pooled_link(run: RunData, cutoff: float, ctx: Context) -> Forecast:
         return none("no link: the other runs do not relate the metric to the rate")
     rng = np.random.default_rng(ctx.seed)
     form, steps, series = _trajectory_draws(run, ctx, rng)
-    grid = _grid(cutoff, ctx)
+    grid = _grid(origin, ctx)
     curves = form.predict(form.fit(steps, series), grid)
     lv = np.concatenate([levels[:1], rng.choice(levels[1:], len(series) - 1)]) if len(levels) > 1 \
         else np.repeat(levels, len(series))
     cross = first_crossing(curves, lv, grid)
-    return _summarise(cross[0], cross[1:], ctx, cutoff, form.name)
+    return Forecast(cross[1:], form=form.name)  # cross[0]: the observed series, not a draw
 
 
-def per_scenario(run: RunData, cutoff: float, ctx: Context) -> Forecast:
+def per_scenario(run: RunData, origin: float, ctx: Context) -> Forecast:
     """When the fraction of scenarios whose own extrapolated metric passed the per-scenario link's
     threshold level reaches the flip threshold."""
     sc = run.scenarios.dropna(subset=["x"])
@@ -320,7 +324,7 @@ def per_scenario(run: RunData, cutoff: float, ctx: Context) -> Forecast:
         return none("no per-scenario link")
     rng = np.random.default_rng(ctx.seed + 2)
     form, steps, series = _trajectory_draws(run, ctx, rng)  # the pooled trajectory and its bootstrap
-    grid = _grid(cutoff, ctx)
+    grid = _grid(origin, ctx)
     pooled_fit = form.predict(form.fit(steps, series[0]), steps)[0]
     pooled_grid = form.predict(form.fit(steps, series), grid)  # (B + 1, G)
     wide = sc.pivot_table(index="scenario_id", columns="step", values="x").reindex(columns=steps)
@@ -340,7 +344,7 @@ def per_scenario(run: RunData, cutoff: float, ctx: Context) -> Forecast:
         scen = coef[0][pick, None] + coef[1][pick, None] * pooled_grid[b][None, :] + shift
         frac = (scen >= lv[b]).mean(axis=0)
         cross[b] = first_crossing(frac[None, :], np.array([ctx.threshold]), grid)[0]
-    return _summarise(cross[0], cross[1:], ctx, cutoff, form.name)
+    return Forecast(cross[1:], form=form.name)  # cross[0]: the observed series, not a draw
 
 
 @dataclass
@@ -351,6 +355,7 @@ class LrScaling:
     gamma_lo: float
     gamma_hi: float
     n_runs: int
+    lr_range: tuple[float, float]  # the learning rates of the runs it was fitted on
     result: Any = field(repr=False)
 
     def predict(self, lr: float, interval: float, n_draws: int = 0, seed: int = 0) -> tuple[float, float, float,
@@ -373,39 +378,57 @@ def lr_scaling_fit(runs: list[RunData], confidence: float = 0.95) -> LrScaling |
     lrs, t50 = np.array(pts, dtype=float).T
     res = sm.OLS(np.log(t50), sm.add_constant(np.log(lrs))).fit()
     lo, hi = res.conf_int(alpha=1 - confidence)[1]
-    return LrScaling(-float(res.params[1]), -float(hi), -float(lo), len(pts), res)
+    return LrScaling(-float(res.params[1]), -float(hi), -float(lo), len(pts), (float(lrs.min()), float(lrs.max())), res)
 
 
-def lr_scaling(run: RunData, cutoff: float, ctx: Context) -> Forecast:
+def lr_scaling(run: RunData, origin: float, ctx: Context) -> Forecast:
+    """t50 from the other configurations' learning-rate scaling; only inside the learning rates they cover."""
     fit = lr_scaling_fit(ctx.others)
     if fit is None or not run.lr:
         return none("fewer than 3 other crossed runs at >= 2 learning rates")
-    point, lo, hi, draws = fit.predict(run.lr, ctx.interval, ctx.n_bootstrap, ctx.seed)
-    if point > ctx.horizon:
-        return none("no crossing within the horizon")
-    return Forecast(max(point, cutoff), max(lo, cutoff), max(hi, cutoff), form=f"gamma={fit.gamma:.2f}",
-                    draws=np.maximum(draws, cutoff))
+    lo, hi = fit.lr_range
+    if not lo <= run.lr <= hi:
+        return none(f"lr {run.lr:g} outside the other runs' learning rates [{lo:g}, {hi:g}]: no extrapolation")
+    *_, draws = fit.predict(run.lr, ctx.interval, ctx.n_bootstrap, ctx.seed)
+    return Forecast(np.where(draws > ctx.horizon, math.inf, draws), form=f"gamma={fit.gamma:.2f}")
 
 
-def flip_level(others: list[RunData]) -> float | None:
-    levels = [r.level_at_flip for r in others if r.level_at_flip is not None and not r.control]
-    return float(np.median(levels)) if levels else None
+def flip_levels(others: list[RunData]) -> np.ndarray:
+    return np.array([r.level_at_flip for r in others if r.level_at_flip is not None and not r.control], float)
 
 
-def linear(run: RunData, cutoff: float, ctx: Context) -> Forecast:
-    """Baseline: a straight line through the metric, extrapolated to the level the other runs flipped at."""
-    level = flip_level(ctx.others)
-    if len(run.curve) < 2 or level is None:
+def linear(run: RunData, origin: float, ctx: Context) -> Forecast:
+    """Reference: a straight line through the metric (OLS; draws of its intercept and slope from their
+    estimated covariance), extrapolated to a level at which another run flipped (drawn from them)."""
+    levels = flip_levels(ctx.others)
+    if len(run.curve) < 2 or not len(levels):
         return none("fewer than 2 checkpoints or no other run flipped")
-    slope, intercept = np.polyfit(run.curve.step.to_numpy(float), run.curve.x.to_numpy(float), 1)
-    if slope <= 0:
-        return none("metric not rising")
-    point = (level - intercept) / slope
-    return Forecast(max(point, cutoff)) if point <= ctx.horizon else none("no crossing within the horizon")
+    steps, x = run.curve.step.to_numpy(float), run.curve.x.to_numpy(float)
+    res = sm.OLS(x, sm.add_constant(steps, has_constant="add")).fit()
+    rng = np.random.default_rng(ctx.seed + 3)
+    cov = np.asarray(res.cov_params()) if res.df_resid > 0 else np.zeros((2, 2))
+    cov = np.nan_to_num(cov)
+    coef = rng.multivariate_normal(np.asarray(res.params, float), cov, ctx.n_bootstrap, method="svd")
+    level = rng.choice(levels, ctx.n_bootstrap)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross = (level - coef[:, 0]) / coef[:, 1]
+    rising = coef[:, 1] > 0
+    # a falling line never reaches the level ahead; one already past it crosses now
+    cross = np.where(rising, np.maximum(cross, origin), math.inf)
+    return Forecast(np.where(cross > ctx.horizon, math.inf, cross), form="line")
 
 
-def grad_norm_peak(run: RunData, cutoff: float, ctx: Context) -> Forecast:
-    """Baseline: the flip comes at the gradient-norm peak, once the peak is behind us."""
+def climatology(run: RunData, origin: float, ctx: Context) -> Forecast:
+    """Reference: the other configurations' t50 (those that did not cross: beyond the horizon), of runs
+    of the same kind (controls for a control) when there are any."""
+    same = [r for r in ctx.others if r.control == run.control] or ctx.others
+    if not same:
+        return none("no other configuration")
+    return Forecast(np.array([r.t50 if r.t50 is not None else math.inf for r in same], float), form="others' t50")
+
+
+def grad_norm_peak(run: RunData, origin: float, ctx: Context) -> Forecast:
+    """Baseline: the flip comes at the gradient-norm peak, once the peak is behind us (a point)."""
     log = run.train_log
     if len(log) < 3:
         return none("fewer than 3 logged steps")
@@ -414,16 +437,17 @@ def grad_norm_peak(run: RunData, cutoff: float, ctx: Context) -> Forecast:
         return none("gradient norm still rising")
     if peak <= float(log.step.min()):
         return none("gradient norm only falling: no peak")
-    return Forecast(max(peak, cutoff))
+    return Forecast(np.array([peak]))
 
 
-def change_point(run: RunData, cutoff: float, ctx: Context) -> Forecast:
-    """Baseline: a significant change point of the metric in the prefix is the flip."""
+def change_point(run: RunData, origin: float, ctx: Context) -> Forecast:
+    """Baseline: a significant change point of the metric in the prefix is the flip (a point)."""
     cp = penalised_change_point(run.curve.step.to_numpy(float), run.curve.x.to_numpy(float))
-    return none("no change point in the prefix") if cp is None else Forecast(max(float(cp), cutoff))
+    return none("no change point in the prefix") if cp is None else Forecast(np.array([float(cp)]))
 
 
 METHODS: dict[str, Callable[[RunData, float, Context], Forecast]] = {
     "pooled_link": pooled_link, "per_scenario": per_scenario, "lr_scaling": lr_scaling,
-    "linear": linear, "grad_norm_peak": grad_norm_peak, "change_point": change_point,
+    "linear": linear, "climatology": climatology, "grad_norm_peak": grad_norm_peak, "change_point": change_point,
 }
+REFERENCES = ("linear", "climatology")  # the primary's skill is measured against both

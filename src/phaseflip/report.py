@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from phaseflip import answers, figures, references
@@ -68,8 +69,8 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
     transitions = read_csv(forecast_dir / "transitions.csv")
     forecasts = read_csv(forecast_dir / "forecasts.csv")
     quality = read_csv(forecast_dir / "forecast_quality.csv")
-    bench_csv = forecast_dir / "bench" / "bench_quality.csv"  # the forecast benchmark, when it ran
-    bench_quality = read_csv(bench_csv) if bench_csv.exists() else None
+    bench_csv = forecast_dir / "bench" / "bench_summary.csv"  # the forecast benchmark, when it ran
+    bench_summary = read_csv(bench_csv) if bench_csv.exists() else None
     steer, icl = read_csv(steering_csv), read_csv(icl_csv)
     dreams, data = read_json(dreams_report), read_json(data_report)
 
@@ -130,7 +131,7 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
                                read_csv(screen_csv) if screen_csv.exists() and screen_csv.stat().st_size else None)
     ctx = dict(params=params, study=study, model_line=model_line, base=base, transitions=transitions, quality=quality,
                comp=comp,
-               bench_quality=bench_quality,
+               bench_summary=bench_summary, forecasts=forecasts,
                best_ckpt=best_ckpt, best_steer=best_steer, steer=steer, icl=icl, dreams=dreams, data=data,
                bench=bench, threshold=threshold, max_steps=max_steps, effective_count=effective_count,
                family_notes=params["behavior"].get("family_notes"))
@@ -304,19 +305,7 @@ def _q4_answer(comp: pd.DataFrame) -> list[str]:
     return L
 
 
-TARGETS = "within ±25% in >= 70% of crossing runs, 80% coverage in [0.70, 0.90], false alarms <= 10%"
-
-
-def _targets(row: Any) -> list[str]:
-    """The pre-registered targets for the primary method at the 50% cutoff of the benchmark: which missed."""
-    missed = []
-    if not (row.within_25 or 0) >= 0.7:
-        missed.append(f"within ±25% {_fmt(row.within_25)} < 0.70")
-    if row.interval_coverage is None or not 0.7 <= row.interval_coverage <= 0.9:
-        missed.append(f"coverage {_fmt(row.interval_coverage)} outside [0.70, 0.90]")
-    if row.false_alarm_rate is not None and row.false_alarm_rate > 0.1:
-        missed.append(f"false alarms {_fmt(row.false_alarm_rate)} > 0.10")
-    return missed
+TARGET_COVERAGE = (0.70, 0.90)  # the primary's 80% interval at every origin from 25% of max_steps on
 
 
 def _lr_scaling(transitions: pd.DataFrame) -> list[str]:
@@ -329,52 +318,57 @@ def _lr_scaling(transitions: pd.DataFrame) -> list[str]:
     if fit is None:
         return ["", "Learning-rate scaling (t50 · lr^γ): fewer than 3 crossed runs at >= 2 learning rates; "
                     "γ cannot be estimated from this study."]
-    lrs = sorted({1e-4, 3e-4, 1e-3, 3e-3, 1e-2} - {float(v) for v in transitions.lr})
-    preds = ", ".join(f"lr {lr:g}: {_fmt(*fit.predict(lr, 0.8)[:3], digits=1)}" for lr in lrs)
+    lo, hi = fit.lr_range
+    studied = sorted({float(v) for v in transitions.lr if lo <= float(v) <= hi})
+    # only between the learning rates studied: the geometric midpoints of neighbours, no extrapolation
+    mids = [float(np.sqrt(a * b)) for a, b in zip(studied, studied[1:], strict=False)]
+    preds = ", ".join(f"lr {lr:.2g}: {_fmt(*fit.predict(lr, 0.8)[:3], digits=1)}" for lr in mids) or "none"
     gamma = _fmt(fit.gamma, fit.gamma_lo, fit.gamma_hi)
-    return ["", f"Learning-rate scaling over {fit.n_runs} crossed runs: γ = {gamma}"
-                f" (95%; t50 ∝ lr^-γ). Forecast t50 of runs not yet trained (80% prediction interval): {preds}."]
+    return ["", f"Learning-rate scaling over {fit.n_runs} crossed runs at lr {lo:g}-{hi:g}: γ = {gamma}"
+                f" (95%; t50 ∝ lr^-γ). Forecast t50 between the studied learning rates (80% prediction interval): "
+                f"{preds}. Outside [{lo:g}, {hi:g}] it makes no forecast: the scaling is not known to hold there."]
 
 
-def _q6(quality: pd.DataFrame, transitions: pd.DataFrame, bench_quality: pd.DataFrame | None = None,
-        params: dict[str, Any] | None = None, **_: Any) -> list[str]:
-    from phaseflip.forecast_bench import format_table
+def _q6(forecasts: pd.DataFrame, quality: pd.DataFrame, transitions: pd.DataFrame, max_steps: int,
+        bench_summary: pd.DataFrame | None = None, params: dict[str, Any] | None = None, **_: Any) -> list[str]:
+    from phaseflip.forecast_scores import format_origins, format_summary, summary_row, verdict
 
     primary = (params or {}).get("forecast", {}).get("primary", "pooled_link")
-    order = quality.assign(first=~quality.primary.astype(bool)).sort_values(["first", "method", "cutoff_fraction"],
-                                                                               kind="stable")
-    L = ["", "## Q6 — Can the flip be forecast from early checkpoints?", "",
-         f"Pre-registered primary forecaster: **`{primary}`** (conf/forecast/). Every forecast predicts t50 from the "
-         "checkpoints up to 25/50/75% of t50 (of max_steps for runs that do not cross), with an 80% interval, and "
-         "learns what it needs from the study's *other* runs only (leave-one-run-out). `pooled_link`: extrapolate "
-         "the continuous metric, map it to the rate with a binomial link fitted on the other runs' checkpoints; "
-         "`per_scenario`: when enough scenarios pass their own crossing; `lr_scaling`: t50 · lr^γ over the other "
-         "runs; `linear`, `grad_norm_peak`, `change_point`: baselines. `forecast.png`: each run's forecast fan "
-         "against its t50 interval."]
-    if bench_quality is not None and len(bench_quality):
-        bq = bench_quality.assign(first=~bench_quality.primary.astype(bool)).sort_values(
-            ["first", "cutoff_fraction"], kind="stable")
-        L += ["", "**Simulation benchmark** (known t50; runs drawn from a model fitted to this study, "
-                  "`results/forecast/bench/`, calibration: `calibration.png`):", "", format_table(bq)]
-        head = bench_quality[bench_quality.primary.astype(bool) & (bench_quality.cutoff_fraction == 0.5)]
-        if len(head):
-            missed = _targets(head.iloc[0])
-            L += ["", f"Targets for `{primary}` at the 50% cutoff ({TARGETS}): "
-                      + ("all met." if not missed else "**missed**: " + "; ".join(missed) + ".")]
-    L += ["", "**This study** (leave-one-run-out; t50 is itself an estimate):", "", format_table(order)]
-    flipped = int(transitions.flipped.sum())
-    if not flipped:
-        L += ["", "No run crossed, so forecast accuracy cannot be measured on this study; only false alarms can."]
-    else:
-        at = quality[quality.cutoff_fraction == 0.5].set_index("method").median_relative_error
-        p, lin = at.get(primary), at.get("linear")
-        if p is None or lin is None or pd.isna(p) or pd.isna(lin):
-            verdict = "cannot be compared with linear extrapolation at the 50% cutoff (one of them made no forecast)"
-        else:
-            verdict = ("beats" if p < lin else "does **not** beat") + f" linear extrapolation at the 50% cutoff " \
-                f"(median relative error {_fmt(p)} vs {_fmt(lin)})"
-        L += ["", f"On this study `{primary}` {verdict}. Only {flipped} run(s) crossed: these figures rest on very few "
-                  "transitions; the benchmark above is the measure of accuracy."]
+    study = pd.DataFrame([summary_row(forecasts, quality, primary, max_steps,
+                                      "this study (leave-one-configuration-out)")]) if len(forecasts) else None
+    L = ["", "## Q6 — Can the flip be forecast from early checkpoints?", ""]
+    lead = [verdict(study.iloc[0].to_dict(), primary, "On this study (leave-one-configuration-out)")
+            if study is not None else "This study has no forecast to score."]
+    if bench_summary is not None and len(bench_summary):
+        lead += [verdict(r, primary, f"On the `{r['generator']}` generator")
+                 for r in bench_summary.to_dict("records")]
+    L += [" ".join(lead), "",
+          f"Pre-registered primary forecaster: **`{primary}`** (conf/forecast/). Forecasts are made from every "
+          "evaluated checkpoint (the origin), each seeing only the run's checkpoints up to it and the finished runs "
+          "of the *other* configurations (a run's other seeds excluded); a run that has already crossed by the "
+          "origin gets \"already crossed\", not a forecast. Each forecast is a distribution of t50 censored at "
+          f"max_steps = {max_steps} (`forecasts.csv`: `p_cross_by_max_steps`, `q10`-`q90`), scored by the CRPS of "
+          "min(t50, max_steps); skill = 1 - CRPS / CRPS(reference) against `linear` extrapolation of the "
+          "continuous metric and `climatology` (the other configurations' t50), with 95% intervals from a paired "
+          "bootstrap over runs. \"Beats from origin s\": at s and at every later origin with at least 5 paired "
+          "runs, the interval vs both references lies above 0. Skill and coverage below pool the origins from "
+          "25% of max_steps on. `forecast.png`: each run's forecast fans."]
+    if bench_summary is not None and len(bench_summary):
+        missed = [f"`{r['generator']}` {_fmt(r['coverage_80_min'])}-{_fmt(r['coverage_80_max'])}"
+                  for r in bench_summary.to_dict("records")
+                  if not (TARGET_COVERAGE[0] <= (r["coverage_80_min"] if pd.notna(r["coverage_80_min"]) else -1)
+                          and (r["coverage_80_max"] if pd.notna(r["coverage_80_max"]) else 9) <= TARGET_COVERAGE[1])]
+        L += ["", "**Simulation benchmark** (known t50; one row per pre-registered generator, "
+                  "`results/forecast/bench/`, PIT histograms: `calibration.png`):", "", format_summary(bench_summary),
+              "", f"Target: 80% coverage in [{TARGET_COVERAGE[0]:.2f}, {TARGET_COVERAGE[1]:.2f}] at every origin from "
+                  "25% of max_steps on: " + ("met on every generator." if not missed else
+                                            "**missed** on " + "; ".join(missed) + " (per-origin range).")]
+    if study is not None:
+        L += ["", "**This study** (leave-one-configuration-out; t50 is itself an estimate):", "",
+              format_summary(study), "", format_origins(quality, [primary, "linear", "climatology"])]
+    if not int(transitions.flipped.sum()):
+        L += ["", "No run crossed: only false alarms (`p_cross_by_max_steps` of runs that never cross) are measured "
+                  "on this study."]
     return L + _lr_scaling(transitions)
 
 

@@ -23,13 +23,15 @@ rule forecast:
 
 
 rule forecast_bench:
-    # The forecasters scored where the truth is known: runs simulated from a model fitted to this study.
+    # The forecasters scored where the truth is known: runs simulated from a model fitted to this study, one
+    # set per pre-registered generator (conf/forecast/).
     input:
         transitions="results/forecast/transitions.csv",  # after the study's own forecast
         metrics=expand("results/runs/{run_id}/metrics.csv", run_id=RUN_IDS),
         scenarios=expand("results/runs/{run_id}/scenarios.csv", run_id=RUN_IDS),
         info=expand("results/runs/{run_id}/run.json", run_id=RUN_IDS),
     output:
+        summary="results/forecast/bench/bench_summary.csv",
         quality="results/forecast/bench/bench_quality.csv",
         forecasts="results/forecast/bench/bench_forecasts.csv",
         calibration_table="results/forecast/bench/calibration.csv",
@@ -39,7 +41,7 @@ rule forecast_bench:
     params:
         cfg=stage_params("forecast"),
         run_dirs=[f"results/runs/{r}" for r in RUN_IDS],
-        out=subpath(output.quality, parent=True),
+        out=subpath(output.summary, parent=True),
     threads: CFG["forecast"]["bench"]["processes"]
     conda:
         "../envs/phaseflip.yaml"

@@ -6,7 +6,7 @@ rule report:
         metrics=expand("results/runs/{run_id}/metrics.csv", run_id=RUN_IDS),
         train_logs=expand("results/runs/{run_id}/train_log.csv", run_id=RUN_IDS),
         transitions="results/forecast/transitions.csv",
-        forecast_bench="results/forecast/bench/bench_quality.csv",  # read from --forecast's bench/ (Q6)
+        forecast_bench="results/forecast/bench/bench_summary.csv",  # read from --forecast's bench/ (Q6)
         steering="results/steering/steering_metrics.csv",
         icl="results/icl/icl_metrics.csv",
         dreams_report="results/dreams/dream_report.json",
