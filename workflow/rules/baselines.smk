@@ -70,6 +70,7 @@ rule icl:
     benchmark:
         "results/benchmarks/icl.tsv"
     threads: STAGE_THREADS
+    priority: 3  # beside the grid, not after it (see common.smk)
     shell:
         "python -m phaseflip.cli icl --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--corrections {input.corrections} --eval {input.eval} --retention {input.retention} "
