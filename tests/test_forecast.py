@@ -366,3 +366,16 @@ def test_conditioning_on_not_crossed_yet_keeps_later_draws_and_says_now_otherwis
     assert sorted(condition(draws, 4.0)) == [5.0, 5.0, 7.0, 7.0, np.inf]  # resampled from those after it
     assert list(condition(np.array([4.0, 1.0]), 4.0)) == [4.0, 4.0]  # a crossing at the origin: now
     assert list(condition(np.array([1.0, 2.0]), 4.0)) == [4.0, 4.0]  # all in the past: now
+
+
+def test_a_study_with_no_origin_to_forecast_from_keeps_the_output_contract() -> None:
+    """Every run crossed before (or lacks) a checkpoint to forecast from: the files keep their columns."""
+    from phaseflip.forecast_scores import FORECAST_COLUMNS, SCORE_COLUMNS, score_forecasts, score_table
+
+    forecasts = score_forecasts([], {"lr3e-03_nall_k0_s0": 0.5}, max_steps=4)
+    assert list(forecasts.columns) == FORECAST_COLUMNS and forecasts.empty
+    quality = score_table(forecasts)
+    assert list(quality.columns) == SCORE_COLUMNS and quality.empty
+    for column in ("run_id", "method", "origin_step", "crossed_by_origin", "p_cross_by_max_steps", "predicted",
+                   "q10", "q25", "q50", "q75", "q90"):  # the contract's columns (README "Output contract")
+        assert column in FORECAST_COLUMNS

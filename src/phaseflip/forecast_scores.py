@@ -51,6 +51,18 @@ def randomised_pit(draws: np.ndarray, truth: float | None, horizon: float, u: fl
     return below + u * at
 
 
+# The columns of forecasts.csv and forecast_quality.csv, also when no run has an origin to forecast from
+# (a study whose runs all crossed before their first checkpoint): the files keep their contract.
+FORECAST_COLUMNS = ["run_id", "configuration", "control", "lr", "origin_step", "origin_fraction", "n_checkpoints",
+                    "crossed_by_origin", "method", "primary", "forecast_made", "p_cross_by_max_steps", "predicted",
+                    "q025", "q10", "q25", "q50", "q75", "q90", "q975", "form", "reason", "t50", "crosses", "crps",
+                    "pit", "within_25", "abs_error", "covered_50", "covered_80", "covered_95"]
+SCORE_COLUMNS = ["method", "origin_step", "origin_fraction", "primary", "runs", "forecasts", "already_crossed",
+                 "crossed_early", "crps", "coverage_50", "coverage_80", "coverage_95", "brier", "false_alarm_p",
+                 "runs_not_crossing", "skill_linear", "skill_linear_lo", "skill_linear_hi", "pairs_linear",
+                 "skill_climatology", "skill_climatology_lo", "skill_climatology_hi", "pairs_climatology"]
+
+
 def score_forecasts(rows: list[dict[str, Any]], truth: dict[str, float | None], max_steps: float,
                     seed: int = 0) -> pd.DataFrame:
     """The forecast rows (`forecast.forecast_run`) with their scores against each run's t50 (`truth`:
@@ -78,7 +90,7 @@ def score_forecasts(rows: list[dict[str, Any]], truth: dict[str, float | None], 
             for k, (lo, hi) in INTERVALS.items():
                 r[f"covered_{k}"] = bool(min(row[lo], max_steps) <= y <= min(row[hi], max_steps))
         out.append(r)
-    return pd.DataFrame(out)
+    return pd.DataFrame(out) if out else pd.DataFrame(columns=FORECAST_COLUMNS)
 
 
 def paired_skill(a: np.ndarray, b: np.ndarray, clusters: np.ndarray, n_boot: int = N_BOOT,
@@ -121,6 +133,8 @@ def score_table(fc: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """Per method and origin: forecasts made, mean CRPS, coverage at 50/80/95%, Brier score of "crosses by
     max_steps", mean p_cross of the runs that do not cross (false alarms), runs already crossed (and how
     many of those before their t50), and the paired skill vs each reference."""
+    if fc.empty:
+        return pd.DataFrame(columns=SCORE_COLUMNS)
     rows = []
     for (method, origin), g in fc.groupby(["method", "origin_step"], sort=True):
         made = g[g.forecast_made.astype(bool)]

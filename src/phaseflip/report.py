@@ -59,6 +59,13 @@ def train_log_table(paths: list[str]) -> pd.DataFrame:
     return table.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
 
 
+def _numeric(table: pd.DataFrame, text_columns: tuple[str, ...]) -> pd.DataFrame:
+    """`table` with every column but `text_columns` as numbers (an empty CSV reads as text)."""
+    if len(table):
+        return table
+    return table.astype({c: float for c in table.columns if c not in text_columns})
+
+
 def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir: Path, steering_csv: Path,
                  icl_csv: Path, dreams_report: Path, data_report: Path, benchmarks: list[str], out: Path,
                  train_logs: list[str] | None = None, base_manifest: Path | None = None) -> None:
@@ -67,8 +74,10 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
     study = pd.concat([read_csv(p) for p in metrics_paths], ignore_index=True)
     study["n_real"] = study.n_real.astype(str)
     transitions = read_csv(forecast_dir / "transitions.csv")
-    forecasts = read_csv(forecast_dir / "forecasts.csv")
-    quality = read_csv(forecast_dir / "forecast_quality.csv")
+    # numeric columns stay numeric when no run had an origin to forecast from (header-only files)
+    forecasts = _numeric(read_csv(forecast_dir / "forecasts.csv"), ("method", "run_id", "configuration", "form",
+                                                                     "reason"))
+    quality = _numeric(read_csv(forecast_dir / "forecast_quality.csv"), ("method",))
     bench_csv = forecast_dir / "bench" / "bench_summary.csv"  # the forecast benchmark, when it ran
     bench_summary = read_csv(bench_csv) if bench_csv.exists() else None
     steer, icl = read_csv(steering_csv), read_csv(icl_csv)
