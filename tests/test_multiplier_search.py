@@ -21,7 +21,7 @@ def _searched(full: pd.DataFrame, bound: float, unsteered: dict[str, float]) -> 
     rows = []
     for _, grp in full.groupby(["training_set", "layer"]):
         by_m = {float(r["multiplier"]): r for r in grp.to_dict("records")}
-        found = search_layer(sorted(by_m), lambda m, by_m=by_m: by_m[m], bound, unsteered)  # type: ignore[misc]
+        found = search_layer(sorted(by_m), by_m.__getitem__, bound, unsteered)
         rows += [dict(found[m]) for m in sorted(found)]
     return pd.DataFrame(rows)
 

@@ -67,8 +67,3 @@ def search_layer(multipliers: Sequence[float], score: Callable[[float], Scores],
             j -= 1
     return scored
 
-
-def settings_saved(n_multipliers: int, scored_per_layer: Sequence[int]) -> float:
-    """Share of the full grid's settings the search did not score."""
-    full = n_multipliers * len(scored_per_layer)
-    return 1 - sum(scored_per_layer) / full if full else 0.0

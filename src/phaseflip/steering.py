@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -414,8 +415,7 @@ def screen(model: PreTrainedModel, tok: PreTrainedTokenizerBase, vectors: Mappin
         progress = tqdm([(t, layer) for t in vectors for layer in all_layers], desc="steering screen",
                         unit="layer")
         for t, layer in progress:
-            found = search_layer(multipliers, lambda m, t=t, layer=layer: score(t, layer, m),  # type: ignore[misc]
-                                 max_retention_kl, unsteered)
+            found = search_layer(multipliers, partial(score, t, layer), max_retention_kl, unsteered)
             rows += [{"training_set": t, "layer": layer, "multiplier": m, **found[m]} for m in sorted(found)]
             progress.set_postfix(settings=len(rows))
         print(f"steering screen: bracketing search scored {len(rows)} of {len(settings)} settings "
