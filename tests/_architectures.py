@@ -73,8 +73,8 @@ def build(name: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> PreTr
 
 
 def smollm2_tokenizer() -> PreTrainedTokenizerBase:
-    from phaseflip.base_model import _tokenizer_from_gguf
     from phaseflip.config import load_study_config
+    from phaseflip.model.base_model import _tokenizer_from_gguf
 
     return _tokenizer_from_gguf(load_study_config({"study": "smoke"}).model)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from phaseflip import base_model
 from phaseflip.config import StudyConfig, load_study_config
+from phaseflip.model import base_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 import pandas as pd
 
-from phaseflip.answers import q1, q2, q3, q5, t50_difference
-from phaseflip.report import effective_count
+from phaseflip.report.answers import q1, q2, q3, q5, t50_difference
+from phaseflip.report.summary import effective_count
 
 
 def transitions() -> pd.DataFrame:

@@ -13,12 +13,12 @@ import torch
 from _architectures import ARCHITECTURES, save, smollm2_tokenizer
 from steering_vectors import SteeringVector
 
-import phaseflip.scoring as scoring
-from phaseflip import base_model
-from phaseflip.architecture import FAST, Architecture
+import phaseflip.model.scoring as scoring
 from phaseflip.config import ModelConfig, load_study_config
 from phaseflip.data import Example
-from phaseflip.steering import _base_pass, _encode, patched_setting, screen
+from phaseflip.interventions.steering import _base_pass, _encode, patched_setting, screen
+from phaseflip.model import base_model
+from phaseflip.model.architecture import FAST, Architecture
 
 ROOT = Path(__file__).resolve().parents[1]
 SLIDING = ("upper_blocks", "cache_crop", "decode_cache", "shared_prefix_kv")
@@ -71,9 +71,9 @@ LORA_TARGETS = {"gpt_neox": ["query_key_value", "dense"], "gpt2": ["c_attn", "at
 
 
 def test_lora_adapts_the_architectures_own_attention_projections(materialised: tuple[str, Path]) -> None:
-    from phaseflip.architecture import lora_targets
     from phaseflip.config import LoraConfig
-    from phaseflip.train import add_lora
+    from phaseflip.interventions.train import add_lora
+    from phaseflip.model.architecture import lora_targets
 
     arch, folder = materialised
     model, _ = base_model.load(folder)

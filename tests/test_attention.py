@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from phaseflip.attention import sdpa_gqa_attention
+from phaseflip.model.attention import sdpa_gqa_attention
 
 
 def _inputs(dtype: torch.dtype, rows: int = 5, queries: int = 1, length: int = 13):

@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from phaseflip import base_model
-from phaseflip.base_model import MANIFEST, sha256_file
 from phaseflip.config import ModelConfig
 from phaseflip.io import DataError
+from phaseflip.model import base_model
+from phaseflip.model.base_model import MANIFEST, sha256_file
 
 
 def test_tiny_model_folder_is_complete_and_hashed(tiny_model_dir: Path) -> None:
@@ -58,7 +58,7 @@ def test_local_folder_source_round_trips(tmp_path: Path, tiny_model_dir: Path) -
 def test_half_precision_storage_loads_upcast_and_scores_like_float32(tmp_path: Path, tiny_model_dir: Path,
                                                                      smoke_cfg) -> None:  # type: ignore[no-untyped-def]
     """float16 / bfloat16 on disk: half the bytes, float32 after loading, pair scores within tolerance."""
-    from phaseflip.scoring import render_prompt, score_reply_pairs
+    from phaseflip.model.scoring import render_prompt, score_reply_pairs
 
     model, tok = base_model.load(tiny_model_dir)
     prompts = [render_prompt(tok, [{"role": "user", "content": f"Use tabs {i}."}]) for i in range(4)]

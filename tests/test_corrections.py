@@ -9,8 +9,8 @@ import pytest
 
 from phaseflip.cli import main
 from phaseflip.config import load_study_config
-from phaseflip.corrections import prepare
 from phaseflip.io import DataError
+from phaseflip.prepare.corrections import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 

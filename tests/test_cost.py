@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from phaseflip.config import load_study_config
-from phaseflip.cost import MEASURED_CPU, cpu_rates, estimate, token_stats, workload
 from phaseflip.data import Example
+from phaseflip.tools.cost import MEASURED_CPU, cpu_rates, estimate, token_stats, workload
 
 
 def _count(ex: Example, reply: str | None) -> int:  # words stand in for tokens: fast and deterministic

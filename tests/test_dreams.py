@@ -4,9 +4,9 @@ import pytest
 
 from phaseflip.config import DreamsConfig, load_study_config, split_k
 from phaseflip.data import Example, load_examples
-from phaseflip.dreams import ModelWriter, generate_dreams, load_vocab
 from phaseflip.io import DataError
-from phaseflip.judge import RubricJudge
+from phaseflip.measure.judge import RubricJudge
+from phaseflip.prepare.dreams import ModelWriter, generate_dreams, load_vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 DESC = load_study_config({"study": "smoke"}, check_paths=False).behavior.description
@@ -183,7 +183,7 @@ def test_dreams_cli_with_the_model_generator(tiny_model_dir: Path, tmp_path: Pat
 def test_no_vocabulary_is_read_without_template_dreams(tmp_path: Path) -> None:
     """Issue 16, failure 2: a vocabulary without the template fields (or none) is fine when K is 0 or the
     template generator is not selected; it is read (and checked) only when it will be used."""
-    from phaseflip.dreams import vocab_for
+    from phaseflip.prepare.dreams import vocab_for
 
     bad = tmp_path / "vocab.yaml"
     bad.write_text("words: [a, b]\n")

@@ -15,7 +15,7 @@ import yaml
 from _project import copy_project
 
 from phaseflip.io import write_csv
-from phaseflip.report import train_log_table
+from phaseflip.report.summary import train_log_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ["lr1e-03_nall_k0_s0", "lr3e-03_nall_k0_s0"]

@@ -6,8 +6,8 @@ import torch
 
 from phaseflip.config import AdaptiveSampling, load_study_config
 from phaseflip.data import Example
-from phaseflip.evaluate import Evaluator, SteeringReference, best_step
-from phaseflip.judge import RubricJudge, Verdict
+from phaseflip.measure.evaluator import Evaluator, SteeringReference, best_step
+from phaseflip.measure.judge import RubricJudge, Verdict
 
 SCENARIOS = [
     Example(id=f"e{i}", family=fam, messages=[{"role": "user", "content": f"Task {i}: use tabs, not spaces."}],
@@ -157,7 +157,7 @@ class _RecordingEvaluator:
 def test_evaluate_run_samples_other_families_at_last_and_best_but_not_for_a_control(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from contextlib import nullcontext
 
-    from phaseflip.evaluate import evaluate_run
+    from phaseflip.measure.evaluator import evaluate_run
 
     for step in (2, 4, 6):
         (tmp_path / "checkpoints" / f"step-{step:04d}").mkdir(parents=True)

@@ -18,11 +18,12 @@ import torch
 from _project import copy_project
 from safetensors.torch import load_file
 
-from phaseflip import base_model, io
+from phaseflip import io
 from phaseflip.cli import main
 from phaseflip.config import load_study_config
+from phaseflip.interventions.steering import vector_for_layer
 from phaseflip.io import DataError, read_csv, read_json, read_jsonl, read_safetensors, write_csv, write_json
-from phaseflip.steering import vector_for_layer
+from phaseflip.model import base_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = "lr1e-02_nall_k0_s0"
@@ -205,7 +206,7 @@ def test_truncated_jsonl_names_line_and_rule(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("damage", CORRUPTIONS)
 def test_corrupt_adapter_names_file_and_rule(tiny, tmp_path: Path, damage: str) -> None:  # type: ignore[no-untyped-def]
-    from phaseflip.train import add_lora, load_adapter_weights
+    from phaseflip.interventions.train import add_lora, load_adapter_weights
 
     model, _ = tiny
     cfg = load_study_config({"study": "smoke"}).train
@@ -305,7 +306,7 @@ def _dying_save_file(calls_before_death: int):  # type: ignore[no-untyped-def]
 def test_interrupted_vector_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from steering_vectors import SteeringVector
 
-    from phaseflip import steering
+    from phaseflip.interventions import steering
 
     monkeypatch.setattr(steering, "save_file", _dying_save_file(0))
     with pytest.raises(KeyboardInterrupt):
@@ -315,8 +316,8 @@ def test_interrupted_vector_write_leaves_no_file(tmp_path: Path, monkeypatch: py
 
 def test_interrupted_checkpoint_write_leaves_no_checkpoint(tiny, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from phaseflip import train
     from phaseflip.data import Example
+    from phaseflip.interventions import train
 
     model, tok = tiny
     examples = [Example(id=f"c{i}", messages=[{"role": "user", "content": f"Task {i}"}], preferred="Understood.")
@@ -400,12 +401,13 @@ def test_bad_config_stops_snakemake_before_any_job(tmp_path: Path) -> None:
 def test_steering_vector_file_is_byte_identical_across_processes(tmp_path: Path) -> None:
     """The nondeterminism found by test_reproducibility: safetensors wrote several metadata entries in a
     per-process random order, so the same vector gave different bytes (and DVC hashes) run to run."""
-    script = ("import sys, torch; from steering_vectors import SteeringVector; from phaseflip.steering import "
-              "save_vector; save_vector(SteeringVector({0: torch.arange(4.0), 1: torch.ones(4)}, 'decoder_block'), "
+    script = ("import sys, torch; from steering_vectors import SteeringVector; "
+              "from phaseflip.interventions.steering import save_vector; "
+              "save_vector(SteeringVector({0: torch.arange(4.0), 1: torch.ones(4)}, 'decoder_block'), "
               "sys.argv[1], {'pair_ids': ['a', 'b'], 'read_token_index': -1})")
     outs = [tmp_path / f"v{i}.safetensors" for i in range(4)]
     for out in outs:
         subprocess.run([sys.executable, "-c", script, str(out)], check=True)
     assert len({out.read_bytes() for out in outs}) == 1
-    vector, meta = __import__("phaseflip.steering", fromlist=["load_vector"]).load_vector(outs[0])
+    vector, meta = __import__("phaseflip.interventions.steering", fromlist=["load_vector"]).load_vector(outs[0])
     assert meta == {"pair_ids": ["a", "b"], "read_token_index": -1} and vector.layer_type == "decoder_block"

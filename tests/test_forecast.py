@@ -2,9 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phaseflip.change_points import change_point, penalised_change_point
 from phaseflip.config import ForecastConfig
-from phaseflip.forecast import (
+from phaseflip.forecast.analysis import (
     LeakageError,
     analyse_study,
     condition,
@@ -13,10 +12,10 @@ from phaseflip.forecast import (
     other_configurations,
     sharpness,
 )
-from phaseflip.forecast_bench import run_bench, simulate_study
-from phaseflip.forecast_bench_model import SimModel
-from phaseflip.forecast_methods import METHODS, Context, RunData, configuration_of, fit_link, lr_scaling_fit
-from phaseflip.forecast_scores import (
+from phaseflip.forecast.bench import run_bench, simulate_study
+from phaseflip.forecast.bench_model import SimModel
+from phaseflip.forecast.methods import METHODS, Context, RunData, configuration_of, fit_link, lr_scaling_fit
+from phaseflip.forecast.scores import (
     crps_censored,
     first_winning_origin,
     lead_times,
@@ -24,7 +23,8 @@ from phaseflip.forecast_scores import (
     score_forecasts,
     score_table,
 )
-from phaseflip.metrics import wilson_interval
+from phaseflip.stats.change_points import change_point, penalised_change_point
+from phaseflip.stats.intervals import wilson_interval
 
 CFG = ForecastConfig(n_bootstrap=200, forecast_bootstrap=40)
 STEPS = np.arange(0, 21)
@@ -370,7 +370,7 @@ def test_conditioning_on_not_crossed_yet_keeps_later_draws_and_says_now_otherwis
 
 def test_a_study_with_no_origin_to_forecast_from_keeps_the_output_contract() -> None:
     """Every run crossed before (or lacks) a checkpoint to forecast from: the files keep their columns."""
-    from phaseflip.forecast_scores import FORECAST_COLUMNS, SCORE_COLUMNS, score_forecasts, score_table
+    from phaseflip.forecast.scores import FORECAST_COLUMNS, SCORE_COLUMNS, score_forecasts, score_table
 
     forecasts = score_forecasts([], {"lr3e-03_nall_k0_s0": 0.5}, max_steps=4)
     assert list(forecasts.columns) == FORECAST_COLUMNS and forecasts.empty

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from phaseflip.config import BenchGenerator, ForecastBenchConfig, ForecastConfig, compose, validate
-from phaseflip.forecast_bench import bench, bench_tables, main, run_bench, simulate_study
-from phaseflip.forecast_bench_model import SimModel, fit_model, load_study
-from phaseflip.forecast_methods import METHODS, configuration_of
-from phaseflip.forecast_scores import format_summary
+from phaseflip.forecast.bench import bench, bench_tables, main, run_bench, simulate_study
+from phaseflip.forecast.bench_model import SimModel, fit_model, load_study
+from phaseflip.forecast.methods import METHODS, configuration_of
+from phaseflip.forecast.scores import format_summary
 
 CFG = ForecastConfig(forecast_bootstrap=20,
                      bench=ForecastBenchConfig(n_runs=8, runs_per_study=4, n_bootstrap=20, processes=1))

@@ -1,5 +1,5 @@
 from phaseflip.data import Example
-from phaseflip.icl import choose_shots, icl_messages
+from phaseflip.interventions.icl import choose_shots, icl_messages
 
 SHOTS = [Example(id=f"c{i}", messages=[{"role": "system", "content": "sys"}, {"role": "user", "content": f"u{i}"}],
                  preferred=f"p{i}") for i in range(5)]
@@ -26,7 +26,7 @@ def test_k0_is_the_scenario_itself_and_choice_is_seeded() -> None:
 def test_shots_are_nested_across_k_and_all_is_every_correction() -> None:
     import pytest
 
-    from phaseflip.icl import resolve_k
+    from phaseflip.interventions.icl import resolve_k
 
     one, three = choose_shots(SHOTS, 1, seed=0), choose_shots(SHOTS, 3, seed=0)
     assert three[:1] == one  # the first k of one seeded order
@@ -39,8 +39,8 @@ def test_shots_are_nested_across_k_and_all_is_every_correction() -> None:
 
 def test_icl_prompts_share_their_shot_prefix(tiny) -> None:  # type: ignore[no-untyped-def]
     """All chat scenarios of one k start with the same tokens: the prefix `score_and_sample` encodes once."""
-    from phaseflip.icl import icl_prompt
-    from phaseflip.scoring import MIN_SHARED_PREFIX, _prefix_groups
+    from phaseflip.interventions.icl import icl_prompt
+    from phaseflip.model.scoring import MIN_SHARED_PREFIX, _prefix_groups
 
     _, tok = tiny
     long_shots = [Example(id=f"c{i}", messages=[{"role": "user", "content": f"Please write task {i} with tabs."}],

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from phaseflip.inference import rate_difference, seed_spread, seeds_per_arm
-from phaseflip.metrics import wilson_interval
+from phaseflip.stats.differences import rate_difference, seed_spread, seeds_per_arm
+from phaseflip.stats.intervals import wilson_interval
 
 
 def test_rate_difference_resolves_a_real_change_and_not_noise() -> None:

@@ -4,7 +4,7 @@ import pytest
 
 from phaseflip.config import load_study_config
 from phaseflip.data import load_examples
-from phaseflip.judge import RubricJudge
+from phaseflip.measure.judge import RubricJudge
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_restatement_needs_the_direction_when_the_prompt_is_given(judge: RubricJ
 
 def test_make_judge_builds_the_configured_kind(smoke_cfg, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
     from phaseflip.config import ConfigError
-    from phaseflip.judge import ModelJudge, make_judge
+    from phaseflip.measure.judge import ModelJudge, make_judge
 
     assert isinstance(make_judge(smoke_cfg.behavior), RubricJudge)
     model_cfg = smoke_cfg.behavior.model_copy(
@@ -78,7 +78,7 @@ def test_make_judge_builds_the_configured_kind(smoke_cfg, tiny_model_dir: Path) 
 
 
 def test_model_judge_scores_yes_against_no_with_the_coherence_gate(smoke_cfg, tiny) -> None:  # type: ignore[no-untyped-def]
-    from phaseflip.judge import ModelJudge
+    from phaseflip.measure.judge import ModelJudge
 
     model, tok = tiny
     replies = ["Understood — tabs only. I converted every indent.", "Sure! Alternatively use spaces.",

@@ -7,8 +7,8 @@ import pytest
 from phaseflip.config import PROJECT_ROOT, load_study_config
 from phaseflip.data import FAMILIES
 from phaseflip.io import DataError
-from phaseflip.judge import RubricJudge
-from phaseflip.judge_agreement import (
+from phaseflip.measure.judge import RubricJudge
+from phaseflip.tools.judge_agreement import (
     agreement,
     default_labels_path,
     format_table,
@@ -44,7 +44,7 @@ def test_rubric_judge_agrees_with_the_labels(labels) -> None:  # type: ignore[no
 
 
 def test_agreement_counts() -> None:
-    from phaseflip.judge_agreement import Labeled
+    from phaseflip.tools.judge_agreement import Labeled
 
     recs = [Labeled(str(i), f, "hand", "p", "r", y) for i, (f, y) in enumerate(
         [("french", True), ("french", False), ("inverted", True), ("inverted", False)])]

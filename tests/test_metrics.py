@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from phaseflip.metrics import clustered_interval, cosine, js_divergence, kl_divergence, wilson_interval
+from phaseflip.stats.divergences import cosine, js_divergence, kl_divergence
+from phaseflip.stats.intervals import clustered_interval, wilson_interval
 
 
 @pytest.mark.parametrize(

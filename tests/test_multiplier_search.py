@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from phaseflip.config import ScreenConfig
-from phaseflip.multiplier_search import search_layer
-from phaseflip.steering import select
+from phaseflip.interventions.multiplier_search import search_layer
+from phaseflip.interventions.steering import select
 
 GRID = [-8.0, -4.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 4.0, 8.0]
 # The shipped default study's whole screen (SmolLM2-135M-Instruct, listening, real-corrections vector,

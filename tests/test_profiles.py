@@ -14,8 +14,8 @@ import torch
 import yaml
 from _project import copy_project
 
-from phaseflip import base_model
 from phaseflip.io import pick_device
+from phaseflip.model import base_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"

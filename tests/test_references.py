@@ -7,8 +7,8 @@ from pathlib import Path
 
 from phaseflip.config import load_study_config
 from phaseflip.data import Example, load_examples
-from phaseflip.judge import RubricJudge
-from phaseflip.references import choose_shots, make_reference_pairs, summary_line
+from phaseflip.measure.judge import RubricJudge
+from phaseflip.prepare.references import choose_shots, make_reference_pairs, summary_line
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMAL = load_study_config({"behavior": "formal"}).behavior  # the default retries (smoke allows one try)

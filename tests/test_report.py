@@ -3,7 +3,7 @@ from pathlib import Path
 import pandas as pd
 
 from phaseflip.io import write_csv
-from phaseflip.report import _costs, stage_of, train_log_table
+from phaseflip.report.summary import _costs, stage_of, train_log_table
 
 
 def test_stage_of_strips_the_grid_point() -> None:
@@ -45,7 +45,7 @@ def test_train_log_table_is_one_tidy_file_with_a_run_column(tmp_path: Path) -> N
 def _q5_lines(behavior: dict) -> str:  # type: ignore[type-arg]
     from types import SimpleNamespace
 
-    from phaseflip.answers import q5
+    from phaseflip.report.answers import q5
 
     comp = pd.DataFrame([{"setup": s, "family": f, "behavior_rate": 0.5, "lo": 0.3, "hi": 0.7}
                          for s in ["base model", "LoRA r step 4"] for f in ["in_distribution", "inverted"]])
@@ -69,8 +69,8 @@ def test_q5_family_notes_come_from_the_behavior_yaml() -> None:
 
 
 def test_q4_cites_the_steering_screen_best_setting_with_its_interval(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from phaseflip.figures import steering_figure
-    from phaseflip.report import _screen_lines
+    from phaseflip.report.figures import steering_figure
+    from phaseflip.report.summary import _screen_lines
 
     rows = []
     for layer in (0, 1):
@@ -103,7 +103,7 @@ def test_q4_cites_the_steering_screen_best_setting_with_its_interval(tmp_path) -
 
 
 def test_q4_answer_tests_the_difference_not_interval_overlap() -> None:
-    from phaseflip.report import _q4_answer
+    from phaseflip.report.summary import _q4_answer
 
     def comp(icl: tuple[float, float, float]) -> pd.DataFrame:
         return pd.DataFrame([
@@ -126,7 +126,7 @@ def test_header_names_the_model_and_the_fast_paths_it_used() -> None:
     """The manifest's architecture and fast paths, the steering screen's own verdict winning for its path."""
     import pandas as pd
 
-    from phaseflip.report import model_summary
+    from phaseflip.report.summary import model_summary
 
     sliding = "on gemma2 (DynamicSlidingWindowLayer cache layers, not croppable)"
     manifest = {"architecture": "Gemma2ForCausalLM", "model_type": "gemma2", "n_parameters": 3_220_096,
@@ -142,10 +142,10 @@ def test_header_names_the_model_and_the_fast_paths_it_used() -> None:
 
 def test_q6_leads_with_the_plain_verdict_for_the_study_and_each_generator() -> None:
     from phaseflip.config import ForecastBenchConfig, ForecastConfig
-    from phaseflip.forecast_bench import bench_tables, run_bench
-    from phaseflip.forecast_bench_model import SimModel
-    from phaseflip.forecast_scores import score_table
-    from phaseflip.report import _q6
+    from phaseflip.forecast.bench import bench_tables, run_bench
+    from phaseflip.forecast.bench_model import SimModel
+    from phaseflip.forecast.scores import score_table
+    from phaseflip.report.summary import _q6
 
     cfg = ForecastConfig(forecast_bootstrap=10, bench=ForecastBenchConfig(n_bootstrap=10, control_share=0.0))
     rows = run_bench(SimModel(), cfg, n_runs=6, seed=0, processes=1, generators=["fitted"],
@@ -168,7 +168,7 @@ def test_q6_leads_with_the_plain_verdict_for_the_study_and_each_generator() -> N
 
 
 def test_lr_scaling_in_the_report_forecasts_only_between_studied_learning_rates() -> None:
-    from phaseflip.report import _lr_scaling
+    from phaseflip.report.summary import _lr_scaling
 
     t = pd.DataFrame({"run_id": ["a", "b", "c", "d"], "lr": [1e-3, 1e-3, 4e-3, 4e-3], "control": False,
                       "t50": [12.0, 13.0, 4.0, 4.5]})

@@ -93,7 +93,8 @@ def test_cli_passes_the_model_configs_trust_remote_code_through(monkeypatch: pyt
                                                                trust: bool | None) -> None:
     import argparse
 
-    from phaseflip import base_model, cli
+    from phaseflip import cli
+    from phaseflip.model import base_model
 
     seen: dict[str, Any] = {}
 
@@ -102,7 +103,7 @@ def test_cli_passes_the_model_configs_trust_remote_code_through(monkeypatch: pyt
         return None, None
 
     monkeypatch.setattr(base_model, "load", fake_load)
-    monkeypatch.setattr("phaseflip.architecture.announce_all", lambda model, stage: {})  # no model to probe
+    monkeypatch.setattr("phaseflip.model.architecture.announce_all", lambda model, stage: {})  # no model to probe
     params: dict[str, Any] = {"device": "cpu", "model": {} if trust is None else {"trust_remote_code": trust}}
     cli._model(argparse.Namespace(base="unused"), params)
     assert seen.get("trust_remote_code", False) is bool(trust)
@@ -112,7 +113,7 @@ def test_cli_passes_the_model_configs_trust_remote_code_through(monkeypatch: pyt
 def test_hub_models_get_trust_remote_code_from_config_only(monkeypatch: pytest.MonkeyPatch, trust: bool) -> None:
     import transformers
 
-    from phaseflip import base_model
+    from phaseflip.model import base_model
 
     seen: list[Any] = []
 

@@ -3,7 +3,7 @@ import math
 import torch
 
 from phaseflip.data import Example
-from phaseflip.scoring import (
+from phaseflip.model.scoring import (
     IGNORE,
     _sample_token,
     encode_reply,
@@ -127,8 +127,8 @@ def _shot_prompts(tok):  # type: ignore[no-untyped-def]
 
 def test_shared_prefix_is_encoded_once_with_the_same_logprobs(tiny, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Prefix KV reuse gives the log-probs, probe and greedy replies of encoding each prompt whole."""
-    import phaseflip.scoring as scoring
-    from phaseflip.architecture import Architecture
+    import phaseflip.model.scoring as scoring
+    from phaseflip.model.architecture import Architecture
 
     model, tok = tiny
     prompts = _shot_prompts(tok)
@@ -155,7 +155,7 @@ def test_shared_prefix_is_encoded_once_with_the_same_logprobs(tiny, monkeypatch)
 
 
 def test_prefix_groups_keep_every_row_and_one_own_token() -> None:
-    from phaseflip.scoring import _prefix_groups
+    from phaseflip.model.scoring import _prefix_groups
 
     rows = [[1] * 10 + [2], [1] * 10 + [3, 4], [5, 6], [1] * 10]
     groups = _prefix_groups(rows, 4)
@@ -167,7 +167,7 @@ def test_prefix_groups_keep_every_row_and_one_own_token() -> None:
 
 def test_preallocated_decode_cache_samples_the_same_tokens(tiny, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Same seed -> the same replies, token for token, with the static cache as with the growing one."""
-    import phaseflip.scoring as scoring
+    import phaseflip.model.scoring as scoring
 
     model, tok = tiny
     prompts = [render_prompt(tok, [{"role": "user", "content": "word " * n}]) for n in (1, 6, 13)]
@@ -184,7 +184,7 @@ def test_preallocated_decode_cache_samples_the_same_tokens(tiny, monkeypatch) ->
 def test_reply_logprobs_hand_the_head_a_contiguous_input_with_the_same_values_and_gradients(tiny) -> None:  # type: ignore[no-untyped-def]
     """Training's hot path: the head's input is made contiguous (a strided slice made autograd broadcast
     the head weight per row); log-probs and gradients equal those of the full-sequence head."""
-    from phaseflip.scoring import pad_batch, reply_token_logprobs, token_logprobs
+    from phaseflip.model.scoring import pad_batch, reply_token_logprobs, token_logprobs
 
     model, tok = tiny
     prompts = ["Use tabs.", "A much longer request, so the batch needs padding on the right side."]

@@ -5,7 +5,7 @@ import torch
 
 from phaseflip.config import SteeringConfig
 from phaseflip.data import Example
-from phaseflip.steering import load_vector, save_vector, single_layer, train_vector
+from phaseflip.interventions.steering import load_vector, save_vector, single_layer, train_vector
 
 PAIRS = [
     Example(id=f"c{i}", messages=[{"role": "user", "content": f"Task {i}: use tabs."}],
@@ -53,7 +53,7 @@ def test_truncated_forward_gives_the_same_vector_and_restores_the_model(tiny) ->
     """Training on blocks 0..L only (no LM head) reads the same activations as the whole model."""
     from steering_vectors import train_steering_vector
 
-    from phaseflip.steering import forward_up_to, training_pairs
+    from phaseflip.interventions.steering import forward_up_to, training_pairs
 
     model, tok = tiny
     ids = tok("Use tabs.", return_tensors="pt").input_ids
@@ -82,9 +82,9 @@ RETENTION = ["The river runs to the sea.", "Bread needs flour, water and time."]
 def test_screen_equals_the_full_evaluation_of_a_setting(tiny) -> None:  # type: ignore[no-untyped-def]
     """Running only the blocks above the layer gives the evaluator's own p_preferred and retention_kl."""
     from phaseflip.config import EvalConfig, load_study_config
-    from phaseflip.evaluate import Evaluator
-    from phaseflip.judge import make_judge
-    from phaseflip.steering import screen
+    from phaseflip.interventions.steering import screen
+    from phaseflip.measure.evaluator import Evaluator
+    from phaseflip.measure.judge import make_judge
 
     model, tok = tiny
     v = vector(model, tok)
@@ -119,7 +119,7 @@ def _planted(model, tok):  # type: ignore[no-untyped-def]
 
 def test_screen_ranks_a_planted_best_setting_first(tiny) -> None:  # type: ignore[no-untyped-def]
     from phaseflip.config import ScreenConfig
-    from phaseflip.steering import screen, screen_rows, select
+    from phaseflip.interventions.steering import screen, screen_rows, select
 
     model, tok = tiny
     table = screen(model, tok, {"real": _planted(model, tok)}, _scenarios(), RETENTION, [-4.0, 1.0, 4.0])
@@ -141,8 +141,8 @@ def test_screen_ranks_a_planted_best_setting_first(tiny) -> None:  # type: ignor
 def test_screen_refuses_scenarios_without_reference_pairs(tiny) -> None:  # type: ignore[no-untyped-def]
     import pytest
 
+    from phaseflip.interventions.steering import screen
     from phaseflip.io import DataError
-    from phaseflip.steering import screen
 
     model, tok = tiny
     bare = [Example(id="e", messages=[{"role": "user", "content": "Q"}], family="in_distribution")]
@@ -152,9 +152,9 @@ def test_screen_refuses_scenarios_without_reference_pairs(tiny) -> None:  # type
 
 def test_screen_and_evaluate_fully_evaluates_the_selected_setting_only(tiny) -> None:  # type: ignore[no-untyped-def]
     from phaseflip.config import EvalConfig, load_study_config
-    from phaseflip.evaluate import Evaluator
-    from phaseflip.judge import make_judge
-    from phaseflip.steering import screen_and_evaluate
+    from phaseflip.interventions.steering import screen_and_evaluate
+    from phaseflip.measure.evaluator import Evaluator
+    from phaseflip.measure.judge import make_judge
 
     model, tok = tiny
     judge = make_judge(load_study_config({"study": "smoke"}).behavior)
@@ -174,7 +174,7 @@ def test_screen_and_evaluate_fully_evaluates_the_selected_setting_only(tiny) -> 
 
 
 def test_bracketing_screen_scores_a_subset_of_the_grid_with_the_same_numbers(tiny) -> None:  # type: ignore[no-untyped-def]
-    from phaseflip.steering import screen
+    from phaseflip.interventions.steering import screen
 
     model, tok = tiny
     v = vector(model, tok)

@@ -7,8 +7,7 @@ import torch
 
 from phaseflip.config import TrainConfig, load_study_config
 from phaseflip.data import Example
-from phaseflip.io import DataError
-from phaseflip.train import (
+from phaseflip.interventions.train import (
     RunSpec,
     add_lora,
     checkpoints,
@@ -20,6 +19,7 @@ from phaseflip.train import (
     train_run,
     training_examples,
 )
+from phaseflip.io import DataError
 
 EXAMPLES = [
     Example(id=f"c{i}", messages=[{"role": "user", "content": f"Task {i}: use tabs."}],
@@ -112,7 +112,7 @@ def test_bfloat16_training_follows_float32_with_float32_adapters(tiny_model_dir:
     float32): the losses track a float32 run's."""
     from safetensors.torch import load_file
 
-    from phaseflip import base_model
+    from phaseflip.model import base_model
 
     losses = {}
     for dtype in ("float32", "bfloat16"):
@@ -126,7 +126,7 @@ def test_bfloat16_training_follows_float32_with_float32_adapters(tiny_model_dir:
 
 
 def test_checkpoint_round_trip(tiny, tiny_model_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from phaseflip import base_model
+    from phaseflip.model import base_model
 
     model, tok = tiny
     cfg = train_cfg()
@@ -149,7 +149,7 @@ def test_merged_checkpoint_in_bfloat16_restores_the_base_weights_exactly(tiny_mo
                                                                         tmp_path: Path) -> None:
     """bfloat16 compute (the shipped model on CPU): merging a checkpoint and leaving it must give back the
     base weights bit for bit, checkpoint after checkpoint; peft's unmerge (W + BA - BA) does not."""
-    from phaseflip import base_model
+    from phaseflip.model import base_model
 
     cfg = train_cfg()
     model, tok = base_model.load(tiny_model_dir)
@@ -171,7 +171,7 @@ def test_merged_checkpoint_in_bfloat16_restores_the_base_weights_exactly(tiny_mo
 
 
 def test_resume_after_interruption_matches_uninterrupted(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from phaseflip import base_model
+    from phaseflip.model import base_model
 
     cfg = train_cfg()
     spec = RunSpec(1e-2, "all", 0, 0)
@@ -218,7 +218,7 @@ def test_corrupt_adapter_is_a_clear_error(tiny, tmp_path: Path) -> None:  # type
 
 
 def test_checkpoints_of_another_configuration_are_not_resumed(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from phaseflip import base_model
+    from phaseflip.model import base_model
 
     spec = RunSpec(1e-2, "all", 0, 0)
     model, tok = base_model.load(tiny_model_dir)

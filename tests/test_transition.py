@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phaseflip.transition import confirmed_flip, fit_t50
+from phaseflip.stats.t50 import confirmed_flip, fit_t50
 
 STEPS = [0, 2, 4, 6, 8, 10, 12, 16]
 

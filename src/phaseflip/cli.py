@@ -57,8 +57,8 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 def _model(args: argparse.Namespace, params: dict[str, Any]) -> Any:
     """The base model and tokenizer; the stage's log gets one line naming the fast paths that fall back."""
-    from phaseflip import base_model
-    from phaseflip.architecture import announce_all
+    from phaseflip.model import base_model
+    from phaseflip.model.architecture import announce_all
 
     trust = bool(params.get("model", {}).get("trust_remote_code", False))
     model, tok = base_model.load(args.base, pick_device(params.get("device", "auto")), trust_remote_code=trust)
@@ -76,7 +76,7 @@ def _steering_vector_config(params: dict[str, Any]) -> SteeringVectorConfig:
 
 def _judge(args: argparse.Namespace, params: dict[str, Any]) -> Any:
     """The behavior's judge: rubric, or a model judge (by default the study's own base model)."""
-    from phaseflip.judge import make_judge
+    from phaseflip.measure.judge import make_judge
 
     return make_judge(BehaviorConfig.model_validate(params["behavior"]), model_dir=args.base)
 
@@ -89,7 +89,7 @@ def _eval_set(args: argparse.Namespace, params: dict[str, Any]) -> tuple[list[Ex
 
 
 def cmd_base_model(args: argparse.Namespace) -> None:
-    from phaseflip.base_model import materialise
+    from phaseflip.model.base_model import materialise
 
     params = _params(args)
     manifest = materialise(ModelConfig.model_validate(params["model"]), args.out, seed=int(params["seed"]),
@@ -102,7 +102,7 @@ def cmd_corrections(args: argparse.Namespace) -> None:
     """Validate the behavior's data, fill missing `rejected`, make missing reference pairs (corrections.py)."""
     from functools import cache
 
-    from phaseflip.corrections import prepare
+    from phaseflip.prepare.corrections import prepare
 
     params = _params(args)
     behavior = BehaviorConfig.model_validate(params["behavior"])
@@ -116,8 +116,8 @@ def cmd_corrections(args: argparse.Namespace) -> None:
 
 def cmd_dreams(args: argparse.Namespace) -> None:
     from phaseflip.config import split_k
-    from phaseflip.dreams import ModelWriter, generate_dreams, vocab_for
-    from phaseflip.judge import make_judge
+    from phaseflip.measure.judge import make_judge
+    from phaseflip.prepare.dreams import ModelWriter, generate_dreams, vocab_for
 
     params = _params(args)
     behavior = BehaviorConfig.model_validate(params["behavior"])
@@ -146,7 +146,7 @@ def _base_rows(args: argparse.Namespace, **tags: Any) -> list[dict[str, Any]]:
 
 def cmd_steering_vectors(args: argparse.Namespace) -> None:
     """One contrastive vector per training set (and always the real one: steering_cosine's reference)."""
-    from phaseflip.steering import save_vector, train_vector, vector_file, vector_sets
+    from phaseflip.interventions.steering import save_vector, train_vector, vector_file, vector_sets
 
     params = _params(args)
     cfg = _steering_vector_config(params)
@@ -167,8 +167,8 @@ def cmd_steering_vectors(args: argparse.Namespace) -> None:
 def cmd_steering(args: argparse.Namespace) -> None:
     """The screen over every (training set, layer, multiplier), then the full evaluation of the best few."""
     from phaseflip.dtype_choice import choose_dtype
-    from phaseflip.evaluate import Evaluator
-    from phaseflip.steering import load_vector, screen_and_evaluate, vector_file
+    from phaseflip.interventions.steering import load_vector, screen_and_evaluate, vector_file
+    from phaseflip.measure.evaluator import Evaluator
 
     params = _params(args)
     cfg = SteeringConfig.model_validate(params["steering"])
@@ -196,8 +196,8 @@ def cmd_steering(args: argparse.Namespace) -> None:
 
 
 def cmd_icl(args: argparse.Namespace) -> None:
-    from phaseflip.evaluate import Evaluator
-    from phaseflip.icl import evaluate_icl, resolve_k
+    from phaseflip.interventions.icl import evaluate_icl, resolve_k
+    from phaseflip.measure.evaluator import Evaluator
 
     params = _params(args)
     cfg = IclConfig.model_validate(params["icl"])
@@ -226,7 +226,7 @@ def _dreams(path: str) -> list[Example]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from phaseflip.train import greedy_replies, parse_run_id, train_run, training_examples
+    from phaseflip.interventions.train import greedy_replies, parse_run_id, train_run, training_examples
 
     params = _params(args)
     cfg = TrainRecipe.of(params["train"])  # the recipe only: the run's point is its id
@@ -245,9 +245,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Base model as step 0, then every checkpoint of the run: adapters swapped in, model loaded once."""
-    from phaseflip.evaluate import Evaluator, SteeringReference, evaluate_run
-    from phaseflip.steering import sweep_layers, vector_for_layer
-    from phaseflip.train import add_lora, merged_checkpoint
+    from phaseflip.interventions.steering import sweep_layers, vector_for_layer
+    from phaseflip.interventions.train import add_lora, merged_checkpoint
+    from phaseflip.measure.evaluator import Evaluator, SteeringReference, evaluate_run
 
     params = _params(args)
     model, tok = _model(args, params)
@@ -290,8 +290,8 @@ def scenario_table(metrics_csv: Path) -> Path:
 
 
 def cmd_forecast(args: argparse.Namespace) -> None:
-    from phaseflip.forecast import analyse_study
-    from phaseflip.forecast_scores import score_table
+    from phaseflip.forecast.analysis import analyse_study
+    from phaseflip.forecast.scores import score_table
 
     params = _params(args)
     cfg = ForecastConfig.model_validate(params["forecast"])
@@ -310,7 +310,7 @@ def cmd_forecast(args: argparse.Namespace) -> None:
 
 
 def cmd_forecast_bench(args: argparse.Namespace) -> None:
-    from phaseflip.forecast_bench import bench
+    from phaseflip.forecast.bench import bench
 
     cfg = ForecastConfig.model_validate(_params(args)["forecast"])
     processes = min(cfg.bench.processes, args.threads or cfg.bench.processes)  # the job's cores
@@ -318,7 +318,7 @@ def cmd_forecast_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from phaseflip.report import build_report
+    from phaseflip.report.summary import build_report
 
     params = _params(args)
     build_report(params, metrics_paths=args.metrics, forecast_dir=Path(args.forecast),

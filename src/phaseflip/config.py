@@ -437,7 +437,7 @@ class BenchGenerator(Strict):
 
 
 class ForecastBenchConfig(Strict):
-    """The simulation benchmark (`phaseflip.forecast_bench`): runs drawn from a model fitted to the study."""
+    """The simulation benchmark (`phaseflip.forecast.bench`): runs drawn from a model fitted to the study."""
 
     n_runs: int = Field(120, gt=0)  # per generator
     runs_per_study: int = Field(6, ge=3)  # each simulated study forecasts leave-one-configuration-out

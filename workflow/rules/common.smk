@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 from phaseflip.config import ConfigError, load_study_config, resolve_dtypes, stage_sections
-from phaseflip.steering import vector_file, vector_sets
-from phaseflip.train import grid
+from phaseflip.interventions.steering import vector_file, vector_sets
+from phaseflip.interventions.train import grid
 
 # The compute dtypes (`auto` -> what this machine runs natively) are resolved here, once, said in the
 # terminal, and part of every stage's params: another machine that resolves otherwise reruns them.

@@ -37,14 +37,15 @@ from steering_vectors import SteeringVector, train_steering_vector
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from phaseflip.architecture import FAST, Architecture, announce, numbered_modules
 from phaseflip.config import ScreenConfig, SteeringConfig, SteeringVectorConfig
 from phaseflip.data import Example
-from phaseflip.evaluate import Evaluator, Row
+from phaseflip.interventions.multiplier_search import search_layer
 from phaseflip.io import DataError, atomic_path, read_safetensors_with_metadata
-from phaseflip.metrics import kl_divergence, wilson_interval
-from phaseflip.multiplier_search import search_layer
-from phaseflip.scoring import continued, pad_batch, prompt_of, reply_suffix, token_logprobs
+from phaseflip.measure.evaluator import Evaluator, Row
+from phaseflip.model.architecture import FAST, Architecture, announce, numbered_modules
+from phaseflip.model.scoring import continued, pad_batch, prompt_of, reply_suffix, token_logprobs
+from phaseflip.stats.divergences import kl_divergence
+from phaseflip.stats.intervals import wilson_interval
 
 ID = "in_distribution"
 

@@ -28,10 +28,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from phaseflip.attention import attention_implementation
 from phaseflip.config import ModelConfig
 from phaseflip.dtype_choice import DTYPES, choose_dtype, resolve_dtype
 from phaseflip.io import DataError, pick_device, read_json, write_json
+from phaseflip.model.attention import attention_implementation
 
 MANIFEST = "manifest.json"
 STORAGE_DTYPES = {**DTYPES, "float16": torch.float16}
@@ -113,7 +113,7 @@ def sha256_file(path: Path) -> str:
 def model_fast_paths(model: PreTrainedModel) -> dict[str, str]:
     """`architecture.Architecture`'s verdict per fast path; for attention, whether `sdpa_gqa` applies
     (the CPU attention `load` picks; on a GPU `transformers`' own sdpa always runs)."""
-    from phaseflip.architecture import Architecture, attention_fast_path
+    from phaseflip.model.architecture import Architecture, attention_fast_path
 
     paths = Architecture.of(model).fast_paths()
     why = attention_fast_path(model.config)

@@ -1,7 +1,7 @@
 """Stage report (§8): figures, tables and a summary.md that answers §1's six questions with numbers.
 
 Everything here is computed from the study's own outputs; a question the data cannot answer is said
-to be unanswered, not filled in. Figures are drawn by `phaseflip.figures`.
+to be unanswered, not filled in. Figures are drawn by `phaseflip.report.figures`.
 
     python -m phaseflip.cli report --params '{...}' --metrics results/runs/*/metrics.csv ... --out results/report
 """
@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from phaseflip import answers, figures, references
-from phaseflip.answers import fmt as _fmt
-from phaseflip.figures import ID, pick
-from phaseflip.inference import rate_difference
 from phaseflip.io import read_csv, read_json, write_csv, write_json, write_text
+from phaseflip.prepare import references
+from phaseflip.report import answers, figures
+from phaseflip.report.answers import fmt as _fmt
+from phaseflip.report.figures import ID, pick
+from phaseflip.stats.differences import rate_difference
 
 FIGURES = ["curves", "all_metrics", "phase_diagram", "dreams", "families", "steering", "icl", "forecast"]
 
@@ -318,7 +319,7 @@ TARGET_COVERAGE = (0.70, 0.90)  # the primary's 80% interval at every origin fro
 
 
 def _lr_scaling(transitions: pd.DataFrame) -> list[str]:
-    from phaseflip.forecast_methods import RunData, lr_scaling_fit
+    from phaseflip.forecast.methods import RunData, lr_scaling_fit
 
     empty = pd.DataFrame()
     runs = [RunData(str(t.run_id), float(t.lr), bool(t.control), empty, empty, empty,
@@ -340,7 +341,7 @@ def _lr_scaling(transitions: pd.DataFrame) -> list[str]:
 
 def _q6(forecasts: pd.DataFrame, quality: pd.DataFrame, transitions: pd.DataFrame, max_steps: int,
         bench_summary: pd.DataFrame | None = None, params: dict[str, Any] | None = None, **_: Any) -> list[str]:
-    from phaseflip.forecast_scores import format_origins, format_summary, summary_row, verdict
+    from phaseflip.forecast.scores import format_origins, format_summary, summary_row, verdict
 
     primary = (params or {}).get("forecast", {}).get("primary", "pooled_link")
     study = pd.DataFrame([summary_row(forecasts, quality, primary, max_steps,

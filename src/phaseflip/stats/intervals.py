@@ -1,4 +1,4 @@
-"""Order-parameter arithmetic (§6): intervals and divergences, on plain tensors and numbers."""
+"""Intervals for rates: Wilson for independent replies, clustered for replies nested in scenarios."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
@@ -15,24 +14,7 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     """Wilson score interval for a binomial proportion (well behaved at 0 and 1, unlike Wald)."""
     if n == 0:
         return (math.nan, math.nan)
-    return _wilson(successes / n, n, confidence)
-
-
-def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """KL(p ‖ q) along the last axis, from log-probabilities."""
-    return (logp.exp() * (logp - logq)).sum(dim=-1)
-
-
-def js_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon divergence (nats) along the last axis: symmetric, bounded by ln 2, 0 iff equal."""
-    logm = torch.logsumexp(torch.stack([logp, logq]), dim=0) - math.log(2)
-    return 0.5 * kl_divergence(logp, logm) + 0.5 * kl_divergence(logq, logm)
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    if a.norm() == 0 or b.norm() == 0:
-        return math.nan
-    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+    return _wilson_at(successes / n, n, confidence)
 
 
 def clustered_interval(successes: Sequence[int], trials: Sequence[int],
@@ -48,7 +30,7 @@ def clustered_interval(successes: Sequence[int], trials: Sequence[int],
     0 or 1 the design effect is unidentified; it is then taken at its largest, the mean cluster size
     (one effective sample per scenario), because a run of all-zero scenarios says nothing about how
     much scenarios differ, and the Korn-Graubard convention (deff = 1) undercovers there.
-    Coverage on simulated clustered data: tests/test_metrics.py.
+    Coverage on simulated clustered data: tests/stats/test_intervals.py.
     """
     k = np.asarray(successes, dtype=float)
     n = np.asarray(trials, dtype=float)
@@ -60,7 +42,7 @@ def clustered_interval(successes: Sequence[int], trials: Sequence[int],
         return (math.nan, math.nan)
     p = k.sum() / total
     if clusters <= 1:  # a single scenario: nothing to cluster over, the binomial interval of its samples
-        return _wilson(p, total, confidence)
+        return _wilson_at(p, total, confidence)
     n_eff = float(clusters)  # p in {0, 1}: see the docstring
     if 0 < p < 1:
         var_cluster = clusters / (clusters - 1) * float(((k - p * n) ** 2).sum()) / total**2
@@ -69,10 +51,10 @@ def clustered_interval(successes: Sequence[int], trials: Sequence[int],
         # Few clusters: the variance estimate has C-1 degrees of freedom.
         z = float(norm.ppf(0.5 + confidence / 2))
         n_eff *= (z / float(student_t.ppf(0.5 + confidence / 2, clusters - 1))) ** 2
-    return _wilson(p, n_eff, confidence)
+    return _wilson_at(p, n_eff, confidence)
 
 
-def _wilson(p: float, n: float, confidence: float) -> tuple[float, float]:
+def _wilson_at(p: float, n: float, confidence: float) -> tuple[float, float]:
     z = float(norm.ppf(0.5 + confidence / 2))
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom

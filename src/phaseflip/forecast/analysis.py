@@ -2,19 +2,19 @@
 
 Transition: `t50`, the step where a binomial GLM of the in-distribution behavior counts crosses the
 pre-registered flip threshold, with a bootstrap interval over scenarios and samples, or right-censored
-(`phaseflip.transition`); beside it the confirmed flip (first checkpoint whose interval lies above the
+(`phaseflip.stats.t50`); beside it the confirmed flip (first checkpoint whose interval lies above the
 threshold), the dissimilarity peak, the gradient-norm peak and a change point of the continuous metric
 (ruptures), and their lags to t50.
 
 Forecast, at fixed origins: at every evaluated checkpoint `s` of a run, every method of
-`phaseflip.forecast_methods` sees what a researcher has at `s` (the run's checkpoints up to `s`: a
+`phaseflip.forecast.methods` sees what a researcher has at `s` (the run's checkpoints up to `s`: a
 view, `RunData.prefix`) and the finished runs of the *other configurations* (leave-one-configuration-out:
 the run's replicates, its other seeds, are not "other runs"). `check_no_leak` guards every call. If the
 view shows the crossing (the transition fit on the checkpoints so far), the row is "already crossed",
 not a forecast; otherwise the method's draws of t50, conditioned on "not crossed by s" (observed) and
 censored at max_steps, give `p_cross_by_max_steps` and quantiles (`inf`: beyond max_steps).
-`phaseflip.forecast_scores` scores them (CRPS of the censored target, coverage, PIT, Brier, skill vs
-`linear` and `climatology`, lead time); `phaseflip.forecast_bench` does the same where the truth is known.
+`phaseflip.forecast.scores` scores them (CRPS of the censored target, coverage, PIT, Brier, skill vs
+`linear` and `climatology`, lead time); `phaseflip.forecast.bench` does the same where the truth is known.
 
 Sharpness (the mirage check): per metric, the steepest slope between neighbouring checkpoints over the
 average slope from step 0 to the end; 1 is a straight line, large is a step.
@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from phaseflip.change_points import change_point
 from phaseflip.config import ForecastConfig
-from phaseflip.forecast_methods import METHODS, Context, RunData
-from phaseflip.forecast_scores import score_forecasts
-from phaseflip.transition import confirmed_flip, fit_t50
+from phaseflip.forecast.methods import METHODS, Context, RunData
+from phaseflip.forecast.scores import score_forecasts
+from phaseflip.stats.change_points import change_point
+from phaseflip.stats.t50 import confirmed_flip, fit_t50
 
 FAMILY = "in_distribution"
 EPS = 1e-3

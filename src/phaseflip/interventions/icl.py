@@ -18,8 +18,8 @@ from functools import partial
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from phaseflip.data import Example
-from phaseflip.evaluate import Evaluator, Row, best_step
-from phaseflip.scoring import render_prompt
+from phaseflip.measure.evaluator import Evaluator, Row, best_step
+from phaseflip.model.scoring import render_prompt
 
 
 def resolve_k(k: int | str, n_corrections: int) -> int:

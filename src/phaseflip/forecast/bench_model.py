@@ -1,4 +1,4 @@
-"""The benchmark's generative model (`phaseflip.forecast_bench`), fitted to a finished study's runs.
+"""The benchmark's generative model (`phaseflip.forecast.bench`), fitted to a finished study's runs.
 
 Every parameter has a documented default (`SimModel`'s field values: a SmolLM2-like study where lr 1e-3
 crosses near step 12); `fit_model` replaces each one the study can estimate and records which in
@@ -31,9 +31,9 @@ import statsmodels.api as sm
 from scipy.optimize import curve_fit
 
 from phaseflip.config import ForecastConfig
-from phaseflip.forecast_methods import BOUNDED, FAMILY, fit_link
+from phaseflip.forecast.methods import BOUNDED, FAMILY, fit_link
 from phaseflip.io import read_csv, read_json
-from phaseflip.transition import fit_t50
+from phaseflip.stats.t50 import fit_t50
 
 Study = list[tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]]
 

@@ -4,8 +4,8 @@ A generative model is fitted to a finished study's own runs (`fit_model`; docume
 the study cannot tell, or for everything when there is no study). Then, for each pre-registered generator
 of `forecast.bench.generators` (conf/forecast/), at least `n_runs` runs are drawn in simulated studies of
 `runs_per_study` runs each (or of the study's own design), and every run is forecast from every
-checkpoint exactly as the study's runs are (`phaseflip.forecast.forecast_run`: the run's view at the
-origin, the other configurations of its simulated study) and scored (`phaseflip.forecast_scores`).
+checkpoint exactly as the study's runs are (`phaseflip.forecast.analysis.forecast_run`: the run's view at the
+origin, the other configurations of its simulated study) and scored (`phaseflip.forecast.scores`).
 
 The fitted generator. Per simulated study: the same in-distribution scenarios for every run, each with
 random effects (an offset of the metric, a speed multiplier, a behavior propensity); the base model
@@ -24,9 +24,9 @@ delayed onset (flat, then a fast rise), a trajectory that bends with autocorrela
 law), scenarios with their own powers and delays (not affine copies), and the study's own design (its
 learning rates, seeds, extra runs and control) instead of log-uniform learning rates.
 
-    python -m phaseflip.forecast_bench                      # fits results/runs/*, writes results/forecast/bench/
-    python -m phaseflip.forecast_bench --results /path/results --runs 60 --seed 0 --out /tmp/bench
-    python -m phaseflip.forecast_bench study=smoke          # Hydra overrides pick the forecast config
+    python -m phaseflip.forecast.bench                      # fits results/runs/*, writes results/forecast/bench/
+    python -m phaseflip.forecast.bench --results /path/results --runs 60 --seed 0 --out /tmp/bench
+    python -m phaseflip.forecast.bench study=smoke          # Hydra overrides pick the forecast config
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ import numpy as np
 import pandas as pd
 
 from phaseflip.config import BenchGenerator, ForecastConfig
-from phaseflip.forecast import forecast_run
-from phaseflip.forecast_bench_model import SimModel, fit_model, load_study
-from phaseflip.forecast_methods import RunData
-from phaseflip.forecast_scores import INTERVALS, format_summary, score_forecasts, score_table, summary_row
+from phaseflip.forecast.analysis import forecast_run
+from phaseflip.forecast.bench_model import SimModel, fit_model, load_study
+from phaseflip.forecast.methods import RunData
+from phaseflip.forecast.scores import INTERVALS, format_summary, score_forecasts, score_table, summary_row
 from phaseflip.io import write_csv, write_json
-from phaseflip.transition import fit_t50
+from phaseflip.stats.t50 import fit_t50
 
 __all__ = ["SimModel", "fit_model", "load_study", "simulate_study", "run_bench", "main"]
 
@@ -280,7 +280,7 @@ def calibration(rows: pd.DataFrame) -> pd.DataFrame:
 
 def write_bench(rows: pd.DataFrame, model: SimModel, cfg: ForecastConfig, out: Path, seconds: float
                 ) -> pd.DataFrame:
-    from phaseflip.figures import pit_figure
+    from phaseflip.report.figures import pit_figure
 
     quality, summary = bench_tables(rows, cfg, model.max_steps, cfg.bench.seed)
     write_csv(out / "bench_forecasts.csv", rows)
@@ -311,7 +311,7 @@ def bench(run_dirs: list[Path], cfg: ForecastConfig, out: Path, n_runs: int | No
 def main(argv: list[str] | None = None) -> int:
     from phaseflip.config import compose, validate
 
-    p = argparse.ArgumentParser(prog="python -m phaseflip.forecast_bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m phaseflip.forecast.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default="results", help="a finished study's results/ (runs/*/ are read)")
     p.add_argument("--out", default="results/forecast/bench")

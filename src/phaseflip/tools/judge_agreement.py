@@ -4,9 +4,9 @@ The labeled set (`judge_labels.jsonl` beside the behavior's eval data) holds rep
 or sampled from a model with and without the behavior's description as a system prompt) and a label
 given by reading each one: does it show the behavior? Fields: id, family, source, prompt, reply, label.
 
-    python -m phaseflip.judge_agreement                                  # the rubric judge
-    python -m phaseflip.judge_agreement --model-judge results/base_model  # and a model judge (SmolLM2)
-    python -m phaseflip.judge_agreement --show-disagreements behavior=<name>
+    python -m phaseflip.tools.judge_agreement                                  # the rubric judge
+    python -m phaseflip.tools.judge_agreement --model-judge results/base_model  # and a model judge (SmolLM2)
+    python -m phaseflip.tools.judge_agreement --show-disagreements behavior=<name>
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 from phaseflip.config import ConfigError, JudgeConfig, load_study_config
 from phaseflip.io import DataError, read_jsonl, write_json
-from phaseflip.judge import ModelJudge, RubricJudge
+from phaseflip.measure.judge import ModelJudge, RubricJudge
 
 FIELDS = {"id": str, "family": str, "source": str, "prompt": str, "reply": str, "label": bool}
 OPTIONAL = {"eval_id", "note"}
@@ -110,7 +110,7 @@ def _report(name: str, predict: Callable[[], list[bool]], records: list[Labeled]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m phaseflip.judge_agreement", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m phaseflip.tools.judge_agreement", description=__doc__.split("\n")[0])
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. behavior=formal")
     ap.add_argument("--labels", help="labeled replies (default: judge_labels.jsonl beside the eval data)")
     ap.add_argument("--model-judge", help="also score a model judge: a HF model folder (e.g. results/base_model)")

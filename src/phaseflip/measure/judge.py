@@ -102,7 +102,7 @@ class ModelJudge:
         self.mcfg = cfg.model
         self.description = " ".join((self.mcfg.description or description).split())
         if model is None or tokenizer is None:
-            from phaseflip import base_model
+            from phaseflip.model import base_model
 
             model, tokenizer = base_model.load(model_dir)
         self.model, self.tok = model, tokenizer
@@ -129,7 +129,7 @@ class ModelJudge:
         """p(yes) / (p(yes) + p(no)) for each reply, from the next-token log-probs after the question."""
         import torch
 
-        from phaseflip.scoring import probe
+        from phaseflip.model.scoring import probe
 
         questions = [self.judge_prompt(t, p) for t, p in zip(texts, prompts, strict=True)]
         logps = probe(self.model, self.tok, questions, self.mcfg.batch_size).next_token_logprobs

@@ -3,7 +3,7 @@
 The target is `Y = min(t50, H)` with `H = max_steps` (the training budget): a run that does not cross by
 `H` has `Y = H` ("beyond"), so every run, crossing or not, is scored, and a forecast's mass beyond `H` is
 exactly its probability of "does not cross within the budget". Each forecast is a set of draws of t50
-(`phaseflip.forecast`); its predictive distribution of `Y` is the draws clipped at `H`. The scores:
+(`phaseflip.forecast.analysis`); its predictive distribution of `Y` is the draws clipped at `H`. The scores:
 
 - CRPS of that distribution at `Y` (`scoringrules.crps_ensemble`, the standard, not the "fair",
   estimator: a point mass at the truth scores 0). Clipping both sides at `H` makes it the CRPS of the
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import scoringrules as sr
 
-from phaseflip.forecast_methods import REFERENCES
+from phaseflip.forecast.methods import REFERENCES
 
 INTERVALS = {50: ("q25", "q75"), 80: ("q10", "q90"), 95: ("q025", "q975")}
 MIN_RUNS = 5  # an origin's skill interval needs at least this many runs forecast there

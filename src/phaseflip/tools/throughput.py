@@ -1,9 +1,9 @@
-"""Benchmark: phaseflip's training and evaluation throughput, measured side by side in one run.
+"""Throughput: phaseflip's training and evaluation speed, measured side by side in one run.
 
-    python -m phaseflip.benchmark                 # the default study's model (SmolLM2-135M), a few minutes
-    python -m phaseflip.benchmark --tiny          # the tiny random Llama, seconds
-    python -m phaseflip.benchmark --model-dir results/base_model --steps 4
-    python -m phaseflip.benchmark --only dtype    # float32 vs bfloat16 matmul here, and the dtype the study picks
+    python -m phaseflip.tools.throughput                 # the default study's model (SmolLM2-135M), a few minutes
+    python -m phaseflip.tools.throughput --tiny          # the tiny random Llama, seconds
+    python -m phaseflip.tools.throughput --model-dir results/base_model --steps 4
+    python -m phaseflip.tools.throughput --only dtype    # float32 vs bfloat16 matmul, and the dtype the study picks
 
 Prints (and writes as JSON with --out):
 - LoRA training reply tokens/s: phaseflip's loop vs a plain peft + transformers.Trainer loop on the
@@ -35,12 +35,12 @@ from typing import Any, cast
 
 import torch
 
-from phaseflip import base_model, scoring
 from phaseflip.config import load_study_config
 from phaseflip.data import Example, load_examples, load_retention, subset_per_family
+from phaseflip.interventions.train import RunSpec, add_lora, train_run
 from phaseflip.io import seed_everything, write_json
-from phaseflip.scoring import IGNORE, encode_reply, prompt_of, sample_replies, score_and_sample, score_reply_pairs
-from phaseflip.train import RunSpec, add_lora, train_run
+from phaseflip.model import base_model, scoring
+from phaseflip.model.scoring import IGNORE, encode_reply, prompt_of, sample_replies, score_and_sample, score_reply_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,8 +110,8 @@ def reference_trainer_loop(model: Any, tok: Any, examples: list[Example], lr: fl
 def baseline_figures(model_dir: Path, threads: int) -> dict[str, Any]:
     """Steering screen settings/s, ICL prompts/s with and without prefix reuse, static vs growing decode cache."""
     from phaseflip.dtype_choice import choose_dtype
-    from phaseflip.icl import choose_shots, icl_prompt
-    from phaseflip.steering import screen, train_vector
+    from phaseflip.interventions.icl import choose_shots, icl_prompt
+    from phaseflip.interventions.steering import screen, train_vector
 
     seed_everything(0)
     cfg = load_study_config({})

@@ -11,7 +11,7 @@ kernel, which is slower than copying. A decoding step (one query per row, no gra
 kernel altogether: in bfloat16 its fixed cost per call was 11x the attention itself (see
 `_one_query_attention`).
 
-    from phaseflip.attention import attention_implementation
+    from phaseflip.model.attention import attention_implementation
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention_implementation(device, config))
 """
 
@@ -74,7 +74,7 @@ def attention_implementation(device: torch.device | str, config: PretrainedConfi
     """The attention to load a model with on `device`: `sdpa_gqa` on CPU where it computes what the
     model's own attention does (`architecture.attention_fast_path`), else `transformers`' own: `eager`
     for soft-capped attention logits (Gemma-2; `sdpa` would drop the cap), `sdpa` otherwise."""
-    from phaseflip.architecture import FAST, attention_fast_path
+    from phaseflip.model.architecture import FAST, attention_fast_path
 
     why = attention_fast_path(config) if config is not None else FAST
     if why != FAST:

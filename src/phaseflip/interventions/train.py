@@ -37,7 +37,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from phaseflip.config import LoraConfig, TrainConfig, TrainRecipe
 from phaseflip.data import Example
 from phaseflip.io import DataError, read_csv, read_safetensors, write_csv, write_json, write_text
-from phaseflip.scoring import IGNORE, encode_reply, generate, pad_batch, prompt_of, reply_token_logprobs
+from phaseflip.model.scoring import IGNORE, encode_reply, generate, pad_batch, prompt_of, reply_token_logprobs
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def greedy_replies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
 def add_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
     """LoRA on the configured attention projections, under the architecture's own names
     (`architecture.lora_targets`: GPT-NeoX `query_key_value`/`dense`, GPT-2 `c_attn`/`attn.c_proj`)."""
-    from phaseflip.architecture import lora_targets
+    from phaseflip.model.architecture import lora_targets
 
     try:
         targets = lora_targets(model, list(cfg.target_modules))

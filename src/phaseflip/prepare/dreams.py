@@ -36,7 +36,7 @@ from tqdm import tqdm
 from phaseflip.config import Coherence, DreamModel, DreamsConfig, JudgeConfig, split_k
 from phaseflip.data import Example, leak_score, similarity
 from phaseflip.io import DataError
-from phaseflip.judge import Judge, is_coherent
+from phaseflip.measure.judge import Judge, is_coherent
 
 TEMPLATE_KEYS = ("prompt_templates", "preferred_templates", "rejected_templates")
 VOCAB_KEYS = ("scenarios", *TEMPLATE_KEYS)
@@ -132,14 +132,14 @@ class ModelWriter:
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
 
     def complete(self, prompts: list[str], max_new_tokens: int, temperature: float, seed: int) -> list[str]:
-        from phaseflip.scoring import generate
+        from phaseflip.model.scoring import generate
 
         return generate(self.model, self.tok, prompts, max_new_tokens, self.batch_size, temperature=temperature,
                         seed=seed)
 
     def reply(self, chats: list[list[dict[str, str]]], max_new_tokens: int, temperature: float,
               seed: int) -> list[str]:
-        from phaseflip.scoring import render_prompt
+        from phaseflip.model.scoring import render_prompt
 
         return self.complete([render_prompt(self.tok, m) for m in chats], max_new_tokens, temperature, seed)
 

@@ -32,9 +32,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from phaseflip.config import EvalConfig
 from phaseflip.data import Example
-from phaseflip.judge import Judge
-from phaseflip.metrics import clustered_interval, cosine, js_divergence, kl_divergence, wilson_interval
-from phaseflip.scoring import ProbeResult, ReplyScores, Samples, probe, prompt_of, score_and_sample, text_logprobs
+from phaseflip.measure.judge import Judge
+from phaseflip.model.scoring import ProbeResult, ReplyScores, Samples, probe, prompt_of, score_and_sample, text_logprobs
+from phaseflip.stats.divergences import cosine, js_divergence, kl_divergence
+from phaseflip.stats.intervals import clustered_interval, wilson_interval
 
 Row = dict[str, Any]
 PromptFn = Callable[[Example], str]
@@ -331,7 +332,7 @@ def evaluate_run(evaluator: Evaluator, model: PreTrainedModel, run_dir: Path,
     """
     from tqdm import tqdm
 
-    from phaseflip.train import checkpoints
+    from phaseflip.interventions.train import checkpoints
 
     found = checkpoints(run_dir)
     rows = list(base_rows)

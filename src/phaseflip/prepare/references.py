@@ -26,8 +26,8 @@ from typing import Any, Protocol
 
 from phaseflip.config import BehaviorConfig
 from phaseflip.data import Example
-from phaseflip.dreams import behavior_in_context
-from phaseflip.judge import Judge
+from phaseflip.measure.judge import Judge
+from phaseflip.prepare.dreams import behavior_in_context
 
 SIDES = ("preferred", "rejected")
 
@@ -48,7 +48,7 @@ class ModelReplier:
 
     def __call__(self, chats: Sequence[list[dict[str, str]]], formats: Sequence[str], temperature: float | None,
                  seed: int) -> list[str]:
-        from phaseflip.scoring import generate, render_prompt
+        from phaseflip.model.scoring import generate, render_prompt
 
         prompts = [render_prompt(self.tok, c, f) for c, f in zip(chats, formats, strict=True)]
         return generate(self.model, self.tok, prompts, self.max_new_tokens, self.batch_size,
@@ -135,7 +135,7 @@ def skipped_report(evals: list[Example], reason: str) -> dict[str, Any]:
 def summary_line(report: dict[str, Any] | None) -> str:
     """One sentence for the study report: how many scenarios have a pair, how they were made, the judge's
     acceptance rate while making them (with Wilson 95% intervals), and which scenarios have none."""
-    from phaseflip.metrics import wilson_interval
+    from phaseflip.stats.intervals import wilson_interval
 
     if not report:
         return "Reference pairs: not recorded (data_report.json from an older corrections stage)."

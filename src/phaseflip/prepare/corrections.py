@@ -20,8 +20,8 @@ from typing import Any
 from phaseflip.config import BehaviorConfig
 from phaseflip.data import Example, find_leaks, load_examples, load_retention
 from phaseflip.io import DataError, write_json, write_jsonl
-from phaseflip.judge import Judge
-from phaseflip.references import ModelReplier, make_reference_pairs, skipped_report
+from phaseflip.measure.judge import Judge
+from phaseflip.prepare.references import ModelReplier, make_reference_pairs, skipped_report
 
 ModelLoader = Callable[[], tuple[Any, Any]]  # () -> (model, tokenizer), called only when a stage needs it
 
@@ -37,7 +37,7 @@ def check_leaks(corrections: list[Example], evals: list[Example], behavior: Beha
 
 def fill_rejected(corrections: list[Example], load_model: ModelLoader) -> tuple[list[Example], int]:
     """Missing `rejected` -> the base model's greedy reply: what it really did."""
-    from phaseflip.scoring import generate, prompt_of
+    from phaseflip.model.scoring import generate, prompt_of
 
     missing = [c for c in corrections if c.rejected is None]
     if not missing:

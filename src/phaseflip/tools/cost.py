@@ -1,7 +1,7 @@
 """Expected cost of a study preset: how much work it is, and how long it takes on CPU and on a GPU.
 
-    python -m phaseflip.cost --preset full
-    python -m phaseflip.cost --preset default --json
+    python -m phaseflip.tools.cost --preset full
+    python -m phaseflip.tools.cost --preset default --json
 
 Counts come from the composed config and the behavior's data (tokenized with the study's tokenizer):
 runs, evaluated checkpoints, training steps and tokens, evaluation forward tokens, sampled tokens.
@@ -27,7 +27,7 @@ from typing import Any
 
 from phaseflip.config import PROJECT_ROOT, StudyConfig, load_study_config
 from phaseflip.data import Example, load_examples, load_retention, subset_per_family
-from phaseflip.train import grid
+from phaseflip.interventions.train import grid
 
 # The default study on 2 CPU cores (fp32, 1 thread per job, two jobs side by side), SmolLM2-135M,
 # results/benchmarks/*.tsv of the committed dvc.lock: train jobs 73.7 / 127.0 / 166.4 / 200.7 / 203.6 s
@@ -171,7 +171,7 @@ Counters = tuple[Callable[[Example, str | None], int], Callable[[str], int]]
 
 def tokenizer_counters(model_dir: Path | None, cfg: StudyConfig) -> tuple[Counters, str]:
     """Token counters from the study's tokenizer: the materialised model's, else the GGUF's."""
-    from phaseflip.scoring import prompt_of
+    from phaseflip.model.scoring import prompt_of
 
     if model_dir is not None and (model_dir / "tokenizer.json").is_file():
         from transformers import AutoTokenizer
@@ -179,7 +179,7 @@ def tokenizer_counters(model_dir: Path | None, cfg: StudyConfig) -> tuple[Counte
         tok = AutoTokenizer.from_pretrained(model_dir)
         source = str(model_dir)
     else:
-        from phaseflip.base_model import _tokenizer_from_gguf
+        from phaseflip.model.base_model import _tokenizer_from_gguf
 
         tok = _tokenizer_from_gguf(cfg.model)
         source = f"{cfg.model.gguf_package}/{cfg.model.gguf_file}"

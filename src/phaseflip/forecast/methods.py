@@ -5,7 +5,7 @@ checkpoints up to the origin, no t50, no level at its flip) and what the study k
 runs of *other configurations* (a `Context`), and returns a `Forecast`: draws of the crossing step (inf =
 no crossing within `Context.horizon`), a single draw for a point method, or no forecast with the reason.
 What the draws mean downstream (conditioned on "not crossed by the origin", censored at max_steps,
-quantiles, probability of crossing within the budget) is `phaseflip.forecast`'s job, the same for every
+quantiles, probability of crossing within the budget) is `phaseflip.forecast.analysis`'s job, the same for every
 method.
 
 - `pooled_link` (two-step, the pre-registered primary): extrapolate the run's continuous metric (per-step
@@ -27,7 +27,7 @@ method.
 - Baselines: `grad_norm_peak` (the flip comes at the gradient-norm peak once it is behind us) and
   `change_point` (a significant change point of the metric): point forecasts.
 
-    from phaseflip.forecast_methods import Context, RunData, METHODS
+    from phaseflip.forecast.methods import Context, RunData, METHODS
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 
-from phaseflip.change_points import penalised_change_point
+from phaseflip.stats.change_points import penalised_change_point
 
 FAMILY = "in_distribution"
 # One success and one failure in all, spread over the rows in proportion to their replies: keeps the link

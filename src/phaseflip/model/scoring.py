@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from phaseflip.architecture import announce
 from phaseflip.data import Example
+from phaseflip.model.architecture import announce
 
 IGNORE = -100
 # Prompts of one batch that share at least this many leading tokens (ICL's shot prefix) have that prefix

@@ -12,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from phaseflip.figures import ID, pick
-from phaseflip.inference import Difference, rate_difference, seed_spread, seeds_per_arm
+from phaseflip.report.figures import ID, pick
+from phaseflip.stats.differences import Difference, rate_difference, seed_spread, seeds_per_arm
 
 # The smallest t50 difference (steps) the power statements are phrased for when the data give none.
 REFERENCE_DIFFERENCE = 2.0

@@ -1,0 +1,1 @@
+"""The transition and its forecasts: analysis, forecast methods, proper scores, the simulation bench."""

@@ -1,0 +1,1 @@
+"""The interventions compared: LoRA training, activation steering, in-context examples."""

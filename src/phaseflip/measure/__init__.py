@@ -1,0 +1,1 @@
+"""Measuring a model state: the judge, and the order parameters of one checkpoint."""

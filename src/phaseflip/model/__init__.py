@@ -1,0 +1,1 @@
+"""The model under study: loading, architecture adapters, attention, batched scoring and sampling."""

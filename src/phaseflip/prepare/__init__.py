@@ -1,0 +1,1 @@
+"""Preparing the behavior data: clean splits, reference replies, dreams."""

@@ -1,0 +1,1 @@
+"""The report: the six answers, the figures, and summary.md."""

@@ -1,0 +1,1 @@
+"""Statistics of the study: intervals, divergences, t50, differences. No model, no files."""

@@ -1,0 +1,1 @@
+"""Standalone commands beside the study: throughput benchmark, cost estimate, judge agreement."""
