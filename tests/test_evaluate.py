@@ -157,15 +157,17 @@ class _RecordingEvaluator:
 def test_evaluate_run_samples_other_families_at_last_and_best_but_not_for_a_control(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from contextlib import nullcontext
 
+    from phaseflip.interventions.train import checkpoints
     from phaseflip.measure.evaluator import evaluate_run
 
     for step in (2, 4, 6):
         (tmp_path / "checkpoints" / f"step-{step:04d}").mkdir(parents=True)
+    found = checkpoints(tmp_path)
     rates = {2: 0.1, 4: 0.9, 6: 0.6}  # the best checkpoint (4) is not the last (6)
     real = _RecordingEvaluator(rates)
-    rows, _ = evaluate_run(real, None, tmp_path, lambda folder: nullcontext(), [], [])  # type: ignore[arg-type]
+    rows, _ = evaluate_run(real, None, found, lambda folder: nullcontext(), [], [])  # type: ignore[arg-type]
     assert real.calls == [(2, "in_distribution"), (4, "in_distribution"), (6, "all"), (4, "ood")]
     assert {(r["step"], r["family"]) for r in rows} >= {(4, "all"), (6, "in_distribution")}
     control = _RecordingEvaluator(rates)
-    evaluate_run(control, None, tmp_path, lambda folder: nullcontext(), [], [], other_families=False)  # type: ignore[arg-type]
+    evaluate_run(control, None, found, lambda folder: nullcontext(), [], [], other_families=False)  # type: ignore[arg-type]
     assert control.calls == [(2, "in_distribution"), (4, "in_distribution"), (6, "in_distribution")]

@@ -23,7 +23,7 @@ from phaseflip.forecast.scores import (
     score_forecasts,
     score_table,
 )
-from phaseflip.stats.change_points import change_point, penalised_change_point
+from phaseflip.stats.change_points import best_change_point, penalised_change_point
 from phaseflip.stats.intervals import wilson_interval
 
 CFG = ForecastConfig(n_bootstrap=200, forecast_bootstrap=40)
@@ -65,7 +65,7 @@ def test_detect_reports_t50_with_interval_and_the_confirmed_flip() -> None:
 
 def test_change_point_finds_the_jump() -> None:
     values = np.where(STEPS >= 8, 0.9, 0.1) + np.random.default_rng(0).normal(0, 0.01, len(STEPS))
-    assert change_point(STEPS, values) == 8
+    assert best_change_point(STEPS, values) == 8
 
 
 def log_table(grad: np.ndarray) -> pd.DataFrame:

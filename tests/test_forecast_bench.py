@@ -7,9 +7,10 @@ import pytest
 
 from phaseflip.config import BenchGenerator, ForecastBenchConfig, ForecastConfig, compose, validate
 from phaseflip.forecast.bench import bench, bench_tables, main, run_bench, simulate_study
-from phaseflip.forecast.bench_model import SimModel, fit_model, load_study
+from phaseflip.forecast.bench_model import SimModel, fit_model
 from phaseflip.forecast.methods import METHODS, configuration_of
 from phaseflip.forecast.scores import format_summary
+from phaseflip.run_folder import evaluated_runs
 
 CFG = ForecastConfig(forecast_bootstrap=20,
                      bench=ForecastBenchConfig(n_runs=8, runs_per_study=4, n_bootstrap=20, processes=1))
@@ -39,7 +40,7 @@ def write_study(root: Path, model: SimModel, n_runs: int, seed: int = 0) -> list
 def test_the_model_is_fitted_to_the_study(tmp_path: Path) -> None:
     truth = SimModel(n_scenarios=12, link_intercept=-2.0, link_slope=2.5, speed_exponent=1.0, sd_log_speed=0.05,
                      lr_range=(5e-4, 4e-3), steps=[0, 2, 4, 6, 8, 10, 12, 16], x0=-0.6)
-    fitted = fit_model(load_study(write_study(tmp_path, truth, 6)), CFG)
+    fitted = fit_model(evaluated_runs(write_study(tmp_path, truth, 6)), CFG)
     # the base model's level (formal: p_preferred 0.36, logit -0.6); left at 0, the simulated base rate sat
     # above the threshold and 94% of the simulated runs could not cross
     assert fitted.x0 == pytest.approx(-0.6, abs=0.3) and "x0" in fitted.fitted
@@ -57,7 +58,7 @@ def test_without_a_study_the_documented_defaults_are_used() -> None:
 
 def test_the_design_is_read_from_the_study(tmp_path: Path) -> None:
     dirs = write_study(tmp_path, SimModel(n_scenarios=6), 3)
-    fitted = fit_model(load_study(dirs), CFG)
+    fitted = fit_model(evaluated_runs(dirs), CFG)
     assert [d[0] for d in fitted.design] == ["sim000", "sim001", "sim002"] and "design" in fitted.fitted
 
 

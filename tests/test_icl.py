@@ -1,5 +1,5 @@
 from phaseflip.data import Example
-from phaseflip.interventions.icl import choose_shots, icl_messages
+from phaseflip.interventions.icl import icl_messages, icl_shots
 
 SHOTS = [Example(id=f"c{i}", messages=[{"role": "system", "content": "sys"}, {"role": "user", "content": f"u{i}"}],
                  preferred=f"p{i}") for i in range(5)]
@@ -19,8 +19,8 @@ def test_shots_go_after_the_system_prompt_and_before_the_scenario() -> None:
 def test_k0_is_the_scenario_itself_and_choice_is_seeded() -> None:
     scenario = Example(id="e", messages=[{"role": "user", "content": "Q"}])
     assert icl_messages([], scenario) == scenario.messages
-    assert choose_shots(SHOTS, 3, seed=0) == choose_shots(SHOTS, 3, seed=0)
-    assert len({s.id for s in choose_shots(SHOTS, 3, seed=0)}) == 3
+    assert icl_shots(SHOTS, 3, seed=0) == icl_shots(SHOTS, 3, seed=0)
+    assert len({s.id for s in icl_shots(SHOTS, 3, seed=0)}) == 3
 
 
 def test_shots_are_nested_across_k_and_all_is_every_correction() -> None:
@@ -28,11 +28,11 @@ def test_shots_are_nested_across_k_and_all_is_every_correction() -> None:
 
     from phaseflip.interventions.icl import resolve_k
 
-    one, three = choose_shots(SHOTS, 1, seed=0), choose_shots(SHOTS, 3, seed=0)
+    one, three = icl_shots(SHOTS, 1, seed=0), icl_shots(SHOTS, 3, seed=0)
     assert three[:1] == one  # the first k of one seeded order
-    everything = choose_shots(SHOTS, resolve_k("all", len(SHOTS)), seed=0)
+    everything = icl_shots(SHOTS, resolve_k("all", len(SHOTS)), seed=0)
     assert sorted(s.id for s in everything) == sorted(s.id for s in SHOTS) and everything[:3] == three
-    assert [s.id for s in choose_shots(SHOTS, 5, seed=1)] != [s.id for s in everything]  # the seed matters
+    assert [s.id for s in icl_shots(SHOTS, 5, seed=1)] != [s.id for s in everything]  # the seed matters
     with pytest.raises(ValueError, match="exceeds the 5 corrections"):
         resolve_k(6, len(SHOTS))
 

@@ -10,8 +10,8 @@ from phaseflip.io import DataError
 from phaseflip.measure.judge import RubricJudge
 from phaseflip.tools.judge_agreement import (
     agreement,
+    agreement_table,
     default_labels_path,
-    format_table,
     load_labels,
     main,
     rubric_predictions,
@@ -39,7 +39,7 @@ def test_labeled_set_covers_every_family_and_both_classes(labels) -> None:  # ty
 def test_rubric_judge_agrees_with_the_labels(labels) -> None:  # type: ignore[no-untyped-def]
     records, judge = labels
     result = agreement(rubric_predictions(judge, records), records)
-    print("\n" + format_table("rubric judge", result))
+    print("\n" + agreement_table("rubric judge", result))
     assert result["overall"]["agreement"] >= 0.95
 
 
@@ -72,5 +72,5 @@ def test_formal_rubric_agrees_with_its_own_labels() -> None:
     for family in FAMILIES:
         assert {r.label for r in records if r.family == family} == {True, False}, family
     result = agreement(rubric_predictions(RubricJudge(cfg.behavior.judge), records), records)
-    print("\n" + format_table("formal rubric judge", result))
+    print("\n" + agreement_table("formal rubric judge", result))
     assert result["overall"]["agreement"] >= 0.95

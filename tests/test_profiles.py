@@ -136,8 +136,8 @@ def test_local_dry_run_runs_grid_points_side_by_side(project: Path) -> None:
 def test_cli_threads_reach_torch(threads: int) -> None:
     """The CLI's --threads sets torch's intra- and inter-op pools and the BLAS/OpenMP variables (fresh process,
     as Snakemake runs it: inter-op threads can only be set before any parallel work)."""
-    code = ("import argparse, os, json, torch; from phaseflip import cli; "
-            f"cli._params(argparse.Namespace(params='{{\"seed\": 0}}', threads={threads})); "
+    code = ("import os, json, torch; from phaseflip import cli; "
+            f"cli.start('{{\"seed\": 0}}', {threads}); "
             "print(json.dumps([torch.get_num_threads(), torch.get_num_interop_threads(), "
             "os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'], os.environ['RAYON_NUM_THREADS']]))")
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}

@@ -8,7 +8,7 @@ from pathlib import Path
 from phaseflip.config import load_study_config
 from phaseflip.data import Example, load_examples
 from phaseflip.measure.judge import RubricJudge
-from phaseflip.prepare.references import choose_shots, make_reference_pairs, summary_line
+from phaseflip.prepare.references import make_reference_pairs, reference_shots, summary_line
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMAL = load_study_config({"behavior": "formal"}).behavior  # the default retries (smoke allows one try)
@@ -53,7 +53,7 @@ def test_pairs_are_generated_judged_and_recorded() -> None:
     refs = by_id["e1"].meta["references"]
     assert refs["pair"] and refs["preferred"]["source"] == "base_model_in_context"
     assert refs["preferred"]["attempt"] == 0 and refs["preferred"]["temperature"] is None  # greedy first
-    assert refs["preferred"]["shots"] == [s.id for s in choose_shots(corrections, FORMAL.references.n_shots, 0)]
+    assert refs["preferred"]["shots"] == [s.id for s in reference_shots(corrections, FORMAL.references.n_shots, 0)]
     assert refs["rejected"]["source"] == "base_model_plain"
     # A retry with a sampled reply (another seed) rescues a scenario whose greedy reply failed.
     assert by_id["e2"].meta["references"]["preferred"]["attempt"] == 1

@@ -91,10 +91,8 @@ def test_trust_remote_code_is_off_unless_the_model_config_turns_it_on() -> None:
 @pytest.mark.parametrize("trust", [None, False, True])
 def test_cli_passes_the_model_configs_trust_remote_code_through(monkeypatch: pytest.MonkeyPatch,
                                                                trust: bool | None) -> None:
-    import argparse
-
-    from phaseflip import cli
     from phaseflip.model import base_model
+    from phaseflip.stages.inputs import load_model
 
     seen: dict[str, Any] = {}
 
@@ -105,7 +103,7 @@ def test_cli_passes_the_model_configs_trust_remote_code_through(monkeypatch: pyt
     monkeypatch.setattr(base_model, "load", fake_load)
     monkeypatch.setattr("phaseflip.model.architecture.announce_all", lambda model, stage: {})  # no model to probe
     params: dict[str, Any] = {"device": "cpu", "model": {} if trust is None else {"trust_remote_code": trust}}
-    cli._model(argparse.Namespace(base="unused"), params)
+    load_model("unused", params, "test")
     assert seen.get("trust_remote_code", False) is bool(trust)
 
 

@@ -21,7 +21,8 @@ from typing import Any
 from phaseflip.io import DataError, read_jsonl
 
 ROLES = {"system", "user", "assistant"}
-FAMILIES = {"in_distribution", "new_domain", "french", "format_shift", "inverted"}
+IN_DISTRIBUTION = "in_distribution"  # the family the behavior is trained on; every other family is held out
+FAMILIES = {IN_DISTRIBUTION, "new_domain", "french", "format_shift", "inverted"}
 PROMPT_FORMATS = {"chat", "plain"}
 
 
@@ -33,7 +34,7 @@ class Example:
     messages: list[dict[str, str]]
     preferred: str | None = None
     rejected: str | None = None
-    family: str = "in_distribution"
+    family: str = IN_DISTRIBUTION
     prompt_format: str = "chat"
     tags: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -124,7 +125,7 @@ def load_examples(path: str | Path, kind: str) -> list[Example]:
     for lineno, record in read_jsonl(path):
         _check_keys(path, lineno, record, allowed)
         rid = _unique_id(path, lineno, record, seen)
-        family = record.get("family", "in_distribution")
+        family = record.get("family", IN_DISTRIBUTION)
         if kind == "eval" and "family" not in record:
             raise DataError(f"{path}:{lineno}: field 'family' is missing; expected one of {sorted(FAMILIES)}")
         if family not in FAMILIES:

@@ -21,6 +21,8 @@ import pandas as pd
 import torch
 from safetensors import SafetensorError, safe_open
 
+from phaseflip.dag import writers
+
 
 class DataError(ValueError):
     """Bad input data: the message names file, line and field (and, for a study output, the rule that wrote it)."""
@@ -69,35 +71,19 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-# Which Snakemake rule writes which output under results/ (first match wins), so an unreadable file's
-# error names the rule to rerun instead of surfacing a parser's traceback.
-_WRITERS: list[tuple[str, str]] = [
-    ("base_model/", "base_model"),
-    ("corrections/", "corrections"),
-    ("dreams/", "dreams"),
-    ("steering/*.safetensors", "steering_vectors"),
-    ("steering/", "steering"),
-    ("icl/", "icl"),
-    ("base_eval/", "evaluate_base"),
-    ("runs/*/metrics.csv", "evaluate"),
-    ("runs/*/scenarios.csv", "evaluate"),
-    ("forecast/bench/", "forecast_bench"),
-    ("runs/", "train"),
-    ("forecast/", "forecast"),
-    ("report/", "report"),
-]
 # Safetensors files are named by what they hold, wherever they lie (e.g. a copied checkpoint).
 _SAFETENSORS_WRITERS = {"adapter_model.safetensors": "train", "optimizer.safetensors": "train",
                         "vector.safetensors": "steering_vectors", "model.safetensors": "base_model"}
 
 
 def writer_of(path: str | Path) -> str | None:
-    """The rule that writes `path` (a results/ output of the study), or None for anything else."""
+    """The rule that writes `path` (a results/ output of the study), or None for anything else: an unreadable
+    file's error names the rule to rerun instead of surfacing a parser's traceback."""
     path = Path(path)
     parts = path.parts
     if "results" in parts:
         rel = "/".join(parts[len(parts) - parts[::-1].index("results"):])
-        for pattern, rule in _WRITERS:
+        for pattern, rule in writers():  # the stage table's `writes`, the most specific first
             if pattern.endswith("/") and rel.startswith(pattern):
                 return rule
             if not pattern.endswith("/") and Path(rel).match(pattern):

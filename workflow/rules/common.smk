@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 from phaseflip.config import ConfigError, load_study_config, resolve_dtypes, stage_sections
+from phaseflip.dag import STAGES as DAG_STAGES
 from phaseflip.interventions.steering import vector_file, vector_sets
 from phaseflip.interventions.train import grid
 

@@ -1,7 +1,7 @@
 rule forecast:
     input:
-        metrics=expand("results/runs/{run_id}/metrics.csv", run_id=RUN_IDS),
-        scenarios=expand("results/runs/{run_id}/scenarios.csv", run_id=RUN_IDS),  # read beside metrics.csv
+        metrics=expand("results/runs/{run_id}/metrics.csv", run_id=RUN_IDS),  # each run folder, read by --run-dirs
+        scenarios=expand("results/runs/{run_id}/scenarios.csv", run_id=RUN_IDS),
         info=expand("results/runs/{run_id}/run.json", run_id=RUN_IDS),
     output:
         transitions="results/forecast/transitions.csv",
@@ -18,7 +18,7 @@ rule forecast:
     benchmark:
         "results/benchmarks/forecast.tsv"
     shell:
-        "python -m phaseflip.cli forecast --params {params.cfg:q} --metrics {input.metrics} --run-dirs {params.run_dirs} "
+        "python -m phaseflip.cli forecast --params {params.cfg:q} --run-dirs {params.run_dirs} "
         "--out {params.out} > {log} 2>&1"
 
 

@@ -31,16 +31,16 @@ import numpy as np
 import pandas as pd
 
 from phaseflip.config import ForecastConfig
+from phaseflip.data import IN_DISTRIBUTION
 from phaseflip.forecast.methods import METHODS, Context, RunData
 from phaseflip.forecast.scores import score_forecasts
-from phaseflip.stats.change_points import change_point
+from phaseflip.stats.change_points import best_change_point
 from phaseflip.stats.t50 import confirmed_flip, fit_t50
 
-FAMILY = "in_distribution"
 EPS = 1e-3
 
 
-def curve(metrics: pd.DataFrame, metric: str, family: str = FAMILY) -> pd.DataFrame:
+def curve(metrics: pd.DataFrame, metric: str, family: str = IN_DISTRIBUTION) -> pd.DataFrame:
     sel = metrics[(metrics.metric == metric) & (metrics.family == family)]
     return sel.sort_values("step")[["step", "value", "lo", "hi"]].reset_index(drop=True)
 
@@ -64,7 +64,7 @@ def level_at(metrics: pd.DataFrame, metric: str, step: float) -> float | None:
     return float(np.interp(step, c.step.to_numpy(float), c.value.to_numpy(float)))
 
 
-def behavior_counts(scenarios: pd.DataFrame, family: str = FAMILY) -> pd.DataFrame:
+def behavior_counts(scenarios: pd.DataFrame, family: str = IN_DISTRIBUTION) -> pd.DataFrame:
     """Per (step, scenario) behavior counts of one family: the transition fit's input."""
     sel = scenarios[(scenarios.family == family) & (scenarios.n > 0)]
     return sel.rename(columns={"behavior_k": "k"})[["step", "scenario_id", "k", "n"]]
@@ -81,7 +81,7 @@ def detect(run_id: str, metrics: pd.DataFrame, scenarios: pd.DataFrame, train_lo
     dis = metrics[(metrics.metric == "dissimilarity") & (metrics.family == "all")].sort_values("step")
     grad_peak = int(train_log.step[train_log.grad_norm.idxmax()]) if len(train_log) else None
     dis_peak = int(dis.step[dis.value.idxmax()]) if len(dis) else None
-    cp = change_point(cont.step.to_numpy(), cont.value.to_numpy())
+    cp = best_change_point(cont.step.to_numpy(), cont.value.to_numpy())
 
     def lag(step: int | None) -> float | None:
         return None if t50 is None or step is None else round(t50 - step, 3)
@@ -105,9 +105,9 @@ def detect(run_id: str, metrics: pd.DataFrame, scenarios: pd.DataFrame, train_lo
 def run_data(run_id: str, metrics: pd.DataFrame, scenarios: pd.DataFrame, train_log: pd.DataFrame,
              info: dict[str, Any], metric: str, transition: dict[str, Any] | None = None) -> RunData:
     """A run's in-distribution tables as the forecast methods read them. The per-step metric is the mean
-    over scenarios of scenarios.csv; without it (pre-#14 studies) metrics.csv's value, and the counts
+    over scenarios of scenarios.csv; without it (older studies) metrics.csv's value, and the counts
     are the rate times its n."""
-    sel = scenarios[(scenarios.family == FAMILY) & (scenarios.n > 0)] if len(scenarios) else scenarios
+    sel = scenarios[(scenarios.family == IN_DISTRIBUTION) & (scenarios.n > 0)] if len(scenarios) else scenarios
     cont = curve(metrics, metric).set_index("step").value
     if len(sel):
         sc = sel.assign(x=sel[metric] if metric in sel else np.nan).rename(columns={"behavior_k": "k"})
@@ -116,7 +116,7 @@ def run_data(run_id: str, metrics: pd.DataFrame, scenarios: pd.DataFrame, train_
         per_step["x"] = per_step.x.fillna(per_step.step.map(cont))  # no reference pairs: metrics.csv's value
     else:
         sc = pd.DataFrame(columns=["step", "scenario_id", "x", "k", "n"])
-        rate = metrics[(metrics.metric == "behavior_rate") & (metrics.family == FAMILY)].set_index("step")
+        rate = metrics[(metrics.metric == "behavior_rate") & (metrics.family == IN_DISTRIBUTION)].set_index("step")
         n = rate.n if "n" in rate else pd.Series(1.0, index=rate.index)
         per_step = pd.DataFrame({"step": cont.index, "x": cont.to_numpy(float)}).assign(
             n=lambda d: d.step.map(n).fillna(0).to_numpy(float),

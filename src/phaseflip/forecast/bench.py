@@ -43,13 +43,14 @@ import pandas as pd
 
 from phaseflip.config import BenchGenerator, ForecastConfig
 from phaseflip.forecast.analysis import forecast_run
-from phaseflip.forecast.bench_model import SimModel, fit_model, load_study
+from phaseflip.forecast.bench_model import SimModel, fit_model
 from phaseflip.forecast.methods import RunData
 from phaseflip.forecast.scores import INTERVALS, format_summary, score_forecasts, score_table, summary_row
 from phaseflip.io import write_csv, write_json
+from phaseflip.run_folder import evaluated_runs
 from phaseflip.stats.t50 import fit_t50
 
-__all__ = ["SimModel", "fit_model", "load_study", "simulate_study", "run_bench", "main"]
+__all__ = ["SimModel", "fit_model", "simulate_study", "run_bench", "main"]
 
 
 def _logistic(z: np.ndarray) -> np.ndarray:
@@ -280,7 +281,7 @@ def calibration(rows: pd.DataFrame) -> pd.DataFrame:
 
 def write_bench(rows: pd.DataFrame, model: SimModel, cfg: ForecastConfig, out: Path, seconds: float
                 ) -> pd.DataFrame:
-    from phaseflip.report.figures import pit_figure
+    from phaseflip.forecast.pit import pit_figure
 
     quality, summary = bench_tables(rows, cfg, model.max_steps, cfg.bench.seed)
     write_csv(out / "bench_forecasts.csv", rows)
@@ -299,7 +300,7 @@ def bench(run_dirs: list[Path], cfg: ForecastConfig, out: Path, n_runs: int | No
     """Fit the model to the study's runs (defaults when none), simulate every generator, forecast, score,
     write; returns the per-generator summary."""
     started = time.time()
-    model = fit_model(load_study(run_dirs), cfg)
+    model = fit_model(evaluated_runs(run_dirs), cfg)
     rows = run_bench(model, cfg, n_runs, seed, processes)
     summary = write_bench(rows, model, cfg, out, time.time() - started)
     print(f"forecast bench: {rows.run_id.nunique()} simulated runs ({model.source}) in "

@@ -5,7 +5,7 @@ crosses near step 12); `fit_model` replaces each one the study can estimate and 
 `fitted`:
 
 - schedule, max_steps, number of in-distribution scenarios, sample sizes (near the threshold and away):
-  read off scenarios.csv (metrics.csv for the schedule of pre-#14 studies);
+  read off scenarios.csv (metrics.csv for the schedule of studies written before per-scenario counts existed);
 - the per-scenario link `logistic(a + b x)`: a binomial GLM (statsmodels) on every checkpoint of every
   run (per step from metrics.csv when there is no scenarios.csv);
 - the trajectory on the link scale, `x(step) - x(0) = v step^p`, per non-control run (scipy curve_fit);
@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,11 +30,12 @@ import statsmodels.api as sm
 from scipy.optimize import curve_fit
 
 from phaseflip.config import ForecastConfig
-from phaseflip.forecast.methods import BOUNDED, FAMILY, fit_link
-from phaseflip.io import read_csv, read_json
+from phaseflip.data import IN_DISTRIBUTION
+from phaseflip.forecast.methods import BOUNDED, fit_link
+from phaseflip.run_folder import RunRecord
 from phaseflip.stats.t50 import fit_t50
 
-Study = list[tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]]
+Study = list[RunRecord]  # run_folder.evaluated_runs of the study's run folders
 
 
 @dataclass
@@ -74,19 +74,6 @@ class SimModel:
     fitted: list[str] = field(default_factory=list)
 
 
-def load_study(run_dirs: list[Path]) -> Study:
-    """(run_id, metrics, scenarios (empty if absent), train_log, info) of each finished run."""
-    runs = []
-    for d in run_dirs:
-        if not (d / "metrics.csv").exists():
-            continue
-        sc = read_csv(d / "scenarios.csv") if (d / "scenarios.csv").exists() else pd.DataFrame()
-        log = read_csv(d / "train_log.csv") if (d / "train_log.csv").exists() else pd.DataFrame()
-        info = read_json(d / "run.json")
-        runs.append((info["run_id"], read_csv(d / "metrics.csv"), sc, log, info))
-    return runs
-
-
 def _scale(x: np.ndarray, bounded: bool) -> np.ndarray:
     if not bounded:
         return x
@@ -107,10 +94,11 @@ def fit_model(study: Study, cfg: ForecastConfig) -> SimModel:
     if not study:
         return m
     m.source, fitted = f"fitted to {len(study)} runs", m.fitted
-    ids = [(rid, sc[sc.family == FAMILY] if len(sc) else sc, met, log, info) for rid, met, sc, log, info in study]
+    ids = [(rid, sc[sc.family == IN_DISTRIBUTION] if len(sc) else sc, met, log, info)
+           for rid, met, sc, log, info in study]
     with_sc = [t for t in ids if len(t[1])]
     steps = sorted({int(s) for _, sc, met, _, _ in ids
-                    for s in (sc.step if len(sc) else met[met.family == FAMILY].step)})
+                    for s in (sc.step if len(sc) else met[met.family == IN_DISTRIBUTION].step)})
     m.steps, m.max_steps = steps, max(steps)
     m.design = [(rid, float(info.get("lr") or m.lr_ref), bool(info.get("control", False))) for rid, *_, info in study]
     fitted += ["steps", "max_steps", "design"]
@@ -126,7 +114,8 @@ def fit_model(study: Study, cfg: ForecastConfig) -> SimModel:
                         all_sc.n.to_numpy(float))
         fitted += ["n_scenarios", "n_near", "n_far"]
     else:
-        rows = [met[(met.family == FAMILY) & met.metric.isin([metric, "behavior_rate"])] for _, _, met, _, _ in ids]
+        rows = [met[(met.family == IN_DISTRIBUTION) & met.metric.isin([metric, "behavior_rate"])]
+                for _, _, met, _, _ in ids]
         wide = pd.concat(rows).pivot_table(index=["run_id", "step"], columns="metric", values="value").dropna()
         link = fit_link(_scale(wide[metric].to_numpy(float), m.bounded),
                         (wide.behavior_rate * 40).round().to_numpy(float), np.full(len(wide), 40.0))
@@ -141,7 +130,7 @@ def _run_curve(m: SimModel, sc: pd.DataFrame, met: pd.DataFrame) -> pd.DataFrame
     """Per step: y (mean of the metric on the link scale) and, with scenarios, the per-scenario table."""
     if len(sc):
         return sc.assign(y=_scale(sc[m.metric].to_numpy(float), m.bounded)).dropna(subset=["y"])
-    c = met[(met.family == FAMILY) & (met.metric == m.metric)]
+    c = met[(met.family == IN_DISTRIBUTION) & (met.metric == m.metric)]
     return pd.DataFrame({"step": c.step, "scenario_id": "all", "y": _scale(c.value.to_numpy(float), m.bounded)})
 
 

@@ -45,11 +45,10 @@ import statsmodels.api as sm
 
 from phaseflip.stats.change_points import penalised_change_point
 
-FAMILY = "in_distribution"
 # One success and one failure in all, spread over the rows in proportion to their replies: keeps the link
 # finite when the other runs' checkpoints separate perfectly by the metric, with a negligible pull (a
 # fixed count per row would pull every 4-reply scenario row 12% towards 0.5 and flatten the slope).
-PSEUDO_COUNT = 1.0
+LINK_PRIOR_COUNT = 1.0
 POWER_EXPONENTS = np.array([0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0])
 BOUNDED = {"p_preferred", "forced_choice"}  # metrics in (0, 1): the logistic form applies to them
 EPS = 1e-3
@@ -69,7 +68,7 @@ class RunData:
     """One run's in-distribution data as the methods see it.
 
     scenarios: step, scenario_id, x (the continuous metric; NaN where a scenario has no reference pair),
-    k, n. Empty when the run has no per-scenario table (pre-#14 studies): `curve` then comes from
+    k, n. Empty when the run has no per-scenario table (older studies): `curve` then comes from
     metrics.csv. curve: step, x (mean over scenarios), k, n (sums). train_log: step, grad_norm.
     A finished run (another configuration's, in a `Context`) carries its t50 and level at the flip; the
     run being forecast is only ever seen through `prefix(origin)`, which has neither (`origin` set)."""
@@ -126,7 +125,7 @@ def fit_link(x: np.ndarray, k: np.ndarray, n: np.ndarray) -> Link | None:
     keep = np.isfinite(x) & (n > 0)
     if keep.sum() < 3 or np.ptp(x[keep]) == 0:
         return None
-    prior = PSEUDO_COUNT * n[keep] / n[keep].sum()
+    prior = LINK_PRIOR_COUNT * n[keep] / n[keep].sum()
     y = np.column_stack([k[keep] + prior, n[keep] - k[keep] + prior])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -440,7 +439,7 @@ def grad_norm_peak(run: RunData, origin: float, ctx: Context) -> Forecast:
     return Forecast(np.array([peak]))
 
 
-def change_point(run: RunData, origin: float, ctx: Context) -> Forecast:
+def change_point_forecast(run: RunData, origin: float, ctx: Context) -> Forecast:
     """Baseline: a significant change point of the metric in the prefix is the flip (a point)."""
     cp = penalised_change_point(run.curve.step.to_numpy(float), run.curve.x.to_numpy(float))
     return none("no change point in the prefix") if cp is None else Forecast(np.array([float(cp)]))
@@ -448,6 +447,7 @@ def change_point(run: RunData, origin: float, ctx: Context) -> Forecast:
 
 METHODS: dict[str, Callable[[RunData, float, Context], Forecast]] = {
     "pooled_link": pooled_link, "per_scenario": per_scenario, "lr_scaling": lr_scaling,
-    "linear": linear, "climatology": climatology, "grad_norm_peak": grad_norm_peak, "change_point": change_point,
+    "linear": linear, "climatology": climatology, "grad_norm_peak": grad_norm_peak,
+    "change_point": change_point_forecast,
 }
 REFERENCES = ("linear", "climatology")  # the primary's skill is measured against both

@@ -22,6 +22,11 @@ from phaseflip.measure.evaluator import Evaluator, Row, best_step
 from phaseflip.model.scoring import render_prompt
 
 
+def resolve_ks(ks: list[int | str], n_corrections: int) -> list[int]:
+    """The configured ks as shot counts, sorted, each once."""
+    return sorted({resolve_k(k, n_corrections) for k in ks})
+
+
 def resolve_k(k: int | str, n_corrections: int) -> int:
     """The number of shots for a configured k ("all" = every correction)."""
     if k == "all":
@@ -31,7 +36,7 @@ def resolve_k(k: int | str, n_corrections: int) -> int:
     return k
 
 
-def choose_shots(corrections: list[Example], k: int, seed: int) -> list[Example]:
+def icl_shots(corrections: list[Example], k: int, seed: int) -> list[Example]:
     """The first k of one seeded order of the corrections (nested across k)."""
     if k > len(corrections):
         raise ValueError(f"icl k={k} exceeds the {len(corrections)} corrections available")
@@ -66,7 +71,7 @@ def evaluate_icl(evaluator: Evaluator, model: PreTrainedModel, tokenizer: PreTra
     shots_used: dict[int, list[str]] = {}
     prompt_fns: dict[int, Callable[[Example], str]] = {}
     for k in [k for k in ks if k > 0]:
-        shots = choose_shots(corrections, k, seed)
+        shots = icl_shots(corrections, k, seed)
         shots_used[k] = [s.id for s in shots]
         prompt_fns[k] = partial(icl_prompt, tokenizer, shots)
         evaluator.previous = None
@@ -79,3 +84,14 @@ def evaluate_icl(evaluator: Evaluator, model: PreTrainedModel, tokenizer: PreTra
         rows += [dict(r, k=best) for r in evaluator.evaluate(model, step=0, prompt_fn=prompt_fns[best],
                                                              retention=False, sample="all")]
     return rows, shots_used
+
+
+def icl_table(evaluator: Evaluator, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+              corrections: list[Example], ks: list[int], seed: int,
+              base_rows: list[Row]) -> tuple[list[Row], dict[int, list[str]]]:
+    """The stage's rows and shots for every k. k=0 is the base model: its rows are `base_rows` (the
+    evaluate_base job's) tagged k=0, not recomputed; retention prompts carry no shots, so retention_kl is
+    0 by construction."""
+    rows: list[Row] = [dict(r, k=0) for r in base_rows] if 0 in ks else []
+    icl_rows, shots_used = evaluate_icl(evaluator, model, tokenizer, corrections, ks, seed)
+    return rows + icl_rows, {0: [], **shots_used}

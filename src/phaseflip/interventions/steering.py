@@ -37,17 +37,16 @@ from steering_vectors import SteeringVector, train_steering_vector
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from phaseflip.config import ScreenConfig, SteeringConfig, SteeringVectorConfig
-from phaseflip.data import Example
+from phaseflip.config import ModelConfig, ScreenConfig, SteeringConfig, SteeringVectorConfig
+from phaseflip.data import IN_DISTRIBUTION, Example
+from phaseflip.dtype_choice import DTYPES, DtypeChoice, choose_dtype, resolve_dtype
 from phaseflip.interventions.multiplier_search import search_layer
 from phaseflip.io import DataError, atomic_path, read_safetensors_with_metadata
-from phaseflip.measure.evaluator import Evaluator, Row
+from phaseflip.measure.evaluator import Evaluator, Row, SteeringReference
 from phaseflip.model.architecture import FAST, Architecture, announce, numbered_modules
 from phaseflip.model.scoring import continued, pad_batch, prompt_of, reply_suffix, token_logprobs
 from phaseflip.stats.divergences import kl_divergence
 from phaseflip.stats.intervals import wilson_interval
-
-ID = "in_distribution"
 
 
 def training_pairs(tokenizer: PreTrainedTokenizerBase, examples: list[Example]) -> list[tuple[str, str]]:
@@ -156,6 +155,18 @@ def vector_for_layer(path: str | Path, layer: int) -> torch.Tensor:
     if layer not in vector.layer_activations:
         raise DataError(f"{path}: no vector for layer {layer} (has {sorted(vector.layer_activations)})")
     return vector.layer_activations[layer]
+
+
+def reference_layer(cfg: SteeringVectorConfig, n_layers: int) -> int:
+    """The layer whose real-corrections vector is the reference direction of `steering_cosine`: the middle
+    of the steered layers."""
+    layers = sweep_layers(cfg, n_layers)
+    return layers[len(layers) // 2]
+
+
+def steering_reference(vector_path: str | Path, cfg: SteeringVectorConfig, n_layers: int) -> SteeringReference:
+    layer = reference_layer(cfg, n_layers)
+    return SteeringReference(layer, vector_for_layer(vector_path, layer))
 
 
 # --- The screen: every (training set, layer, multiplier) on the pairwise metrics, without sampling ---
@@ -376,9 +387,10 @@ def screen(model: PreTrainedModel, tok: PreTrainedTokenizerBase, vectors: Mappin
     embedding transformed before block 0) or that check fails, every setting is scored the generic way,
     steering the whole model; the table's `screen_path` says which, and the stage log says why.
     """
-    chosen = [ex for ex in scenarios if ex.family == ID and ex.preferred and ex.rejected][:max_scenarios]
+    chosen = [ex for ex in scenarios if ex.family == IN_DISTRIBUTION and ex.preferred and ex.rejected][:max_scenarios]
     if not chosen:
-        raise DataError(f"steering screen: no {ID} eval scenario has both a preferred and a rejected reply")
+        raise DataError(f"steering screen: no {IN_DISTRIBUTION} eval scenario has both a preferred and a rejected "
+                        "reply")
     if not retention:
         raise DataError("steering screen: no retention prompts (retention_kl is the screen's bound)")
     work: Any = model if next(model.parameters()).dtype == dtype else copy.deepcopy(model).to(dtype)  # type: ignore[arg-type]
@@ -455,11 +467,11 @@ def screen_rows(table: pd.DataFrame) -> list[Row]:
         key = {"step": 0, "training_set": r["training_set"], "layer": r["layer"], "multiplier": r["multiplier"],
                "max_retention_kl": r["max_retention_kl"]}
         for metric in ("margin", "p_preferred", "forced_choice"):
-            rows.append({**key, "family": ID, "metric": f"screen_{metric}", "value": r[metric],
+            rows.append({**key, "family": IN_DISTRIBUTION, "metric": f"screen_{metric}", "value": r[metric],
                          "lo": r[f"{metric}_lo"], "hi": r[f"{metric}_hi"], "n": r["n"]})
         rows.append({**key, "family": "all", "metric": "screen_retention_kl", "value": r["retention_kl"],
                      "lo": math.nan, "hi": math.nan, "n": r["n_retention"]})
-        rows.append({**key, "family": ID, "metric": "screen_rank", "value": r["rank"], "lo": math.nan,
+        rows.append({**key, "family": IN_DISTRIBUTION, "metric": "screen_rank", "value": r["rank"], "lo": math.nan,
                      "hi": math.nan, "n": r["n"]})
     return rows
 
@@ -469,12 +481,10 @@ def screen_and_evaluate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, ve
     """The stage: the screen over every (training set, layer, multiplier), the pre-registered selection, then
     the full evaluation of the selected settings. Returns the screen table (empty when no in-distribution
     scenario has a reference pair to screen on), the metric rows, and the seconds of each part."""
-    from phaseflip.dtype_choice import DTYPES, resolve_dtype
-
     # the stage resolves `auto` (and an allowed emulated bfloat16) before; a caller may leave it to here
     screen_dtype = DTYPES.get(cfg.screen.dtype) or resolve_dtype(cfg.screen.dtype, model.device)
     scenarios, started = evaluator.scenarios, time.time()
-    if not any(ex.family == ID and ex.preferred and ex.rejected for ex in scenarios):
+    if not any(ex.family == IN_DISTRIBUTION and ex.preferred and ex.rejected for ex in scenarios):
         return pd.DataFrame({"training_set": []}), [], {"screen": 0.0, "full": 0.0}
     table = select(screen(model, tok, vectors, scenarios, evaluator.retention, cfg.multipliers,
                           screen_dtype, max_scenarios=cfg.screen.max_scenarios, search=cfg.screen.search,
@@ -487,3 +497,16 @@ def screen_and_evaluate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, ve
         rows += [dict(r, training_set=training_set)
                  for r in sweep(model, vectors[training_set], evaluator, cfg.multipliers, settings)]
     return table, rows, {"screen": screened, "full": time.time() - started - screened}
+
+
+def with_screen_dtype(cfg: SteeringConfig, model_cfg: ModelConfig,
+                      device: torch.device | str) -> tuple[SteeringConfig, DtypeChoice]:
+    """`cfg` with `steering.screen.dtype` resolved for `device` (auto, or refused where emulated), and the choice."""
+    choice = choose_dtype(cfg.screen.dtype, device, model_cfg.allow_emulated_bfloat16, "steering.screen.dtype")
+    return cfg.model_copy(update={"screen": cfg.screen.model_copy(update={"dtype": choice.name})}), choice
+
+
+def steering_table(base_rows: list[Row], rows: list[Row]) -> list[Row]:
+    """The stage's metric rows: the base model as the setting (training set none, layer -1, multiplier 0),
+    then the screen's and the full evaluation's rows."""
+    return [dict(r, training_set="none", layer=-1, multiplier=0.0) for r in base_rows] + rows

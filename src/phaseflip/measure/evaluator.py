@@ -31,7 +31,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from phaseflip.config import EvalConfig
-from phaseflip.data import Example
+from phaseflip.data import IN_DISTRIBUTION, Example
 from phaseflip.measure.judge import Judge
 from phaseflip.model.scoring import ProbeResult, ReplyScores, Samples, probe, prompt_of, score_and_sample, text_logprobs
 from phaseflip.stats.divergences import cosine, js_divergence, kl_divergence
@@ -39,7 +39,6 @@ from phaseflip.stats.intervals import clustered_interval, wilson_interval
 
 Row = dict[str, Any]
 PromptFn = Callable[[Example], str]
-ID = "in_distribution"
 Sampled = Literal["in_distribution", "all"]
 # Round r of sampling draws with seed + ROUND_SEED * r, so rounds never repeat each other's draws.
 ROUND_SEED = 7919
@@ -100,9 +99,9 @@ class Evaluator:
         seen: dict[str, int] = defaultdict(int)
         keep = []
         for i, ex in enumerate(self.scenarios):
-            if ex.family == ID or seen[ex.family] < self.cfg.ood_subset_per_family:
+            if ex.family == IN_DISTRIBUTION or seen[ex.family] < self.cfg.ood_subset_per_family:
                 keep.append(i)
-                seen[ex.family] += ex.family != ID
+                seen[ex.family] += ex.family != IN_DISTRIBUTION
         return keep
 
     def _prompts(self, prompt_fn: PromptFn | None) -> list[str]:
@@ -126,7 +125,7 @@ class Evaluator:
         probed = self._score_pairs(model, prompts, step, scored, self._layers())
         self._counts[step] = Counts.empty(len(self.scenarios))
         families = self._families()
-        self._sample_adaptively(model, prompts, step, families[ID], _outside_band(self.cfg))
+        self._sample_adaptively(model, prompts, step, families[IN_DISTRIBUTION], _outside_band(self.cfg))
         if sample == "all" or self.cfg.ood_every_checkpoint:
             self._sample_ood(model, prompts, step)
         rows = self._aggregate(step)
@@ -162,7 +161,7 @@ class Evaluator:
 
     def _sample_ood(self, model: PreTrainedModel, prompts: list[str], step: int) -> None:
         for family, idx in self._families().items():
-            if family not in ("all", ID):
+            if family not in ("all", IN_DISTRIBUTION):
                 self._sample_adaptively(model, prompts, step, idx, _narrow_enough(self.cfg),
                                         cap=self.cfg.adaptive.ood_max_samples)
 
@@ -315,28 +314,27 @@ def _rate(step: int, family: str, metric: str, successes: list[int], trials: lis
 def best_step(rows: list[Row]) -> int | None:
     """The checkpoint (step > 0) with the highest in-distribution behavior_rate; ties: later step."""
     rates = [(r["value"], r["step"]) for r in rows
-             if r["metric"] == "behavior_rate" and r["family"] == ID and r["step"] > 0]
+             if r["metric"] == "behavior_rate" and r["family"] == IN_DISTRIBUTION and r["step"] > 0]
     return max(rates)[1] if rates else None
 
 
-def evaluate_run(evaluator: Evaluator, model: PreTrainedModel, run_dir: Path,
+def evaluate_run(evaluator: Evaluator, model: PreTrainedModel, found: list[tuple[int, Path]],
                  load_checkpoint: Callable[[Path], Any], base_rows: list[Row],
-                 base_scenarios: list[Row], other_families: bool = True) -> tuple[list[Row], list[Row]]:
+                 base_scenarios: list[Row], other_families: bool = True,
+                 label: str = "run") -> tuple[list[Row], list[Row]]:
     """Every checkpoint of a run (the base model's rows as step 0): metric rows and per-scenario rows.
 
     In-distribution replies are sampled at every checkpoint; the other families at the last checkpoint
     and, once all are seen, at the best one (Q5 compares those with the base model). A negative control
     (`other_families=False`) samples in-distribution only: no answer reads its other families, and
     they cost ~70 s per checkpoint on a CPU.
-    `load_checkpoint(folder)` puts a checkpoint's weights in `model` and returns a context manager.
+    `found` is the run's (step, checkpoint folder) list, in step order; `load_checkpoint(folder)` puts a
+    checkpoint's weights in `model` and returns a context manager.
     """
     from tqdm import tqdm
 
-    from phaseflip.interventions.train import checkpoints
-
-    found = checkpoints(run_dir)
     rows = list(base_rows)
-    for step, folder in tqdm(found, desc=f"evaluate {run_dir.name}", unit="ckpt"):
+    for step, folder in tqdm(found, desc=f"evaluate {label}", unit="ckpt"):
         with load_checkpoint(folder):
             last = step == found[-1][0]
             sample: Sampled = "all" if last and other_families else "in_distribution"

@@ -76,6 +76,11 @@ def vocab_for(cfg: DreamsConfig, vocab_path: str | None) -> dict[str, Any] | Non
     return load_vocab(vocab_path)
 
 
+def uses_model_writer(cfg: DreamsConfig) -> bool:
+    """Whether the model generator writes any dream (so the stage needs the base model)."""
+    return bool(split_k(cfg.k_per_correction, list(cfg.generators)).get("model"))
+
+
 def _ack_of(parent: Example, acks: list[str]) -> str | None:
     """The parent's own acknowledgment opener, so dreams keep its voice."""
     text = (parent.preferred or "").strip()

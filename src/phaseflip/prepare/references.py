@@ -55,7 +55,7 @@ class ModelReplier:
                         temperature=temperature, seed=seed)
 
 
-def choose_shots(corrections: list[Example], n: int, seed: int) -> list[Example]:
+def reference_shots(corrections: list[Example], n: int, seed: int) -> list[Example]:
     """`n` corrections (a seeded choice, in file order) shown before every scenario."""
     picked = sorted(random.Random(seed).sample(range(len(corrections)), min(n, len(corrections))))
     return [corrections[i] for i in picked]
@@ -65,7 +65,7 @@ def make_reference_pairs(evals: list[Example], corrections: list[Example], behav
                          replier: Replier, seed: int) -> tuple[list[Example], dict[str, Any]]:
     """The eval set with generated pairs where it had none, and the report of how they were made."""
     cfg = behavior.references
-    shots = choose_shots(corrections, cfg.n_shots, seed)
+    shots = reference_shots(corrections, cfg.n_shots, seed)
     needing = [e for e in evals if not (e.preferred and e.rejected)]
     found: dict[str, dict[str, str]] = {e.id: {} for e in needing}
     provenance: dict[str, dict[str, Any]] = {

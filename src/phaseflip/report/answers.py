@@ -12,7 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from phaseflip.report.figures import ID, pick
+from phaseflip.data import IN_DISTRIBUTION
+from phaseflip.report.figures import pick
 from phaseflip.stats.differences import Difference, rate_difference, seed_spread, seeds_per_arm
 
 # The smallest t50 difference (steps) the power statements are phrased for when the data give none.
@@ -47,8 +48,8 @@ def _last_rate(study: pd.DataFrame, run_id: str) -> str:
 def q1(study: pd.DataFrame, transitions: pd.DataFrame, best_ckpt: Any, max_steps: int, threshold: float,
        **_: Any) -> list[str]:
     L = ["", "## Q1 — How many corrections, at which learning rate, flip the behavior?", "",
-         f"`t50`: the step where the fitted {ID} behavior_rate crosses {threshold} (binomial GLM in step or "
-         "log-step, chosen by likelihood; 95% interval: bootstrap over scenarios, then samples). "
+         f"`t50`: the step where the fitted {IN_DISTRIBUTION} behavior_rate crosses {threshold} (binomial GLM in "
+         "step or log-step, chosen by likelihood; 95% interval: bootstrap over scenarios, then samples). "
          f"`t50 > {max_steps}`: not crossed by the last checkpoint (right-censored), not \"never\". Confirmed flip: "
          "the first checkpoint whose clustered 95% interval lies above the threshold. Lags: t50 minus the earlier "
          "signal's step (`phase_diagram.png`, `curves.png`).", "",
@@ -76,7 +77,7 @@ def q1(study: pd.DataFrame, transitions: pd.DataFrame, best_ckpt: Any, max_steps
     ns = sorted({str(n) for n in real.n_real})
     L.append(f"\nThis grid covers n_real in {{{', '.join(ns)}}}: zones of n_real without runs are not claimed.")
     if best_ckpt is not None:
-        L += ["", f"Best LoRA checkpoint (chosen on {ID}, among those evaluated on every family): "
+        L += ["", f"Best LoRA checkpoint (chosen on {IN_DISTRIBUTION}, among those evaluated on every family): "
                   f"`{best_ckpt.run_id}` step {int(best_ckpt.step)}, behavior_rate "
                   f"{fmt(best_ckpt.value, best_ckpt.lo, best_ckpt.hi)}."]
     return L
@@ -200,7 +201,7 @@ def q5(study: pd.DataFrame, best_ckpt: Any, comp: pd.DataFrame, base: pd.DataFra
     at_best = study[(study.run_id == best_ckpt.run_id) & (study.step == best_ckpt.step)
                     & (study.metric == "p_preferred")]
     scen = at_best.set_index("family").n if "n" in at_best else pd.Series(dtype=float)  # scored scenarios
-    for family in sorted(lora.index, key=lambda f: (f != ID, f != "all", f)):
+    for family in sorted(lora.index, key=lambda f: (f != IN_DISTRIBUTION, f != "all", f)):
         if family not in base_rows.index:
             continue
         b, c = base_rows.loc[family], lora.loc[family]

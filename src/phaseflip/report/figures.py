@@ -10,28 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from phaseflip.data import IN_DISTRIBUTION
+from phaseflip.plotting import plt, savefig
 
-from phaseflip.io import atomic_path  # noqa: E402
-
-ID = "in_distribution"
 CURVE_METRICS = ["behavior_rate", "margin", "p_preferred", "forced_choice", "coherence", "heldout_loss",
                  "retention_kl", "retention_loss", "dissimilarity", "steering_cosine"]
 FAMILY_OF = {"retention_kl": "all", "retention_loss": "all", "dissimilarity": "all", "steering_cosine": "all"}
 
 
-def savefig(fig: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
-def pick(table: pd.DataFrame, metric: str, family: str = ID) -> pd.DataFrame:
+def pick(table: pd.DataFrame, metric: str, family: str = IN_DISTRIBUTION) -> pd.DataFrame:
     return table[(table.metric == metric) & (table.family == family)]
 
 
@@ -68,8 +58,8 @@ def curves_figure(study: pd.DataFrame, transitions: pd.DataFrame, forecasts: pd.
                                       marker="x", ms=7, color=color, capsize=2, lw=0.8)
         axes[0][col].axhline(threshold, color="grey", lw=0.8)
         axes[0][col].set_ylim(-0.02, 1.02)
-        axes[0][col].set_title(f"lr {lr:g}: behavior_rate ({ID})")
-        axes[1][col].set_title(f"lr {lr:g}: margin ({ID})")
+        axes[0][col].set_title(f"lr {lr:g}: behavior_rate ({IN_DISTRIBUTION})")
+        axes[1][col].set_title(f"lr {lr:g}: margin ({IN_DISTRIBUTION})")
         axes[1][col].axhline(0, color="grey", lw=0.8)
         axes[1][col].set_xlabel("training step")
         axes[0][col].legend(fontsize=7)
@@ -88,11 +78,11 @@ def all_metrics_figure(study: pd.DataFrame, path: Path) -> None:
     colors = _colors(sorted(study.lr.unique()))
     for ax, metric in zip(axes.flat, metrics, strict=False):
         for _, run in study.groupby("run_id"):
-            c = pick(run, metric, FAMILY_OF.get(metric, ID)).sort_values("step")
+            c = pick(run, metric, FAMILY_OF.get(metric, IN_DISTRIBUTION)).sort_values("step")
             control = bool(run.control.iloc[0])
             ax.plot(c.step, c.value, marker=".", color=colors[run.lr.iloc[0]], ls=":" if control else "-",
                     label=f"lr {run.lr.iloc[0]:g}" + (" control" if control else ""))
-        ax.set_title(f"{metric} ({FAMILY_OF.get(metric, ID)})", fontsize=9)
+        ax.set_title(f"{metric} ({FAMILY_OF.get(metric, IN_DISTRIBUTION)})", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
@@ -147,7 +137,7 @@ def dreams_figure(study: pd.DataFrame, path: Path) -> None:
                 label=f"{run_id} ({'real + dreams' if dreams else 'real only'})")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("training step")
-    ax.set_ylabel(f"behavior_rate ({ID})")
+    ax.set_ylabel(f"behavior_rate ({IN_DISTRIBUTION})")
     ax.set_title("Dreams vs real corrections")
     ax.legend(fontsize=7)
     savefig(fig, path)
@@ -155,7 +145,7 @@ def dreams_figure(study: pd.DataFrame, path: Path) -> None:
 
 def families_figure(comparison: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 3.8))
-    families = sorted(comparison.family.unique(), key=lambda f: (f != ID, f != "all", f))
+    families = sorted(comparison.family.unique(), key=lambda f: (f != IN_DISTRIBUTION, f != "all", f))
     setups = list(comparison.setup.unique())
     width = 0.8 / max(1, len(setups))
     for i, setup in enumerate(setups):
@@ -182,7 +172,7 @@ def steering_figure(steer: pd.DataFrame, path: Path) -> None:
     sets = sorted(screened.training_set.unique())
     fig, axes = plt.subplots(1, len(sets), figsize=(5.2 * len(sets), 6.5), squeeze=False)
     rank = steer[steer.metric == "screen_rank"]
-    rate = steer[(steer.metric == "behavior_rate") & (steer.family == ID) & (steer.layer >= 0)]
+    rate = steer[(steer.metric == "behavior_rate") & (steer.family == IN_DISTRIBUTION) & (steer.layer >= 0)]
     for ax, tset in zip(axes[0], sets, strict=True):
         grid = screened[screened.training_set == tset].pivot_table(index="layer", columns="multiplier", values="value")
         # Centred on 0.5 (no preference) and scaled to the screen's own spread: steering moves p_preferred
@@ -203,7 +193,7 @@ def steering_figure(steer: pd.DataFrame, path: Path) -> None:
                     fontsize=6)
         ax.set_xlabel("multiplier")
         ax.set_ylabel("layer")
-        ax.set_title(f"steering screen, {tset}: p_preferred ({ID})\nx: over the retention bound; "
+        ax.set_title(f"steering screen, {tset}: p_preferred ({IN_DISTRIBUTION})\nx: over the retention bound; "
                      "box: fully evaluated (behavior_rate); grey: not scored", fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.04)
     savefig(fig, path)
@@ -220,7 +210,7 @@ def _steering_lines(steer: pd.DataFrame, path: Path) -> None:
                     label=f"{tset}, layer {layer}")
         ax.set_xlabel("multiplier")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"steering: {metric} ({ID})")
+        ax.set_title(f"steering: {metric} ({IN_DISTRIBUTION})")
     axes[0].legend(fontsize=7)
     savefig(fig, path)
 
@@ -232,7 +222,7 @@ def icl_figure(icl: pd.DataFrame, path: Path) -> None:
         ax.plot(c.k, c.value, marker="o", label=metric)
     ax.set_xlabel("k real corrections in context")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"ICL baseline ({ID})")
+    ax.set_title(f"ICL baseline ({IN_DISTRIBUTION})")
     ax.legend(fontsize=7)
     savefig(fig, path)
 
@@ -277,25 +267,4 @@ def forecast_figure(forecasts: pd.DataFrame, max_steps: int, path: Path) -> None
         fig.legend(list(handles.values()), list(handles), fontsize=7, loc="outside lower center", ncol=4)
     fig.suptitle("Forecast fans: t50 forecast from each origin (median and 80% interval; top = beyond max_steps) "
                  "vs the measured t50", fontsize=9)
-    savefig(fig, path)
-
-
-def pit_figure(forecasts: pd.DataFrame, methods: list[str], path: Path, bins: int = 10) -> None:
-    """PIT histograms (randomised PIT of the censored target): one panel per generator (or one for a study)
-    x method; a calibrated forecaster's is flat at 1 (dashed)."""
-    made = forecasts[forecasts.forecast_made.astype(bool) & forecasts.pit.notna()] if len(forecasts) else forecasts
-    groups = list(dict.fromkeys(made.generator)) if "generator" in made and len(made) else ["study"]
-    fig, axes = plt.subplots(len(groups), len(methods), figsize=(3 * len(methods), 2.2 * len(groups)),
-                             squeeze=False, sharex=True, constrained_layout=True)
-    for r, group in enumerate(groups):
-        sel = made[made.generator == group] if "generator" in made else made
-        for c, method in enumerate(methods):
-            ax = axes[r][c]
-            pit = sel[sel.method == method].pit.to_numpy(float) if len(sel) else np.array([])
-            if len(pit):
-                ax.hist(pit, bins=bins, range=(0, 1), density=True, color="tab:blue", alpha=0.7)
-            ax.axhline(1, color="grey", ls="--", lw=0.8)
-            ax.set_title(f"{group}: {method} (n={len(pit)})", fontsize=7)
-            ax.tick_params(labelsize=6)
-    fig.suptitle("PIT of the t50 forecasts (censored at max_steps; origins pooled); flat = calibrated", fontsize=9)
     savefig(fig, path)

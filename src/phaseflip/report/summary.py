@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from phaseflip.dag import rule_of_job
+from phaseflip.data import IN_DISTRIBUTION
 from phaseflip.io import read_csv, read_json, write_csv, write_json, write_text
 from phaseflip.prepare import references
 from phaseflip.report import answers, figures
 from phaseflip.report.answers import fmt as _fmt
-from phaseflip.report.figures import ID, pick
+from phaseflip.report.figures import pick
 from phaseflip.stats.differences import rate_difference
 
 FIGURES = ["curves", "all_metrics", "phase_diagram", "dreams", "families", "steering", "icl", "forecast"]
@@ -85,7 +87,7 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
     dreams, data = read_json(dreams_report), read_json(data_report)
 
     write_csv(out / "study_metrics.csv", study)  # the combined tidy table: every run, step, family, metric
-    curves = study[(study.family == ID) & study.metric.isin(["behavior_rate", "p_preferred", "margin"])]
+    curves = study[(study.family == IN_DISTRIBUTION) & study.metric.isin(["behavior_rate", "p_preferred", "margin"])]
     wide = curves.pivot_table(index=["run_id", "step"], columns="metric", values="value").reset_index()
     # The `dvc plots` sources: one tidy file each, with a run_id column that dvc.yaml's template
     # (.dvc/plots/run_lines.json) draws one line per run from. DVC 3 rejects a folder as a plot source.
@@ -183,13 +185,14 @@ def _header(params: dict[str, Any], base: pd.DataFrame, data: dict[str, Any], th
     L = [f"# phaseflip report — study `{params['study']['name']}`", "",
          f"Model `{params['model']['name']}`, behavior `{params['behavior']['name']}`. "
          + (f"{model_line} " if model_line else "") + f"{_compute_words(params)} Flip threshold "
-         f"(pre-registered): {threshold} on the {ID} behavior_rate; the transition is `t50`, where the fitted rate "
-         f"crosses it (Q1). Data: "
+         f"(pre-registered): {threshold} on the {IN_DISTRIBUTION} behavior_rate; the transition is `t50`, where the "
+         f"fitted rate crosses it (Q1). Data: "
          f"{data['corrections']} corrections ({data['rejected_filled']} `rejected` filled from the base model), "
          f"{data['eval']} eval scenarios, {data['retention']} retention prompts; evaluation used up to "
          f"{per_family} scenarios per family. Sampling (temperature {params['eval']['temperature']}) is adaptive: "
          f"{params['eval']['n_samples']} replies per scenario, then {ad['samples_per_round']} more per round until "
-         f"the {ID} rate's interval lies outside [{ad['band'][0]}, {ad['band'][1]}] (at most {ad['max_samples']}); "
+         f"the {IN_DISTRIBUTION} rate's interval lies outside [{ad['band'][0]}, {ad['band'][1]}] "
+         f"(at most {ad['max_samples']}); "
          "other families at the base model and each run's last and best checkpoint, until the half-width is at "
          f"most {ad['ood_half_width']} (at most {ad['ood_max_samples']}); `n` in the tables is the replies sampled. "
          "Intervals: 95%, clustered over scenarios for rates (replies to one scenario are correlated; Wilson at "
@@ -198,7 +201,7 @@ def _header(params: dict[str, Any], base: pd.DataFrame, data: dict[str, Any], th
          references.summary_line(data.get("references")), "",
          "## Base model (step 0): base rate per family", "",
          "| family | behavior_rate | p_preferred | margin | coherence |", "|---|---|---|---|---|"]
-    for family in sorted(base.family.unique(), key=lambda f: (f != ID, f != "all", f)):
+    for family in sorted(base.family.unique(), key=lambda f: (f != IN_DISTRIBUTION, f != "all", f)):
         cells = [pick(base, m, family) for m in ["behavior_rate", "p_preferred", "margin", "coherence"]]
         L.append(f"| {family} | " + " | ".join(
             _fmt(c.value.iloc[0], c.lo.iloc[0], c.hi.iloc[0]) if len(c) else "n/a" for c in cells) + " |")
@@ -227,7 +230,7 @@ def _screen_lines(steer: pd.DataFrame) -> list[str]:
                 if len(settings) < n_grid else "")
     L = ["", f"Steering screen: {settings.training_set.nunique()} training sets x {settings.layer.nunique()} "
          f"layers x {settings.multiplier.nunique()} multipliers {sorted(settings.multiplier.unique().tolist())} "
-         f"= {n_grid} settings{searched}, each scored on {ID} margin, p_preferred and "
+         f"= {n_grid} settings{searched}, each scored on {IN_DISTRIBUTION} margin, p_preferred and "
          "forced_choice (no sampling) and on retention_kl; pre-registered criterion: the highest p_preferred "
          f"among settings with retention_kl <= {bound}. Best per training set:", ""]
     wide = screened.pivot_table(index=["training_set", "layer", "multiplier"], columns="metric",
@@ -256,10 +259,10 @@ def _screen_lines(steer: pd.DataFrame) -> list[str]:
 
 
 def _q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: Any, **_: Any) -> list[str]:
-    families = sorted(comp.family.unique(), key=lambda f: (f != ID, f != "all", f))
+    families = sorted(comp.family.unique(), key=lambda f: (f != IN_DISTRIBUTION, f != "all", f))
     L = ["", "## Q4 — Steering and in-context examples vs LoRA", "",
          f"behavior_rate per family (95% interval, clustered by scenario); each setup's best setting chosen on "
-         f"{ID} only, other families reported as found (no selection on them):", "",
+         f"{IN_DISTRIBUTION} only, other families reported as found (no selection on them):", "",
          "| setup | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
     for setup, grp in comp.groupby("setup", sort=False):
         cells = grp.set_index("family")
@@ -291,12 +294,12 @@ def _q4_answer(comp: pd.DataFrame) -> list[str]:
     """LoRA's best minus each training-free baseline's best, in-distribution, as a difference with its 95%
     interval (MOVER from the two clustered intervals): training is needed only where every difference is
     resolved above 0 (two overlapping intervals can still differ; this tests the difference itself)."""
-    lora = comp[comp.setup.str.startswith("LoRA") & (comp.family == ID)]
-    others = comp[~comp.setup.str.startswith("LoRA") & (comp.family == ID) & (comp.setup != "base model")]
+    lora = comp[comp.setup.str.startswith("LoRA") & (comp.family == IN_DISTRIBUTION)]
+    others = comp[~comp.setup.str.startswith("LoRA") & (comp.family == IN_DISTRIBUTION) & (comp.setup != "base model")]
     if lora.empty or others.empty:
         return []
     best = lora.iloc[0]
-    L = ["", f"LoRA's best minus each baseline's best ({ID} behavior_rate, 95% MOVER interval):", ""]
+    L = ["", f"LoRA's best minus each baseline's best ({IN_DISTRIBUTION} behavior_rate, 95% MOVER interval):", ""]
     diffs = []
     for o in others.itertuples():
         d = rate_difference((best.behavior_rate, best.lo, best.hi), (o.behavior_rate, o.lo, o.hi))
@@ -382,18 +385,10 @@ def _q6(forecasts: pd.DataFrame, quality: pd.DataFrame, transitions: pd.DataFram
     return L + _lr_scaling(transitions)
 
 
-def stage_of(job: str) -> str:
-    """`train_lr1e-03_nall_k0_s0` -> `train`: a benchmark file's job name without its grid point."""
-    for stage in ("evaluate_base", "steering_vectors", "train", "evaluate"):
-        if job == stage or job.startswith(stage + "_"):
-            return stage
-    return job
-
-
 def _costs(bench: pd.DataFrame, **_: Any) -> list[str]:
     if not len(bench):
         return []
-    per_stage = bench.assign(stage=bench.job.map(stage_of)).groupby("stage", sort=False).agg(
+    per_stage = bench.assign(stage=bench.job.map(rule_of_job)).groupby("stage", sort=False).agg(
         jobs=("s", "size"), s=("s", "sum"), max_rss=("max_rss", "max"))
     L = ["", "## Cost per stage", "", "| stage | jobs | wall s (summed over its jobs) | peak RSS MB |",
          "|---|---|---|---|"]

@@ -1,7 +1,7 @@
 """Change points of a checkpoint series (ruptures): where a run's metric shifts, as a transition baseline.
 
-Used by the transition analysis (forecast.py: each run's change point and its lag to t50) and by the
-change-point forecast baseline (forecast_methods.py), so it lives below both.
+Used by the transition analysis (`forecast.analysis`: each run's change point and its lag to t50) and by
+the change-point forecast baseline (`forecast.methods`), so it lives below both.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import ruptures as rpt
 
 
-def change_point(steps: np.ndarray, values: np.ndarray) -> int | None:
+def best_change_point(steps: np.ndarray, values: np.ndarray) -> int | None:
     """The single most likely change point of a series (ruptures, least-squares cost)."""
     if len(values) < 4:
         return None

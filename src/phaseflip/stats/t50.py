@@ -35,7 +35,7 @@ FORMS = {
 # Half a success and half a failure per checkpoint (a Jeffreys-style pseudo-count): keeps the fit finite
 # when the flip is so sharp that the checkpoints separate perfectly (all 0 before, all 1 after), where the
 # maximum-likelihood slope is infinite. Its pull on a checkpoint of n samples is 0.5 / n.
-PSEUDO_COUNT = 0.5
+CHECKPOINT_PSEUDO_COUNT = 0.5
 
 
 @dataclass
@@ -68,7 +68,7 @@ class T50:
 def _fit(steps: np.ndarray, k: np.ndarray, n: np.ndarray, form: str) -> tuple[float, float, float]:
     """(intercept, slope, log-likelihood) of a binomial GLM of k/n on the form's transform of step."""
     x = sm.add_constant(FORMS[form][0](steps), has_constant="add")
-    y = np.column_stack([k + PSEUDO_COUNT, n - k + PSEUDO_COUNT])
+    y = np.column_stack([k + CHECKPOINT_PSEUDO_COUNT, n - k + CHECKPOINT_PSEUDO_COUNT])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # near-separation warnings: the pseudo-count keeps the fit finite
         res = sm.GLM(y, x, family=sm.families.Binomial()).fit()

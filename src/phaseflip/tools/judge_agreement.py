@@ -83,7 +83,7 @@ def model_predictions(judge: ModelJudge, records: Sequence[Labeled]) -> list[boo
     return [v.behavior for v in verdicts]
 
 
-def format_table(name: str, result: dict[str, Any]) -> str:
+def agreement_table(name: str, result: dict[str, Any]) -> str:
     lines = [f"{name}: agreement {result['overall']['agreement']} on {result['overall']['n']} labeled replies"]
     header = f"  {'group':<28}{'n':>4}{'agree':>7}{'tp':>5}{'fp':>5}{'fn':>5}{'tn':>5}"
     lines.append(header)
@@ -101,7 +101,7 @@ def default_labels_path(judge_root: Path, eval_rel: str) -> Path:
 def _report(name: str, predict: Callable[[], list[bool]], records: list[Labeled], show: bool) -> dict[str, Any]:
     predicted = predict()
     result = agreement(predicted, records)
-    print(format_table(name, result))
+    print(agreement_table(name, result))
     if show:
         for p, r in zip(predicted, records, strict=True):
             if p != r.label:

@@ -110,7 +110,7 @@ def reference_trainer_loop(model: Any, tok: Any, examples: list[Example], lr: fl
 def baseline_figures(model_dir: Path, threads: int) -> dict[str, Any]:
     """Steering screen settings/s, ICL prompts/s with and without prefix reuse, static vs growing decode cache."""
     from phaseflip.dtype_choice import choose_dtype
-    from phaseflip.interventions.icl import choose_shots, icl_prompt
+    from phaseflip.interventions.icl import icl_prompt, icl_shots
     from phaseflip.interventions.steering import screen, train_vector
 
     seed_everything(0)
@@ -131,7 +131,7 @@ def baseline_figures(model_dir: Path, threads: int) -> dict[str, Any]:
     figures["steering_screen_settings"] = f"{len(table)} ({n_layers} layers x 2 multipliers)"
 
     # ICL at k=all, as the evaluator runs it (pair scores + n samples), with and without prefix reuse.
-    shots = choose_shots(corrections, len(corrections), 0)
+    shots = icl_shots(corrections, len(corrections), 0)
     prompts = [icl_prompt(tok, shots, ex) for ex in scenarios]
     replies = [[ex.preferred or "" for ex in scenarios], [ex.rejected or "" for ex in scenarios]]
     formats = [ex.prompt_format for ex in scenarios]

@@ -1,0 +1,25 @@
+"""Stage forecast: each run's transition (t50 with its interval), and fixed-origin forecasts of it from every
+checkpoint, scored (`forecast.analysis.analyse_study`, `forecast.scores.score_table`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from phaseflip.config import ForecastConfig, TrainConfig
+from phaseflip.forecast.analysis import analyse_study
+from phaseflip.forecast.scores import score_table
+from phaseflip.io import write_csv
+from phaseflip.run_folder import read_run
+
+
+def run(params: dict[str, Any], out: str, run_dirs: list[str]) -> None:
+    cfg = ForecastConfig.model_validate(params["forecast"])
+    max_steps = TrainConfig.model_validate(params["train"]).max_steps
+    transitions, forecasts = analyse_study([read_run(Path(d)) for d in run_dirs], cfg, max_steps)
+    write_csv(Path(out) / "transitions.csv", pd.DataFrame(transitions))
+    write_csv(Path(out) / "forecasts.csv", forecasts)
+    write_csv(Path(out) / "forecast_quality.csv", score_table(forecasts, seed=0))
+    print(f"forecast: {sum(t['flipped'] for t in transitions)} of {len(transitions)} runs flipped")
