@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers (_project, _architectures), every subfolder
 
 from phaseflip.config import StudyConfig, load_study_config
 from phaseflip.model import base_model

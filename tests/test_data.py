@@ -83,7 +83,7 @@ def test_subset_per_family_is_deterministic_first_n() -> None:
     assert [e.id for e in subset_per_family(exs, {"b": 1})] == ["0", "1", "2"]
 
 
-# §3 bad input: every error names the file, the line and the field.
+# docs/design.md §3 bad input: every error names the file, the line and the field.
 @pytest.mark.parametrize(
     ("line2", "needle"),
     [

@@ -212,7 +212,7 @@ def split_k(k: int, generators: list[str]) -> dict[str, int]:
 
 
 class ScreenConfig(Strict):
-    """The pre-registered steering screen criterion (§2): which settings get the full evaluation."""
+    """The pre-registered steering screen criterion (docs/design.md §2): which settings get the full evaluation."""
     # Per training set, this many settings get the full evaluation (sampling, OOD, retention, coherence).
     full_evaluations: int = Field(1, ge=0)
     # Eligible settings: retention_kl (KL(base || steered) on the retention prompts, nats) at most this.
@@ -370,7 +370,7 @@ class TrainConfig(TrainRecipe):
 
 
 class AdaptiveSampling(Strict):
-    """How many replies to sample per scenario (§7): in rounds, until the rate's interval answers.
+    """How many replies to sample per scenario (docs/design.md §7): in rounds, until the rate's interval answers.
 
     In-distribution (every checkpoint): stop once the rate's clustered 95% interval lies wholly below
     `band[0]` or above `band[1]`, i.e. the checkpoint is clearly before or after the flip; checkpoints

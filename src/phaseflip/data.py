@@ -1,4 +1,4 @@
-"""Behavior data (§3): read and validate corrections, eval scenarios and retention prompts.
+"""Behavior data (docs/design.md §3): read and validate corrections, eval scenarios and retention prompts.
 
 Every problem is reported with file, line and field, before anything downstream is written.
 

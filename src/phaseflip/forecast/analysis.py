@@ -1,4 +1,4 @@
-"""Stage forecast: locate each run's transition and forecast it from every checkpoint, as it would be used.
+"""The transition analysis: locate each run's transition and forecast it from every checkpoint, as it would be used.
 
 Transition: `t50`, the step where a binomial GLM of the in-distribution behavior counts crosses the
 pre-registered flip threshold, with a bootstrap interval over scenarios and samples, or right-censored

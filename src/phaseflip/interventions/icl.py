@@ -1,4 +1,4 @@
-"""Stage icl: k real corrections as prior turns in context (k in icl.ks), scored like a checkpoint.
+"""In-context learning: k real corrections as prior turns in context (k in icl.ks), scored like a checkpoint.
 
 Which k corrections are used is seeded and recorded: one seeded order of the corrections, and k shots
 are its first k (so the shots of a smaller k are among those of a larger one; "all" is every

@@ -13,7 +13,7 @@ layer and per sign of the multiplier, outward from 0 along the configured grid:
 
 Under those two shapes it returns the same per-layer best as the full sweep; where the real curves
 break them it may miss a setting, which is why `steering.screen.search: grid` stays available and
-the shipped study's full-grid table is kept as a test (`tests/test_multiplier_search.py`).
+the shipped study's full-grid table is kept as a test (`tests/interventions/test_multiplier_search.py`).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Stage steering: a contrastive steering vector (library `steering-vectors`) at every layer, screened
+"""Activation steering: a contrastive steering vector (library `steering-vectors`) at every layer, screened
 over a multiplier grid, then the best few settings scored with exactly the evaluation code of a LoRA
-checkpoint (§2, §6).
+checkpoint (docs/design.md §2, §6).
 
 The vector is mean(activation | prompt + preferred) - mean(activation | prompt + rejected) at the last
 token, per decoder block. Vectors are saved as safetensors with their metadata; never pickled.

@@ -1,4 +1,4 @@
-"""Stage train: one LoRA run of the grid (§5), with dense adapter checkpoints as safetensors.
+"""LoRA training: one run of the grid (docs/design.md §5), with dense adapter checkpoints as safetensors.
 
 Loss on reply tokens only; AdamW at a constant learning rate; per-step loss, gradient norm and
 learning rate in `train_log.csv`. A run that diverges (NaN or loss above `divergence_loss`) stops and

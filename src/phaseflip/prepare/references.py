@@ -1,4 +1,4 @@
-"""Reference replies for eval scenarios that have none (part of stage corrections; §6 needs them).
+"""Reference replies for eval scenarios that have none (part of stage corrections; docs/design.md §6 needs them).
 
 `margin`, `p_preferred`, `forced_choice` and `heldout_loss` score a preferred and a rejected reply per
 scenario. A behavior given as eval prompts alone gets them from the base model:

@@ -1,8 +1,9 @@
-"""The summary's measured answers (§8): Q1 (when does it flip), Q2 (sharp or smooth), Q3 (dreams), Q5 (beyond
-the training format), each with its interval and, where a question is not answered, what would answer it.
+"""The summary's six measured answers: Q1 (when does it flip), Q2 (sharp or smooth), Q3 (dreams), Q4 (steering
+and ICL vs LoRA), Q5 (beyond the training format), Q6 (can it be forecast), each with its interval and, where a
+question is not answered, what would answer it (design: docs/design.md §1, §8).
 
 Every number comes from the study's outputs (`transitions.csv`, the metric tables); nothing here is
-specific to one behavior. `report.build_report` calls these with its context.
+specific to one behavior. `report.summary.build_report` calls these with its context.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from phaseflip.data import IN_DISTRIBUTION
@@ -219,3 +221,180 @@ def q5(study: pd.DataFrame, best_ckpt: Any, comp: pd.DataFrame, base: pd.DataFra
             L.append(f"- {metric}: base {fmt(b.value.iloc[0], digits=3)} → best checkpoint "
                      f"{fmt(v.value.iloc[0], digits=3)}")
     return L
+
+
+def best_setting(table: pd.DataFrame, keys: list[str]) -> pd.Series | None:
+    """The setting with the highest in-distribution behavior_rate (ties: higher p_preferred)."""
+    rate = pick(table, "behavior_rate")
+    if rate.empty:
+        return None
+    pp = pick(table, "p_preferred")[keys + ["value"]].rename(columns={"value": "pp"})
+    ranked = rate.merge(pp, on=keys, how="left").sort_values(["value", "pp"], ascending=False)
+    return ranked.iloc[0]
+
+
+def _screen_lines(steer: pd.DataFrame) -> list[str]:
+    """What the steering screen covered and its best setting per training set (its own rates)."""
+    screened = steer[steer.metric.astype(str).str.startswith("screen_")]
+    if screened.empty:
+        return []
+    bound = fmt(float(screened.max_retention_kl.iloc[0])) if "max_retention_kl" in screened else "n/a"
+    settings = screened[["training_set", "layer", "multiplier"]].drop_duplicates()
+    n_grid = settings.training_set.nunique() * settings.layer.nunique() * settings.multiplier.nunique()
+    searched = (f"; the bracketing search scored {len(settings)} of them, every layer"
+                if len(settings) < n_grid else "")
+    L = ["", f"Steering screen: {settings.training_set.nunique()} training sets x {settings.layer.nunique()} "
+         f"layers x {settings.multiplier.nunique()} multipliers {sorted(settings.multiplier.unique().tolist())} "
+         f"= {n_grid} settings{searched}, each scored on {IN_DISTRIBUTION} margin, p_preferred and "
+         "forced_choice (no sampling) and on retention_kl; pre-registered criterion: the highest p_preferred "
+         f"among settings with retention_kl <= {bound}. Best per training set:", ""]
+    wide = screened.pivot_table(index=["training_set", "layer", "multiplier"], columns="metric",
+                                values=["value", "lo", "hi"], dropna=False)
+    for tset in sorted(settings.training_set.unique()):
+        sub = wide.loc[tset]
+        eligible = sub[sub[("value", "screen_rank")].notna()]
+        if eligible.empty:
+            L.append(f"- {tset}: no setting stays under the retention bound.")
+            continue
+        (layer, mult) = eligible[("value", "screen_rank")].idxmin()
+        r = sub.loc[(layer, mult)]
+
+        def cell(metric: str, r: Any = r) -> str:
+            return fmt(r[("value", metric)], r[("lo", metric)], r[("hi", metric)])
+
+        L.append(f"- {tset}: layer {int(layer)} x{mult:g}: p_preferred {cell('screen_p_preferred')}, "
+                 f"forced_choice {cell('screen_forced_choice')}, retention_kl "
+                 f"{fmt(r[('value', 'screen_retention_kl')])} "
+                 f"({len(eligible)} of {len(sub)} settings under the bound)")
+    base_pp = pick(steer[steer.layer == -1], "p_preferred")
+    if len(base_pp):
+        b = base_pp.iloc[0]
+        L.append(f"- base model (no steering): p_preferred {fmt(b.value, b.lo, b.hi)}")
+    return L
+
+
+def q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: Any, **_: Any) -> list[str]:
+    families = sorted(comp.family.unique(), key=lambda f: (f != IN_DISTRIBUTION, f != "all", f))
+    L = ["", "## Q4 — Steering and in-context examples vs LoRA", "",
+         f"behavior_rate per family (95% interval, clustered by scenario); each setup's best setting chosen on "
+         f"{IN_DISTRIBUTION} only, other families reported as found (no selection on them):", "",
+         "| setup | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+    for setup, grp in comp.groupby("setup", sort=False):
+        cells = grp.set_index("family")
+        L.append(f"| {setup} | " + " | ".join(
+            fmt(cells.behavior_rate[f], cells.lo[f], cells.hi[f]) if f in cells.index else "n/a" for f in families)
+            + " |")
+    L += _screen_lines(steer)
+    swept = steer[steer.layer >= 0]
+    if len(pick(swept, "behavior_rate")):
+        L += ["", "Steering, fully evaluated settings, best per training set (on in_distribution):", ""]
+        for tset, grp in swept.groupby("training_set"):
+            b = best_setting(grp, ["layer", "multiplier"])
+            if b is not None:
+                coh = pick(grp[(grp.layer == b.layer) & (grp.multiplier == b.multiplier)], "coherence")
+                L.append(f"- {tset}: layer {int(b.layer)} x{b.multiplier:g}: behavior_rate {fmt(b.value, b.lo, b.hi)}"
+                         f", coherence {fmt(coh.value.iloc[0]) if len(coh) else 'n/a'} "
+                         f"({pick(grp, 'behavior_rate')[['layer', 'multiplier']].drop_duplicates().shape[0]} "
+                         "fully evaluated)")
+    rates = pick(icl, "behavior_rate").sort_values("k")
+    if len(rates):
+        L += ["", "ICL behavior_rate by k: " + ", ".join(
+            f"k={int(k)}: {fmt(v, lo, hi)}" for k, v, lo, hi in zip(rates.k, rates.value, rates.lo, rates.hi,
+                                                                    strict=True)) + "."]
+    L += _q4_answer(comp)
+    return L
+
+
+def _q4_answer(comp: pd.DataFrame) -> list[str]:
+    """LoRA's best minus each training-free baseline's best, in-distribution, as a difference with its 95%
+    interval (MOVER from the two clustered intervals): training is needed only where every difference is
+    resolved above 0 (two overlapping intervals can still differ; this tests the difference itself)."""
+    lora = comp[comp.setup.str.startswith("LoRA") & (comp.family == IN_DISTRIBUTION)]
+    others = comp[~comp.setup.str.startswith("LoRA") & (comp.family == IN_DISTRIBUTION) & (comp.setup != "base model")]
+    if lora.empty or others.empty:
+        return []
+    best = lora.iloc[0]
+    L = ["", f"LoRA's best minus each baseline's best ({IN_DISTRIBUTION} behavior_rate, 95% MOVER interval):", ""]
+    diffs = []
+    for o in others.itertuples():
+        d = rate_difference((best.behavior_rate, best.lo, best.hi), (o.behavior_rate, o.lo, o.hi))
+        diffs.append(d)
+        L.append(f"- vs {o.setup}: {fmt(d.value, d.lo, d.hi)}")
+    if all(d.lo > 0 for d in diffs):
+        L.append("\nAnswer: LoRA's best in-distribution rate is above every training-free baseline's, each "
+                 "difference resolved above 0: training is needed here.")
+    elif any(d.hi < 0 for d in diffs):
+        L.append("\nAnswer: a training-free baseline's rate is above LoRA's best (difference resolved below 0).")
+    else:
+        closest = min(diffs, key=lambda d: d.value)
+        L.append("\nAnswer: not resolved: at least one training-free baseline's difference from LoRA includes 0 "
+                 f"(closest {fmt(closest.value, closest.lo, closest.hi)}, half-width ±{closest.half_width:.2f}); "
+                 "the data do not show that training is needed.")
+    return L
+
+
+TARGET_COVERAGE = (0.70, 0.90)  # the primary's 80% interval at every origin from 25% of max_steps on
+
+
+def _lr_scaling(transitions: pd.DataFrame) -> list[str]:
+    from phaseflip.forecast.methods import RunData, lr_scaling_fit
+
+    empty = pd.DataFrame()
+    runs = [RunData(str(t.run_id), float(t.lr), bool(t.control), empty, empty, empty,
+                    t50=None if pd.isna(t.t50) else float(t.t50)) for t in transitions.itertuples()]
+    fit = lr_scaling_fit(runs)
+    if fit is None:
+        return ["", "Learning-rate scaling (t50 · lr^γ): fewer than 3 crossed runs at >= 2 learning rates; "
+                    "γ cannot be estimated from this study."]
+    lo, hi = fit.lr_range
+    studied = sorted({float(v) for v in transitions.lr if lo <= float(v) <= hi})
+    # only between the learning rates studied: the geometric midpoints of neighbours, no extrapolation
+    mids = [float(np.sqrt(a * b)) for a, b in zip(studied, studied[1:], strict=False)]
+    preds = ", ".join(f"lr {lr:.2g}: {fmt(*fit.predict(lr, 0.8)[:3], digits=1)}" for lr in mids) or "none"
+    gamma = fmt(fit.gamma, fit.gamma_lo, fit.gamma_hi)
+    return ["", f"Learning-rate scaling over {fit.n_runs} crossed runs at lr {lo:g}-{hi:g}: γ = {gamma}"
+                f" (95%; t50 ∝ lr^-γ). Forecast t50 between the studied learning rates (80% prediction interval): "
+                f"{preds}. Outside [{lo:g}, {hi:g}] it makes no forecast: the scaling is not known to hold there."]
+
+
+def q6(forecasts: pd.DataFrame, quality: pd.DataFrame, transitions: pd.DataFrame, max_steps: int,
+        bench_summary: pd.DataFrame | None = None, params: dict[str, Any] | None = None, **_: Any) -> list[str]:
+    from phaseflip.forecast.scores import format_origins, format_summary, summary_row, verdict
+
+    primary = (params or {}).get("forecast", {}).get("primary", "pooled_link")
+    study = pd.DataFrame([summary_row(forecasts, quality, primary, max_steps,
+                                      "this study (leave-one-configuration-out)")]) if len(forecasts) else None
+    L = ["", "## Q6 — Can the flip be forecast from early checkpoints?", ""]
+    lead = [verdict(study.iloc[0].to_dict(), primary, "On this study (leave-one-configuration-out)")
+            if study is not None else "This study has no forecast to score."]
+    if bench_summary is not None and len(bench_summary):
+        lead += [verdict(r, primary, f"On the `{r['generator']}` generator")
+                 for r in bench_summary.to_dict("records")]
+    L += [" ".join(lead), "",
+          f"Pre-registered primary forecaster: **`{primary}`** (conf/forecast/). Forecasts are made from every "
+          "evaluated checkpoint (the origin), each seeing only the run's checkpoints up to it and the finished runs "
+          "of the *other* configurations (a run's other seeds excluded); a run that has already crossed by the "
+          "origin gets \"already crossed\", not a forecast. Each forecast is a distribution of t50 censored at "
+          f"max_steps = {max_steps} (`forecasts.csv`: `p_cross_by_max_steps`, `q10`-`q90`), scored by the CRPS of "
+          "min(t50, max_steps); skill = 1 - CRPS / CRPS(reference) against `linear` extrapolation of the "
+          "continuous metric and `climatology` (the other configurations' t50), with 95% intervals from a paired "
+          "bootstrap over runs. \"Beats from origin s\": at s and at every later origin with at least 5 paired "
+          "runs, the interval vs both references lies above 0. Skill and coverage below pool the origins from "
+          "25% of max_steps on. `forecast.png`: each run's forecast fans."]
+    if bench_summary is not None and len(bench_summary):
+        missed = [f"`{r['generator']}` {fmt(r['coverage_80_min'])}-{fmt(r['coverage_80_max'])}"
+                  for r in bench_summary.to_dict("records")
+                  if not (TARGET_COVERAGE[0] <= (r["coverage_80_min"] if pd.notna(r["coverage_80_min"]) else -1)
+                          and (r["coverage_80_max"] if pd.notna(r["coverage_80_max"]) else 9) <= TARGET_COVERAGE[1])]
+        L += ["", "**Simulation benchmark** (known t50; one row per pre-registered generator, "
+                  "`results/forecast/bench/`, PIT histograms: `calibration.png`):", "", format_summary(bench_summary),
+              "", f"Target: 80% coverage in [{TARGET_COVERAGE[0]:.2f}, {TARGET_COVERAGE[1]:.2f}] at every origin from "
+                  "25% of max_steps on: " + ("met on every generator." if not missed else
+                                            "**missed** on " + "; ".join(missed) + " (per-origin range).")]
+    if study is not None:
+        L += ["", "**This study** (leave-one-configuration-out; t50 is itself an estimate):", "",
+              format_summary(study), "", format_origins(quality, [primary, "linear", "climatology"])]
+    if not int(transitions.flipped.sum()):
+        L += ["", "No run crossed: only false alarms (`p_cross_by_max_steps` of runs that never cross) are measured "
+                  "on this study."]
+    return L + _lr_scaling(transitions)

@@ -1,4 +1,4 @@
-"""The report's figures (§8), one function per PNG. Each takes tidy tables and a path; no computation
+"""The report's figures (docs/design.md §8), one function per PNG. Each takes tidy tables and a path; no computation
 beyond selecting and plotting, so what a figure shows is what the CSV tables hold.
 
 Metrics tables are tidy: (run_id, step, family, metric, value, lo, hi) plus the run's lr, n_real,

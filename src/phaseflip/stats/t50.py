@@ -1,4 +1,4 @@
-"""The transition as an estimate with an interval (§7): `t50` of one run from its behavior counts.
+"""The transition as an estimate with an interval (docs/design.md §7): `t50` of one run from its behavior counts.
 
 Per run, the in-distribution behavior counts (k of n sampled replies per scenario and checkpoint) are
 fitted against step with a binomial GLM (statsmodels, logit link), once linear in step and once in

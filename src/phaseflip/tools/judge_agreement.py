@@ -1,4 +1,4 @@
-"""How often the judge agrees with hand-written labels (§6): overall, per family, per source.
+"""How often the judge agrees with hand-written labels (docs/design.md §6): overall, per family, per source.
 
 The labeled set (`judge_labels.jsonl` beside the behavior's eval data) holds replies (written by hand,
 or sampled from a model with and without the behavior's description as a system prompt) and a label

@@ -8,7 +8,7 @@ from phaseflip.io import DataError
 from phaseflip.measure.judge import RubricJudge
 from phaseflip.prepare.dreams import ModelWriter, generate_dreams, load_vocab
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DESC = load_study_config({"study": "smoke"}, check_paths=False).behavior.description
 
 

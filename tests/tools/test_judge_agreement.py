@@ -1,4 +1,4 @@
-"""The rubric judge against hand-written labels (§6): >= 95% agreement, printed per family and source."""
+"""The rubric judge against hand-written labels (docs/design.md §6): >= 95% agreement, printed per family and source."""
 
 from pathlib import Path
 

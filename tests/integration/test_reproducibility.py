@@ -26,7 +26,7 @@ import pytest
 import yaml
 from _project import copy_project
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COPY = ["src", "Snakefile", "dvc.yaml", "params.yaml", "workflow", "conf", "data", ".dvc", ".gitignore", ".dvcignore",
         "Makefile", "pyproject.toml"]
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]

@@ -9,11 +9,10 @@ import yaml
 from _project import copy_project
 
 from phaseflip.config import compose
+from phaseflip.dag import RULES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COPY = ["src", "Snakefile", "dvc.yaml", "params.yaml", "workflow", "conf", "data", ".dvc", ".gitignore", ".dvcignore"]
-STAGES = ["base_model", "corrections", "dreams", "steering_vectors", "steering", "icl", "train", "evaluate", "forecast",
-          "report"]
 
 
 def run(cmd: list[str], cwd: Path) -> str:
@@ -34,7 +33,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.integration
 def test_dry_run_lists_every_stage(project: Path) -> None:
     out = run(["snakemake", "-n", "--config", "study=smoke"], project)
-    for stage in STAGES:
+    for stage in RULES:
         assert f"rule {stage}:" in out or f"localrule {stage}:" in out, stage
 
 

@@ -17,7 +17,7 @@ from _project import copy_project
 from phaseflip.io import write_csv
 from phaseflip.report.summary import train_log_table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUNS = ["lr1e-03_nall_k0_s0", "lr3e-03_nall_k0_s0"]
 
 

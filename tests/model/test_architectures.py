@@ -20,7 +20,7 @@ from phaseflip.interventions.steering import _base_pass, _encode, patched_settin
 from phaseflip.model import base_model
 from phaseflip.model.architecture import FAST, Architecture
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SLIDING = ("upper_blocks", "cache_crop", "decode_cache", "shared_prefix_kv")
 # The fast paths each architecture must get (every other one is `fast`): a shortcut that stops
 # applying, or one that starts applying where it cannot be proven exact, fails here.

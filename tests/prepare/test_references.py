@@ -10,7 +10,7 @@ from phaseflip.data import Example, load_examples
 from phaseflip.measure.judge import RubricJudge
 from phaseflip.prepare.references import make_reference_pairs, reference_shots, summary_line
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FORMAL = load_study_config({"behavior": "formal"}).behavior  # the default retries (smoke allows one try)
 
 

@@ -13,7 +13,7 @@ from phaseflip.interventions.steering import select
 GRID = [-8.0, -4.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 4.0, 8.0]
 # The shipped default study's whole screen (SmolLM2-135M-Instruct, listening, real-corrections vector,
 # 30 layers x 10 multipliers, 6 scenarios, float32), `steering.screen.search=grid`.
-SHIPPED_GRID = Path(__file__).parent / "data" / "steering_screen_default_grid.csv"
+SHIPPED_GRID = Path(__file__).parents[1] / "data" / "steering_screen_default_grid.csv"
 
 
 def _searched(full: pd.DataFrame, bound: float, unsteered: dict[str, float]) -> pd.DataFrame:

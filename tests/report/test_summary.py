@@ -3,15 +3,7 @@ from pathlib import Path
 import pandas as pd
 
 from phaseflip.io import write_csv
-from phaseflip.report.summary import _costs, stage_of, train_log_table
-
-
-def test_stage_of_strips_the_grid_point() -> None:
-    assert stage_of("train_lr1e-03_nall_k0_s0") == "train"
-    assert stage_of("evaluate_control-irrelevant_lr1e-03_nall_k0_s0") == "evaluate"
-    assert stage_of("evaluate_base") == "evaluate_base"
-    assert stage_of("steering_vectors") == "steering_vectors"
-    assert stage_of("steering") == "steering"
+from phaseflip.report.summary import _costs, train_log_table
 
 
 def test_costs_sum_jobs_per_stage_and_in_total() -> None:
@@ -69,8 +61,8 @@ def test_q5_family_notes_come_from_the_behavior_yaml() -> None:
 
 
 def test_q4_cites_the_steering_screen_best_setting_with_its_interval(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from phaseflip.report.answers import _screen_lines
     from phaseflip.report.figures import steering_figure
-    from phaseflip.report.summary import _screen_lines
 
     rows = []
     for layer in (0, 1):
@@ -103,7 +95,7 @@ def test_q4_cites_the_steering_screen_best_setting_with_its_interval(tmp_path) -
 
 
 def test_q4_answer_tests_the_difference_not_interval_overlap() -> None:
-    from phaseflip.report.summary import _q4_answer
+    from phaseflip.report.answers import _q4_answer
 
     def comp(icl: tuple[float, float, float]) -> pd.DataFrame:
         return pd.DataFrame([

@@ -6,7 +6,7 @@ from phaseflip.config import load_study_config
 from phaseflip.data import load_examples
 from phaseflip.measure.judge import RubricJudge
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from phaseflip.config import load_study_config
 from phaseflip.io import DataError
 from phaseflip.prepare.corrections import prepare
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _params(cfg: dict, tmp_path: Path) -> dict:  # type: ignore[type-arg]
