@@ -132,3 +132,23 @@ def test_every_design_reference_points_at_a_section_of_the_repositorys_design_do
             if numbers and ("docs/design.md" not in line or not set(numbers) <= sections):
                 bad.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert bad == []
+
+
+def test_the_readme_layout_has_a_line_for_every_module_and_rule_file() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout"):]
+    tree = layout[layout.index("```"):layout.index("```", layout.index("```") + 3)]
+    package = ROOT / "src" / "phaseflip"
+    listed, folder = set(), ""
+    for line in tree.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if line.startswith("  ") and name.endswith("/") and not line.startswith("    "):
+            folder = name
+        elif line.startswith("    ") and name.endswith(".py"):
+            listed.add(folder + name)
+        elif line.startswith("  ") and name.endswith(".py"):
+            listed.add(name)
+    modules = {str(p.relative_to(package)) for p in package.rglob("*.py") if p.name != "__init__.py"}
+    assert modules == listed, (modules - listed, listed - modules)
+    for rule_file in RULE_FILES:
+        assert f"rules/{rule_file.name}" in tree, rule_file.name

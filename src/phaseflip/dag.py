@@ -2,7 +2,7 @@
 
 Everything else that lists the stages reads this table or is checked against it by a test: the command
 line (`phaseflip.cli`), which rule wrote a results/ path (`io.writer_of`, for error hints), the report's
-cost table (`report.smk` and `report.summary.stage_of`), the workflow's rules (`tests/test_dag.py`), the
+cost table (`report.smk`, `rule_of_job`), the workflow's rules (`tests/test_dag.py`), the
 README's stage table and the SLURM profile.
 """
 
@@ -27,6 +27,11 @@ class Stage:
         return f"phaseflip.stages.{self.command}"
 
 
+# evaluate_base and evaluate run the same command: the base model alone, or one run's checkpoints.
+EVALUATE_OPTIONS = (("steering_vector", "reference for steering_cosine (checkpoints only)"),
+                    ("run_dir", "the run whose checkpoints to evaluate; omitted: the base model alone"),
+                    ("base_metrics", "the base model's step-0 metrics (written without --run-dir)"))
+
 STAGES: tuple[Stage, ...] = (
     Stage("base_model", "base_model", ("base_model/",),
           summary="the model under study as a Hugging Face folder with a manifest"),
@@ -42,16 +47,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("icl", "icl", ("icl/",), files=("base", "corrections", "eval", "retention", "base_metrics"),
           summary="k real corrections in context, scored like a checkpoint"),
     Stage("evaluate_base", "evaluate", ("base_eval/",), files=("base", "eval", "retention"),
-          options=(("steering_vector", "reference for steering_cosine (checkpoints only)"),
-                   ("run_dir", "the run whose checkpoints to evaluate; omitted: the base model alone"),
-                   ("base_metrics", "the base model's step-0 metrics (written without --run-dir)")),
+          options=EVALUATE_OPTIONS,
           summary="the base model: step 0 of every run, multiplier 0 and k=0 of the baselines"),
     Stage("train", "train", ("runs/",), files=("base", "corrections", "dreams", "retention", "run_id"), per_run=True,
           summary="one LoRA run of the grid, with adapter checkpoints"),
     Stage("evaluate", "evaluate", ("runs/*/metrics.csv", "runs/*/scenarios.csv"), files=("base", "eval", "retention"),
-          options=(("steering_vector", "reference for steering_cosine (checkpoints only)"),
-                   ("run_dir", "the run whose checkpoints to evaluate; omitted: the base model alone"),
-                   ("base_metrics", "the base model's step-0 metrics (written without --run-dir)")),
+          options=EVALUATE_OPTIONS,
           per_run=True, summary="the order parameters at every checkpoint of one run"),
     Stage("forecast", "forecast", ("forecast/",), lists=("run_dirs",),
           summary="each run's t50, and forecasts of it from every checkpoint"),
