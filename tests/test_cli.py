@@ -31,10 +31,9 @@ def test_corrupt_table_names_the_file_and_the_rule(tmp_path: Path, capsys) -> No
     run_dir = tmp_path / "runs" / "r"
     run_dir.mkdir(parents=True)
     (run_dir / "run.json").write_text('{"run_id": "r", "lr": 0.001')  # truncated
-    metrics = tmp_path / "metrics.csv"
-    metrics.write_text("step,family,metric,value\n0,all,margin,0.1\n")
+    (run_dir / "metrics.csv").write_text("step,family,metric,value\n0,all,margin,0.1\n")
     cfg = load_study_config({"study": "smoke"}).model_dump(mode="json")
-    code = main(["forecast", "--params", json.dumps(cfg), "--metrics", str(metrics), "--run-dirs", str(run_dir),
+    code = main(["forecast", "--params", json.dumps(cfg), "--run-dirs", str(run_dir),
                  "--out", str(tmp_path / "fc")])
     assert code == 2
     err = capsys.readouterr().err

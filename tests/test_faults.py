@@ -151,8 +151,8 @@ def test_corrupt_run_table_stops_forecast_with_one_line(tmp_path: Path, capsys, 
     results = results_tree(tmp_path)
     run = results / "runs" / RUN_ID
     CORRUPTIONS[damage](run / name)
-    code = main(["forecast", "--params", json.dumps(smoke_params()), "--metrics", str(run / "metrics.csv"),
-                 "--run-dirs", str(run), "--out", str(results / "forecast")])
+    code = main(["forecast", "--params", json.dumps(smoke_params()), "--run-dirs", str(run),
+                 "--out", str(results / "forecast")])
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err

@@ -30,22 +30,26 @@ def scenario_table(metrics_csv: Path) -> Path:
     return metrics_csv.with_name("scenarios.csv")
 
 
-def read_run(run_dir: Path) -> RunRecord:
-    """A finished run: its metrics (required), per-scenario counts and training log (empty if absent), run.json."""
+def read_run(run_dir: Path, complete: bool = True) -> RunRecord:
+    """A finished run: metrics.csv, scenarios.csv, train_log.csv and run.json. `complete` (what the study's own
+    forecast stage reads) requires every table, so a damaged run folder stops it with the file named;
+    otherwise (a study written before per-scenario counts, read by the forecast bench) a missing scenarios.csv
+    or train_log.csv reads as an empty table."""
     run_dir = Path(run_dir)
     info = read_json(run_dir / "run.json")
     metrics = run_dir / "metrics.csv"
 
-    def optional(path: Path) -> pd.DataFrame:
-        return read_csv(path) if path.exists() else pd.DataFrame()
+    def table(path: Path) -> pd.DataFrame:
+        return read_csv(path) if complete or path.exists() else pd.DataFrame()
 
-    return RunRecord(info["run_id"], read_csv(metrics), optional(scenario_table(metrics)),
-                     optional(run_dir / "train_log.csv"), info)
+    return RunRecord(info["run_id"], read_csv(metrics), table(scenario_table(metrics)),
+                     table(run_dir / "train_log.csv"), info)
 
 
 def evaluated_runs(run_dirs: list[Path]) -> list[RunRecord]:
-    """The runs among `run_dirs` that have been evaluated (have a metrics.csv), in order."""
-    return [read_run(d) for d in map(Path, run_dirs) if (d / "metrics.csv").exists()]
+    """The runs among `run_dirs` that have been evaluated (have a metrics.csv), in order; missing optional
+    tables read as empty (`read_run(complete=False)`)."""
+    return [read_run(d, complete=False) for d in map(Path, run_dirs) if (d / "metrics.csv").exists()]
 
 
 def stamp(table: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:

@@ -49,3 +49,31 @@ def test_icl_prompts_share_their_shot_prefix(tiny) -> None:  # type: ignore[no-u
     rows = [tok(icl_prompt(tok, long_shots, s), add_special_tokens=False).input_ids for s in scenarios]
     ((shared, members),) = _prefix_groups(rows, MIN_SHARED_PREFIX)
     assert sorted(members) == [0, 1, 2] and shared >= MIN_SHARED_PREFIX
+
+
+class _Evaluator:
+    """Stands in for the Evaluator: one behavior_rate row per call, recording what was sampled."""
+
+    def __init__(self) -> None:
+        self.previous = None
+        self.calls: list[str] = []
+
+    def evaluate(self, model, step, prompt_fn, retention, sample):  # type: ignore[no-untyped-def]
+        self.calls.append(sample)
+        shots = prompt_fn.args[1]  # partial(icl_prompt, tokenizer, shots)
+        return [{"step": step, "family": "in_distribution", "metric": "behavior_rate", "value": len(shots) / 10}]
+
+
+def test_icl_table_reuses_the_base_rows_for_k0_and_samples_every_family_at_the_best_k_only() -> None:
+    from phaseflip.interventions.icl import icl_table, resolve_ks
+
+    ks = resolve_ks([0, 1, "all", 3, 1], len(SHOTS))
+    assert ks == [0, 1, 3, 5]
+    base = [{"step": 0, "family": "in_distribution", "metric": "behavior_rate", "value": 0.05}]
+    evaluator = _Evaluator()
+    rows, shots = icl_table(evaluator, None, None, SHOTS, ks, 0, base)  # type: ignore[arg-type]
+    assert rows[0] == dict(base[0], k=0)  # the base model's own row, not recomputed
+    assert evaluator.calls == ["in_distribution"] * 3 + ["all"]  # k = 1, 3, 5, then the best (5) on every family
+    assert sorted(shots) == [0, 1, 3, 5] and shots[0] == [] and len(shots[5]) == 5
+    without_zero, _ = icl_table(_Evaluator(), None, None, SHOTS, [1], 0, base)  # type: ignore[arg-type]
+    assert [r["k"] for r in without_zero] == [1]

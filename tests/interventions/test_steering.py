@@ -1,11 +1,13 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from phaseflip.config import SteeringConfig
 from phaseflip.data import Example
 from phaseflip.interventions.steering import load_vector, save_vector, single_layer, train_vector
+from phaseflip.io import DataError
 
 PAIRS = [
     Example(id=f"c{i}", messages=[{"role": "user", "content": f"Task {i}: use tabs."}],
@@ -187,3 +189,46 @@ def test_bracketing_screen_scores_a_subset_of_the_grid_with_the_same_numbers(tin
     assert len(merged) == len(bracket)
     for metric in ("margin", "p_preferred", "retention_kl"):
         assert np.allclose(merged[metric], merged[f"{metric}_grid"], atol=1e-6)
+
+
+def test_the_steering_cosine_reference_is_the_middle_steered_layer() -> None:
+    from phaseflip.config import SteeringVectorConfig
+    from phaseflip.interventions.steering import reference_layer
+
+    assert reference_layer(SteeringVectorConfig(layers="all"), 30) == 15
+    assert reference_layer(SteeringVectorConfig(layers=[2, 4, 9]), 30) == 4
+    with pytest.raises(DataError, match="outside"):
+        reference_layer(SteeringVectorConfig(layers=[31]), 30)
+
+
+def test_the_steering_table_puts_the_base_model_first_as_multiplier_zero() -> None:
+    from phaseflip.interventions.steering import steering_table
+
+    base = [{"family": "in_distribution", "metric": "behavior_rate", "value": 0.1}]
+    swept = [{"family": "in_distribution", "metric": "behavior_rate", "value": 0.7, "training_set": "real",
+              "layer": 3, "multiplier": 4.0}]
+    assert steering_table(base, swept) == [dict(base[0], training_set="none", layer=-1, multiplier=0.0), *swept]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_screen_dtype_is_resolved_for_the_device_and_refused_where_emulated(
+        monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    from phaseflip import dtype_choice
+    from phaseflip.config import load_study_config
+    from phaseflip.interventions.steering import with_screen_dtype
+
+    monkeypatch.setattr(dtype_choice, "cpu_has_native_bfloat16", lambda: native)
+    study = load_study_config({"study": "smoke"})
+
+    def screen(dtype: str) -> SteeringConfig:
+        return study.steering.model_copy(update={"screen": study.steering.screen.model_copy(update={"dtype": dtype})})
+
+    resolved, choice = with_screen_dtype(screen("auto"), study.model, "cpu")
+    assert resolved.screen.dtype == choice.name == ("bfloat16" if native else "float32")
+    if native:
+        assert with_screen_dtype(screen("bfloat16"), study.model, "cpu")[0].screen.dtype == "bfloat16"
+    else:
+        with pytest.raises(DataError, match="steering.screen.dtype"):
+            with_screen_dtype(screen("bfloat16"), study.model, "cpu")
+        allowed = study.model.model_copy(update={"allow_emulated_bfloat16": True})
+        assert with_screen_dtype(screen("bfloat16"), allowed, "cpu")[0].screen.dtype == "bfloat16"

@@ -255,3 +255,12 @@ def test_template_generator_takes_any_vocabulary_shape(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("'Certainly. {fact}", "'{ack} {fact}"))
     with pytest.raises(DataError, match=r"uses? \{ack\}.*needs non-empty \['acks'\]"):
         load_vocab(path)
+
+
+def test_the_dreams_stage_needs_the_base_model_only_when_the_model_generator_writes_dreams() -> None:
+    from phaseflip.prepare.dreams import uses_model_writer
+
+    cfg = load_study_config({"study": "smoke"}).dreams
+    assert not uses_model_writer(cfg.model_copy(update={"generators": ["template"]}))
+    assert uses_model_writer(cfg.model_copy(update={"generators": ["template", "model"], "k_per_correction": 2}))
+    assert not uses_model_writer(cfg.model_copy(update={"generators": ["model"], "k_per_correction": 0}))
