@@ -14,6 +14,7 @@ import torch
 import yaml
 from _project import copy_project
 
+from phaseflip.dag import RULES
 from phaseflip.io import pick_device
 from phaseflip.model import base_model
 
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 COPY = ["src", "Snakefile", "workflow", "conf", "data"]
 GPU_RULES = {"corrections", "steering_vectors", "steering", "icl", "evaluate_base", "train", "evaluate"}
-JOB_RULES = {"base_model", "dreams", "forecast", "forecast_bench", "report"} | GPU_RULES
+JOB_RULES = set(RULES)  # every rule of the stage table (phaseflip.dag)
 
 
 def _snakemake(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

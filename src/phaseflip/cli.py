@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from phaseflip.config import ConfigError
-from phaseflip.dag import COMMANDS, Stage
+from phaseflip.dag import COMMANDS, STAGES, Stage
 from phaseflip.io import DataError, seed_everything, set_threads
 
 
@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="stage", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for command, stage in COMMANDS.items():
-        sp = sub.add_parser(command, help=stage.summary)
+        sp = sub.add_parser(command, help="; or ".join(s.summary for s in STAGES if s.command == command))
         sp.add_argument("--params", required=True, help="JSON of the config sections this stage needs")
         sp.add_argument("--threads", type=int, default=None, help="torch threads (the Snakemake job's threads)")
         sp.add_argument("--out", required=True)

@@ -370,7 +370,7 @@ class TrainConfig(TrainRecipe):
 
 
 class AdaptiveSampling(Strict):
-    """How many replies to sample per scenario (docs/design.md §7): in rounds, until the rate's interval answers.
+    """How many replies to sample per scenario (docs/design.md §6): in rounds, until the rate's interval answers.
 
     In-distribution (every checkpoint): stop once the rate's clustered 95% interval lies wholly below
     `band[0]` or above `band[1]`, i.e. the checkpoint is clearly before or after the flip; checkpoints
@@ -418,7 +418,7 @@ class EvalConfig(Strict):
 
 class BenchGenerator(Strict):
     """One simulation generator of the forecast benchmark: the model fitted to the study
-    (`forecast_bench_model.SimModel`) with these departures from it, each outside some forecaster's model
+    (`forecast.bench_model.SimModel`) with these departures from it, each outside some forecaster's model
     class (all defaults: the fitted model itself). Pre-registered in conf/forecast/, never tuned on."""
 
     description: str = ""

@@ -68,10 +68,6 @@ RULES: tuple[str, ...] = tuple(s.rule for s in STAGES)
 COMMANDS: dict[str, Stage] = {s.command: s for s in STAGES}  # evaluate_base and evaluate share `evaluate`
 
 
-def stage(rule: str) -> Stage:
-    return next(s for s in STAGES if s.rule == rule)
-
-
 def rule_of_job(job: str) -> str:
     """`train_lr1e-03_nall_k0_s0` -> `train`: a benchmark file's job name without its grid point."""
     for rule in sorted(RULES, key=len, reverse=True):  # the longest first: evaluate_base before evaluate

@@ -1,8 +1,9 @@
 """A run's folder, `results/runs/<run_id>/`: what train and evaluate write there, read back one way.
 
 train writes `run.json` (the run's grid point and status), `train_log.csv` and `checkpoints/`;
-evaluate writes `metrics.csv` and, beside it, `scenarios.csv` (per-scenario counts). Every reader
-(the forecast stage, the forecast bench's fitted model) goes through `read_run`.
+evaluate writes `metrics.csv` and, beside it, `scenarios.csv` (per-scenario counts). Every reader of
+run.json and the tables (the evaluate and forecast stages, the forecast bench's fitted model) goes through
+here; the checkpoints are listed by the module that writes them (`interventions.train.checkpoints`).
 """
 
 from __future__ import annotations
@@ -30,13 +31,18 @@ def scenario_table(metrics_csv: Path) -> Path:
     return metrics_csv.with_name("scenarios.csv")
 
 
+def run_info(run_dir: Path) -> dict[str, Any]:
+    """run.json: the run's id, grid point (RUN_METADATA) and training status."""
+    return read_json(Path(run_dir) / "run.json")
+
+
 def read_run(run_dir: Path, complete: bool = True) -> RunRecord:
     """A finished run: metrics.csv, scenarios.csv, train_log.csv and run.json. `complete` (what the study's own
     forecast stage reads) requires every table, so a damaged run folder stops it with the file named;
     otherwise (a study written before per-scenario counts, read by the forecast bench) a missing scenarios.csv
     or train_log.csv reads as an empty table."""
     run_dir = Path(run_dir)
-    info = read_json(run_dir / "run.json")
+    info = run_info(run_dir)
     metrics = run_dir / "metrics.csv"
 
     def table(path: Path) -> pd.DataFrame:

@@ -26,6 +26,7 @@ def test_k0_is_the_scenario_itself_and_choice_is_seeded() -> None:
 def test_shots_are_nested_across_k_and_all_is_every_correction() -> None:
     import pytest
 
+    from phaseflip.config import ConfigError
     from phaseflip.interventions.icl import resolve_k
 
     one, three = icl_shots(SHOTS, 1, seed=0), icl_shots(SHOTS, 3, seed=0)
@@ -33,7 +34,7 @@ def test_shots_are_nested_across_k_and_all_is_every_correction() -> None:
     everything = icl_shots(SHOTS, resolve_k("all", len(SHOTS)), seed=0)
     assert sorted(s.id for s in everything) == sorted(s.id for s in SHOTS) and everything[:3] == three
     assert [s.id for s in icl_shots(SHOTS, 5, seed=1)] != [s.id for s in everything]  # the seed matters
-    with pytest.raises(ValueError, match="exceeds the 5 corrections"):
+    with pytest.raises(ConfigError, match="exceeds the 5 corrections"):
         resolve_k(6, len(SHOTS))
 
 

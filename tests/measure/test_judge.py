@@ -58,7 +58,7 @@ def test_restatement_needs_the_direction_when_the_prompt_is_given(judge: RubricJ
     assert judge(reply, "in_distribution", prompt=prompt).behavior
     verdict = judge("Understood. Here is the function: def is_pal(s): ...", "in_distribution", prompt=prompt)
     assert not verdict.behavior and "restates" not in verdict.matched
-    # The positional call evaluate.py makes (no prompt) still works: the restatement check is skipped.
+    # The positional call the evaluator makes (no prompt) still works: the restatement check is skipped.
     assert judge("Understood. Here is the function: def is_pal(s): ...", "in_distribution").behavior
 
 

@@ -62,3 +62,120 @@ def test_q2_reads_sharpness_only_for_runs_that_crossed() -> None:
     rows = {line.split(" | ")[0][2:]: line for line in q2(table) if line.startswith("| lr") or "control" in line}
     assert "mirage" in rows["lr3e-03_nall_k0_s0"] and "a real change" in rows["lr3e-03_nall_k0_s1"]
     assert "462" not in rows["lr3e-03_n4_k0_s0"] and "not crossed" in rows["lr3e-03_n4_k0_s0"]
+
+
+def _q5_lines(behavior: dict) -> str:  # type: ignore[type-arg]
+    from types import SimpleNamespace
+
+    from phaseflip.report.answers import q5
+
+    comp = pd.DataFrame([{"setup": s, "family": f, "behavior_rate": 0.5, "lo": 0.3, "hi": 0.7}
+                         for s in ["base model", "LoRA r step 4"] for f in ["in_distribution", "inverted"]])
+    study = pd.DataFrame(columns=["run_id", "step", "family", "metric", "value"])
+    best = SimpleNamespace(run_id="r", step=4)
+    return "\n".join(q5(study=study, base=study, best_ckpt=best, comp=comp,
+                         family_notes=behavior.get("family_notes")))
+
+
+def test_q4_cites_the_steering_screen_best_setting_with_its_interval(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from phaseflip.report.answers import _screen_lines
+    from phaseflip.report.figures import steering_figure
+
+    rows = []
+    for layer in (0, 1):
+        for mult, pp, kl in ((1.0, 0.55 + layer / 10, 0.1), (8.0, 0.9, 2.0)):  # x8: best p but over the bound
+            key = {"step": 0, "training_set": "real", "layer": layer, "multiplier": mult, "max_retention_kl": 0.5}
+            eligible = kl <= 0.5
+            rows += [{**key, "family": "in_distribution", "metric": "screen_p_preferred", "value": pp,
+                      "lo": pp - 0.05, "hi": pp + 0.05},
+                     {**key, "family": "in_distribution", "metric": "screen_forced_choice", "value": 0.6, "lo": 0.3,
+                      "hi": 0.8},
+                     {**key, "family": "all", "metric": "screen_retention_kl", "value": kl, "lo": None, "hi": None},
+                     {**key, "family": "in_distribution", "metric": "screen_rank",
+                      "value": (2 - layer) if eligible else None, "lo": None, "hi": None}]
+    rows.append({"step": 0, "training_set": "real", "layer": 1, "multiplier": 1.0, "family": "in_distribution",
+                 "metric": "behavior_rate", "value": 0.2, "lo": 0.1, "hi": 0.4})
+    steer = pd.DataFrame(rows)
+    lines = "\n".join(_screen_lines(steer))
+    assert "1 training sets x 2 layers x 2 multipliers [1.0, 8.0] = 4 settings, each" in lines
+    assert "bracketing search" not in lines  # the whole grid was scored
+    assert "retention_kl <= 0.50" in lines
+    assert "- real: layer 1 x1: p_preferred 0.65 [0.60, 0.70]" in lines and "(2 of 4 settings under the bound)" in lines
+    steering_figure(steer, tmp_path / "steering.png")
+    assert (tmp_path / "steering.png").stat().st_size > 1000
+    # A searched screen (layer 0's x8 not scored): the report says how many of the grid it scored.
+    searched = steer[~((steer.layer == 0) & (steer.multiplier == 8.0))]
+    lines = "\n".join(_screen_lines(searched))
+    assert "= 4 settings; the bracketing search scored 3 of them, every layer" in lines
+    steering_figure(searched, tmp_path / "searched.png")  # an unscored cell is drawn grey, not an error
+    assert (tmp_path / "searched.png").stat().st_size > 1000
+
+
+def test_q4_answer_tests_the_difference_not_interval_overlap() -> None:
+    from phaseflip.report.answers import _q4_answer
+
+    def comp(icl: tuple[float, float, float]) -> pd.DataFrame:
+        return pd.DataFrame([
+            {"setup": "base model", "family": "in_distribution", "behavior_rate": 0.0, "lo": 0.0, "hi": 0.1},
+            {"setup": "LoRA lr3e-03 step 16", "family": "in_distribution", "behavior_rate": 0.80, "lo": 0.62,
+             "hi": 0.91},
+            {"setup": "ICL k=3", "family": "in_distribution", "behavior_rate": icl[0], "lo": icl[1], "hi": icl[2]},
+        ])
+
+    # the two intervals overlap (0.62 < 0.64), yet the difference 0.30 is resolved above 0 by MOVER
+    overlapping = "\n".join(_q4_answer(comp((0.50, 0.36, 0.64))))
+    assert "vs ICL k=3: 0.30 [" in overlapping and "training is needed here" in overlapping
+    close = "\n".join(_q4_answer(comp((0.71, 0.55, 0.83))))
+    assert "not resolved" in close and "training is needed here" not in close
+    above = "\n".join(_q4_answer(comp((0.99, 0.95, 1.0))))
+    assert "above LoRA's best" in above
+
+
+def test_q6_leads_with_the_plain_verdict_for_the_study_and_each_generator() -> None:
+    from phaseflip.config import ForecastBenchConfig, ForecastConfig
+    from phaseflip.forecast.bench import bench_tables, run_bench
+    from phaseflip.forecast.bench_model import SimModel
+    from phaseflip.forecast.scores import score_table
+    from phaseflip.report.answers import q6
+
+    cfg = ForecastConfig(forecast_bootstrap=10, bench=ForecastBenchConfig(n_bootstrap=10, control_share=0.0))
+    rows = run_bench(SimModel(), cfg, n_runs=6, seed=0, processes=1, generators=["fitted"],
+                     methods=["pooled_link", "linear", "climatology"])
+    _, summary = bench_tables(rows, cfg, 16)
+    study = rows.drop(columns=["generator"])
+    runs = study.drop_duplicates("run_id")
+    transitions = pd.DataFrame({"run_id": runs.run_id, "lr": runs.lr, "control": runs.control, "t50": runs.t50,
+                                "flipped": runs.t50.notna()})
+    lines = q6(forecasts=study, quality=score_table(study), transitions=transitions, max_steps=16,
+                bench_summary=summary, params={"forecast": {"primary": "pooled_link"}})
+    assert lines[1].startswith("## Q6")
+    lead = lines[3]
+    assert lead.startswith("On this study (leave-one-configuration-out): `pooled_link` ")
+    assert "On the `fitted` generator: `pooled_link` " in lead
+    assert ("does **not** beat both" in lead) or ("from origin step" in lead)
+    text = "\n".join(lines)
+    assert "| fitted |" in text and "this study (leave-one-configuration-out)" in text
+    assert "Outside [" in text or "fewer than 3 crossed runs" in text  # lr_scaling: no extrapolation
+
+
+def test_lr_scaling_in_the_report_forecasts_only_between_studied_learning_rates() -> None:
+    from phaseflip.report.answers import _lr_scaling
+
+    t = pd.DataFrame({"run_id": ["a", "b", "c", "d"], "lr": [1e-3, 1e-3, 4e-3, 4e-3], "control": False,
+                      "t50": [12.0, 13.0, 4.0, 4.5]})
+    (_, line) = _lr_scaling(t)
+    assert "lr 0.002:" in line and "lr 0.0001" not in line and "lr 0.01:" not in line
+    assert "Outside [0.001, 0.004] it makes no forecast" in line
+
+
+def test_q5_family_notes_come_from_the_behavior_yaml() -> None:
+    """Issue 16, failure 6: no behavior-specific sentence in code; each family's note is the YAML's."""
+    from phaseflip.config import load_study_config
+
+    formal = load_study_config({"behavior": "formal"}).behavior.model_dump()
+    text = _q5_lines(formal)
+    assert formal["family_notes"]["inverted"] in text
+    assert "alternatives" not in text
+    assert "(`inverted`" not in _q5_lines({"name": "plain"})  # no note configured: none printed
+    listening = load_study_config({}).behavior.model_dump()
+    assert "over-applies 'no alternatives'" in _q5_lines(listening)

@@ -51,7 +51,7 @@ def test_dvc_plots_show_renders_one_line_per_run(tmp_path: Path) -> None:
     (project / ".dvc" / "config.local").unlink(missing_ok=True)
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     report = project / "results" / "report"
-    # Stand-ins with the columns report.py writes: curves.csv (wide, per run and step) and train_log.csv.
+    # Stand-ins with the columns report/summary.py writes: curves.csv (wide, per run and step) and train_log.csv.
     write_csv(report / "curves.csv", pd.DataFrame({
         "run_id": [r for r in RUNS for _ in range(3)], "step": [0, 2, 4] * 2,
         "behavior_rate": [0.0, 0.3, 0.9, 0.0, 0.6, 1.0], "margin": [0.1, 0.5, 2.0, 0.1, 1.0, 3.0],

@@ -18,8 +18,6 @@ censored at max_steps, give `p_cross_by_max_steps` and quantiles (`inf`: beyond 
 
 Sharpness (the mirage check): per metric, the steepest slope between neighbouring checkpoints over the
 average slope from step 0 to the end; 1 is a straight line, large is a step.
-
-    python -m phaseflip.cli forecast --params '{...}' --metrics results/runs/*/metrics.csv --out results/forecast
 """
 
 from __future__ import annotations
@@ -34,6 +32,7 @@ from phaseflip.config import ForecastConfig
 from phaseflip.data import IN_DISTRIBUTION
 from phaseflip.forecast.methods import METHODS, Context, RunData
 from phaseflip.forecast.scores import score_forecasts
+from phaseflip.run_folder import RunRecord
 from phaseflip.stats.change_points import best_change_point
 from phaseflip.stats.t50 import confirmed_flip, fit_t50
 
@@ -227,7 +226,7 @@ def forecast_run(run: RunData, others: list[RunData], cfg: ForecastConfig, max_s
     """Forecast rows of one run: at every evaluated checkpoint before max_steps (the origin), every method,
     each seeing the run's view at that origin and the finished runs of other configurations (never this
     run's outcome).
-    Rows carry their draws under `_draws` for `forecast_scores.score_forecasts`."""
+    Rows carry their draws under `_draws` for `forecast.scores.score_forecasts`."""
     others = other_configurations(run, others)
     rows = []
     # the last checkpoint at max_steps is no origin: the budget is spent, "crosses by max_steps" is observed
@@ -236,8 +235,8 @@ def forecast_run(run: RunData, others: list[RunData], cfg: ForecastConfig, max_s
     return rows
 
 
-def analyse_study(runs: list[tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]],
-                  cfg: ForecastConfig, max_steps: int) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+def analyse_study(runs: list[RunRecord], cfg: ForecastConfig,
+                  max_steps: int) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """Transitions of every run, then fixed-origin forecasts leave-one-configuration-out, scored against
     each run's measured t50 (censored at max_steps).
 

@@ -65,7 +65,7 @@ SCORE_COLUMNS = ["method", "origin_step", "origin_fraction", "primary", "runs", 
 
 def score_forecasts(rows: list[dict[str, Any]], truth: dict[str, float | None], max_steps: float,
                     seed: int = 0) -> pd.DataFrame:
-    """The forecast rows (`forecast.forecast_run`) with their scores against each run's t50 (`truth`:
+    """The forecast rows (`forecast.analysis.forecast_run`) with their scores against each run's t50 (`truth`:
     None = did not cross); the draws are dropped."""
     rng = np.random.default_rng(seed)
     out = []

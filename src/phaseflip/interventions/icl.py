@@ -3,10 +3,8 @@
 Which k corrections are used is seeded and recorded: one seeded order of the corrections, and k shots
 are its first k (so the shots of a smaller k are among those of a larger one; "all" is every
 correction). The examples go after any system prompt of the scenario and before its own turns, so
-all scenarios of one format share the shot context: `scoring.score_and_sample` encodes that shared
+all scenarios of one format share the shot context: `model.scoring.score_and_sample` encodes that shared
 prefix once per batch instead of once per prompt.
-
-    python -m phaseflip.cli icl --params '{...}' --base results/base_model ... --out results/icl
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ from functools import partial
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from phaseflip.config import ConfigError
 from phaseflip.data import Example
 from phaseflip.measure.evaluator import Evaluator, Row, best_step
 from phaseflip.model.scoring import render_prompt
@@ -32,14 +31,14 @@ def resolve_k(k: int | str, n_corrections: int) -> int:
     if k == "all":
         return n_corrections
     if not isinstance(k, int) or k > n_corrections:
-        raise ValueError(f"icl k={k!r} exceeds the {n_corrections} corrections available")
+        raise ConfigError(f"icl.ks: k={k!r} exceeds the {n_corrections} corrections available")
     return k
 
 
 def icl_shots(corrections: list[Example], k: int, seed: int) -> list[Example]:
     """The first k of one seeded order of the corrections (nested across k)."""
     if k > len(corrections):
-        raise ValueError(f"icl k={k} exceeds the {len(corrections)} corrections available")
+        raise ConfigError(f"icl.ks: k={k} exceeds the {len(corrections)} corrections available")
     order = random.Random(seed * 7919).sample(corrections, len(corrections))
     return order[:k]
 

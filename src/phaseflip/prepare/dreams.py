@@ -16,9 +16,6 @@ Generators (`dreams.generators`, mixable; K per correction is split across them 
 Every candidate passes the same filters, counted in the dream report: the judge must accept the
 preferred reply and reject the rejected one, all text must be coherent, and the request must not be a
 near-duplicate of a kept dream, of a real correction, or of any eval scenario (no leak into the test set).
-
-    python -m phaseflip.cli dreams --params '{...}' --corrections results/corrections/train.jsonl \\
-        --eval results/corrections/eval.jsonl --base results/base_model --out results/dreams
 """
 
 from __future__ import annotations

@@ -3,8 +3,6 @@ numbers.
 
 Everything here is computed from the study's own outputs; a question the data cannot answer is said
 to be unanswered, not filled in. Figures are drawn by `phaseflip.report.figures`.
-
-    python -m phaseflip.cli report --params '{...}' --metrics results/runs/*/metrics.csv ... --out results/report
 """
 
 from __future__ import annotations
@@ -114,17 +112,18 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
     figures.icl_figure(icl, out / "icl.png")
     figures.forecast_figure(forecasts, max_steps, out / "forecast.png")
 
-    bench = pd.concat([read_csv(b, sep="\t").assign(job=Path(b).stem) for b in benchmarks], ignore_index=True) \
+    stage_costs = pd.concat([read_csv(b, sep="\t").assign(job=Path(b).stem) for b in benchmarks],
+                            ignore_index=True) \
         if benchmarks else pd.DataFrame()
-    if len(bench):
-        write_csv(out / "stage_costs.csv", bench[["job", "s", "max_rss"]])
+    if len(stage_costs):
+        write_csv(out / "stage_costs.csv", stage_costs[["job", "s", "max_rss"]])
 
     base_rate = pick(base, "behavior_rate")
     write_json(out / "metrics.json", {
         "base_behavior_rate": float(base_rate.value.iloc[0]) if len(base_rate) else None,
         "best_checkpoint_behavior_rate": float(best_ckpt.value) if best_ckpt is not None else None,
         "runs_flipped": int(transitions.flipped.sum()), "runs": len(transitions),
-        "study_seconds": float(bench.s.sum()) if len(bench) else None,
+        "study_seconds": float(stage_costs.s.sum()) if len(stage_costs) else None,
         **{f"compute_{k}": v for k, v in (params.get("compute") or {}).items()},  # the resolved dtypes
     })
     screen_csv = steering_csv.with_name("steering_screen.csv")  # written with steering_metrics.csv
@@ -134,7 +133,7 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
                comp=comp,
                bench_summary=bench_summary, forecasts=forecasts,
                best_ckpt=best_ckpt, best_steer=best_steer, steer=steer, icl=icl, dreams=dreams, data=data,
-               bench=bench, threshold=threshold, max_steps=max_steps, effective_count=effective_count,
+               stage_costs=stage_costs, threshold=threshold, max_steps=max_steps, effective_count=effective_count,
                family_notes=params["behavior"].get("family_notes"))
     sections: list[Callable[..., list[str]]] = [_header, answers.q1, answers.q2, answers.q3, answers.q4, answers.q5,
                                                 answers.q6, _costs]
@@ -207,20 +206,20 @@ def _compute_words(params: dict[str, Any]) -> str:
             "where the device runs it natively).")
 
 
-def _costs(bench: pd.DataFrame, **_: Any) -> list[str]:
-    if not len(bench):
+def _costs(stage_costs: pd.DataFrame, **_: Any) -> list[str]:
+    if not len(stage_costs):
         return []
-    per_stage = bench.assign(stage=bench.job.map(rule_of_job)).groupby("stage", sort=False).agg(
+    per_stage = stage_costs.assign(stage=stage_costs.job.map(rule_of_job)).groupby("stage", sort=False).agg(
         jobs=("s", "size"), s=("s", "sum"), max_rss=("max_rss", "max"))
     L = ["", "## Cost per stage", "", "| stage | jobs | wall s (summed over its jobs) | peak RSS MB |",
          "|---|---|---|---|"]
     for stage, r in per_stage.iterrows():
         L.append(f"| {stage} | {int(r.jobs)} | {r.s:.1f} | {r.max_rss:.0f} |")
-    L += [f"| **total** | {len(bench)} | {bench.s.sum():.1f} | {bench.max_rss.max():.0f} (max) |", "",
+    L += [f"| **total** | {len(stage_costs)} | {stage_costs.s.sum():.1f} | {stage_costs.max_rss.max():.0f} (max) |", "",
           "Grid-point jobs (train, evaluate) and the stage jobs beside them run side by side, so the study's "
           "wall time is less than the total; `snakemake`'s log gives it. Per job:", "",
           "| job | wall s | peak RSS MB |", "|---|---|---|"]
-    for r in bench.itertuples():
+    for r in stage_costs.itertuples():
         L.append(f"| {r.job} | {r.s:.1f} | {r.max_rss:.0f} |")
     L += ["", "Figures: " + ", ".join(f"`{f}.png`" for f in FIGURES) + ". Tables: `study_metrics.csv` (every run, "
           "step, family, metric), `comparison.csv`, `stage_costs.csv`, `../forecast/*.csv`."]

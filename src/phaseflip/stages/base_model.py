@@ -1,4 +1,7 @@
-"""Stage base_model: materialise the model under study (`model.base_model.materialise`)."""
+"""Stage base_model: materialise the model under study (`model.base_model.materialise`).
+
+    python -m phaseflip.cli base_model --params '{"model": {...}, "seed": 0}' --out results/base_model
+"""
 
 from __future__ import annotations
 

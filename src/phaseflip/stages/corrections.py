@@ -1,4 +1,7 @@
-"""Stage corrections: validate the behavior's data, fill missing `rejected`, make missing reference pairs."""
+"""Stage corrections: validate the behavior's data, fill missing `rejected`, make missing reference pairs.
+
+    python -m phaseflip.cli corrections --params '{...}' --base results/base_model --out results/corrections
+"""
 
 from __future__ import annotations
 

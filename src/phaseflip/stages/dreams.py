@@ -1,4 +1,8 @@
-"""Stage dreams: K variations of each real correction (`prepare.dreams`), with their report."""
+"""Stage dreams: K variations of each real correction (`prepare.dreams`), with their report.
+
+    python -m phaseflip.cli dreams --params '{...}' --corrections results/corrections/train.jsonl \\
+        --eval results/corrections/eval.jsonl [--base results/base_model] --out results/dreams
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Stage forecast: each run's transition (t50 with its interval), and fixed-origin forecasts of it from every
-checkpoint, scored (`forecast.analysis.analyse_study`, `forecast.scores.score_table`)."""
+checkpoint, scored (`forecast.analysis.analyse_study`, `forecast.scores.score_table`).
+
+    python -m phaseflip.cli forecast --params '{...}' --run-dirs results/runs/* --out results/forecast
+"""
 
 from __future__ import annotations
 

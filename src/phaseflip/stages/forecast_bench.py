@@ -1,5 +1,8 @@
 """Stage forecast_bench: the forecast methods scored on runs simulated from a model fitted to this study
-(`forecast.bench.bench`)."""
+(`forecast.bench.bench`).
+
+    python -m phaseflip.cli forecast_bench --params '{...}' --run-dirs results/runs/* --out results/forecast/bench
+"""
 
 from __future__ import annotations
 

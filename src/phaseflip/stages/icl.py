@@ -1,4 +1,10 @@
-"""Stage icl: k real corrections as prior turns in context, scored like a checkpoint (`interventions.icl`)."""
+"""Stage icl: k real corrections as prior turns in context, scored like a checkpoint (`interventions.icl`).
+
+    python -m phaseflip.cli icl --params '{...}' --base results/base_model \\
+        --corrections results/corrections/train.jsonl --eval results/corrections/eval.jsonl \\
+        --retention results/corrections/retention.jsonl \\
+        --base-metrics results/base_eval/metrics.csv --out results/icl
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from phaseflip.config import IclConfig
 from phaseflip.data import load_examples
 from phaseflip.interventions.icl import icl_table, resolve_ks
 from phaseflip.io import write_csv, write_json
-from phaseflip.stages.inputs import base_rows, evaluator, load_model
+from phaseflip.stages.inputs import base_rows, load_model, make_evaluator
 
 
 def run(params: dict[str, Any], out: str, base: str, corrections: str, eval: str, retention: str,
@@ -20,10 +26,11 @@ def run(params: dict[str, Any], out: str, base: str, corrections: str, eval: str
     cfg = IclConfig.model_validate(params["icl"])
     model, tok = load_model(base, params, "icl")
     real = load_examples(corrections, "corrections")
-    scoring = evaluator(params, tok, eval, retention, base)
+    evaluator = make_evaluator(params, tok, eval, retention, base)
     ks = resolve_ks(list(cfg.ks), len(real))
     started = time.time()
-    rows, shots = icl_table(scoring, model, tok, real, ks, int(params["seed"]), base_rows(base_metrics))
+    k0_rows = base_rows(base_metrics) if 0 in ks else []  # k=0 is the base model: the evaluate_base job's rows
+    rows, shots = icl_table(evaluator, model, tok, real, ks, int(params["seed"]), k0_rows)
     write_csv(Path(out) / "icl_metrics.csv", pd.DataFrame(rows))
     write_json(Path(out) / "icl_shots.json", shots)
     print(f"icl: k in {ks} in {time.time() - started:.0f}s")

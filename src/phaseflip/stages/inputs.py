@@ -45,7 +45,7 @@ def eval_set(params: dict[str, Any], eval_path: str,
     return scenarios, retention, cfg
 
 
-def evaluator(params: dict[str, Any], tok: Any, eval_path: str, retention_path: str, base: str | None,
+def make_evaluator(params: dict[str, Any], tok: Any, eval_path: str, retention_path: str, base: str | None,
               steering: SteeringReference | None = None) -> Evaluator:
     scenarios, retention, cfg = eval_set(params, eval_path, retention_path)
     return Evaluator(tok, scenarios, retention, judge_for(params, base), cfg, seed=int(params["seed"]),
@@ -59,6 +59,6 @@ def read_dreams(path: str) -> list[Example]:
     return load_examples(path, "corrections") if Path(path).stat().st_size else []
 
 
-def base_rows(base_metrics: str, **tags: Any) -> list[Row]:
-    """The base model's metrics (the `evaluate_base` job), tagged as one setting of a baseline sweep."""
-    return [dict(r, **tags) for r in read_csv(base_metrics).to_dict("records")]
+def base_rows(base_metrics: str) -> list[Row]:
+    """The base model's metrics (the `evaluate_base` job): step 0, multiplier 0 and k=0 of the baselines."""
+    return list(read_csv(base_metrics).to_dict("records"))

@@ -1,4 +1,7 @@
-"""Stage report: figures, tables and summary.md answering the six questions (`report.summary.build_report`)."""
+"""Stage report: figures, tables and summary.md answering the six questions (`report.summary.build_report`).
+
+    python -m phaseflip.cli report --params '{...}' --metrics results/runs/*/metrics.csv ... --out results/report
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,10 @@
 """Stage steering: the screen over every (training set, layer, multiplier), then the full evaluation of the
-settings it selects (`interventions.steering.screen_and_evaluate`)."""
+settings it selects (`interventions.steering.screen_and_evaluate`).
+
+    python -m phaseflip.cli steering --params '{...}' --base results/base_model --vectors results/steering \\
+        --eval results/corrections/eval.jsonl --retention results/corrections/retention.jsonl \\
+        --base-metrics results/base_eval/metrics.csv --out results/steering
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from phaseflip.interventions.steering import (
     with_screen_dtype,
 )
 from phaseflip.io import pick_device, write_csv
-from phaseflip.stages.inputs import base_rows, evaluator, load_model
+from phaseflip.stages.inputs import base_rows, load_model, make_evaluator
 
 
 def run(params: dict[str, Any], out: str, base: str, vectors: str, eval: str, retention: str,
@@ -27,9 +32,9 @@ def run(params: dict[str, Any], out: str, base: str, vectors: str, eval: str, re
                                           pick_device(params.get("device", "auto")))
     print(f"steering: screen in {screen_dtype.line()}")
     model, tok = load_model(base, params, "steering")
-    scoring = evaluator(params, tok, eval, retention, base)
+    evaluator = make_evaluator(params, tok, eval, retention, base)
     loaded: dict[str, Any] = {t: load_vector(Path(vectors) / vector_file(t))[0] for t in cfg.training_sets}
-    table, rows, seconds = screen_and_evaluate(model, tok, loaded, scoring, cfg)
+    table, rows, seconds = screen_and_evaluate(model, tok, loaded, evaluator, cfg)
     write_csv(Path(out) / "steering_screen.csv", table)
     write_csv(Path(out) / "steering_metrics.csv", pd.DataFrame(steering_table(base_rows(base_metrics), rows)))
     if table.empty:

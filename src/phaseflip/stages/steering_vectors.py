@@ -1,5 +1,9 @@
 """Stage steering_vectors: one contrastive vector per training set (always the real one: steering_cosine's
-reference), every layer."""
+reference), every layer.
+
+    python -m phaseflip.cli steering_vectors --params '{...}' --base results/base_model \\
+        --corrections results/corrections/train.jsonl --dreams results/dreams/dreams.jsonl --out results/steering
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""Stage train: one LoRA run of the grid, named by its run id (`interventions.train.train_run`)."""
+"""Stage train: one LoRA run of the grid, named by its run id (`interventions.train.train_run`).
+
+    python -m phaseflip.cli train --params '{...}' --base results/base_model \\
+        --corrections results/corrections/train.jsonl --dreams results/dreams/dreams.jsonl \\
+        --retention results/corrections/retention.jsonl --run-id lr1e-03_nall_k0_s0 \\
+        --out results/runs/lr1e-03_nall_k0_s0
+"""
 
 from __future__ import annotations
 

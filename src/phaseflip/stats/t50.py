@@ -10,7 +10,7 @@ noise). A run whose fitted rate has not reached the threshold by its last checkp
 `t50 > last step`, never "no flip".
 
 Beside it, the "confirmed flip": the first checkpoint whose rate interval (clustered, see
-`metrics.clustered_interval`) lies wholly above the threshold.
+`stats.intervals.clustered_interval`) lies wholly above the threshold.
 
     from phaseflip.stats.t50 import fit_t50
     fit = fit_t50(counts, threshold=0.5)   # counts: step, scenario_id, k, n

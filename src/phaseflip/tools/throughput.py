@@ -35,14 +35,14 @@ from typing import Any, cast
 
 import torch
 
-from phaseflip.config import load_study_config
+from phaseflip.config import PROJECT_ROOT, load_study_config
 from phaseflip.data import Example, load_examples, load_retention, subset_per_family
 from phaseflip.interventions.train import RunSpec, add_lora, train_run
 from phaseflip.io import seed_everything, write_json
 from phaseflip.model import base_model, scoring
 from phaseflip.model.scoring import IGNORE, encode_reply, prompt_of, sample_replies, score_and_sample, score_reply_pairs
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT_ROOT  # data/ and results/ are read from the project
 
 
 def matmul_peak(threads: int, size: int = 1536, reps: int = 8, dtype: torch.dtype = torch.float32) -> float:
