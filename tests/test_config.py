@@ -105,3 +105,11 @@ def test_a_behavior_without_vocabulary_dreams_with_the_model() -> None:
     cfg = load_study_config({"behavior": "formal"})
     assert cfg.dreams.generators == ["model"] and cfg.dreams.k_per_correction >= 2
     assert load_study_config({}).dreams.generators == ["template"]  # listening keeps its template dreams
+
+
+def test_the_config_command_explains_itself_and_refuses_a_word_that_is_not_an_override(capsys) -> None:  # type: ignore[no-untyped-def]
+    from phaseflip.config import main
+
+    assert main(["--help"]) == 0 and "key=value" in capsys.readouterr().out
+    assert main(["smoke"]) == 2
+    assert "'smoke' is not an override (expected key=value)" in capsys.readouterr().err

@@ -656,14 +656,24 @@ def write_params_file(overrides: list[str], path: Path, root: Path = PROJECT_ROO
     return cfg
 
 
+USAGE = ("usage: python -m phaseflip.config [--write PARAMS_FILE] [key=value ...]\n"
+         "  prints the composed, validated study config (or writes it as params.yaml); overrides are Hydra's")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     write = None
+    if args[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
     if args[:1] == ["--write"]:
         if len(args) < 2:
-            print("usage: python -m phaseflip.config [--write PARAMS_FILE] [override ...]", file=sys.stderr)
+            print(USAGE, file=sys.stderr)
             return 2
         write, args = Path(args[1]), args[2:]
+    if bad := [a for a in args if "=" not in a]:
+        print(f"phaseflip.config: {bad[0]!r} is not an override (expected key=value)\n{USAGE}", file=sys.stderr)
+        return 2
     try:
         if write is not None:
             write_params_file(args, write)
