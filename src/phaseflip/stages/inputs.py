@@ -46,7 +46,9 @@ def eval_set(params: dict[str, Any], eval_path: str,
 
 
 def make_evaluator(params: dict[str, Any], tok: Any, eval_path: str, retention_path: str, base: str | None,
-              steering: SteeringReference | None = None) -> Evaluator:
+                   steering: SteeringReference | None = None) -> Evaluator:
+    """The one evaluator of a stage (checkpoints, steering settings, ICL k alike): the eval set, the
+    behavior's judge, and optionally the steering_cosine reference."""
     scenarios, retention, cfg = eval_set(params, eval_path, retention_path)
     return Evaluator(tok, scenarios, retention, judge_for(params, base), cfg, seed=int(params["seed"]),
                      steering=steering)
