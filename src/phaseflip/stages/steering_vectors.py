@@ -18,12 +18,11 @@ from phaseflip.stages.inputs import load_model, read_dreams, steering_vector_con
 
 def run(params: dict[str, Any], out: str, base: str, corrections: str, dreams: str) -> None:
     cfg = steering_vector_config(params)
+    real = load_examples(corrections, "corrections")
     model, tok = load_model(base, params, "steering_vectors")
     started = time.time()
     for training_set in vector_sets(cfg):
-        examples = load_examples(corrections, "corrections")
-        if training_set == "real_and_dreams":
-            examples += read_dreams(dreams)
+        examples = real + read_dreams(dreams) if training_set == "real_and_dreams" else list(real)
         vector = train_vector(model, tok, examples, cfg)
         save_vector(vector, Path(out) / vector_file(training_set),
                     {"training_set": training_set, "pair_ids": [e.id for e in examples if e.preferred and e.rejected],
