@@ -375,7 +375,8 @@ class AdaptiveSampling(Strict):
     In-distribution (every checkpoint): stop once the rate's clustered 95% interval lies wholly below
     `band[0]` or above `band[1]`, i.e. the checkpoint is clearly before or after the flip; checkpoints
     near the threshold keep sampling up to `max_samples` per scenario. Out-of-distribution families
-    (sampled only where Q5 needs them: the base model, each run's last and best checkpoint): sample
+    (sampled only where Q5 needs them: the base model, each run's last checkpoint and, with
+    `ood_at_best`, its best one): sample
     until the interval's half-width is at most `ood_half_width`, up to `ood_max_samples`.
     """
 
@@ -402,6 +403,9 @@ class EvalConfig(Strict):
     # them); otherwise checkpoints in between score the first `ood_subset_per_family` of each other family.
     ood_every_checkpoint: bool = False
     ood_subset_per_family: int = Field(3, ge=0)
+    # Also sample every family at each run's best in-distribution checkpoint where it is not the last
+    # (Q5 then reads the best of those); false: only at the last, a checkpoint fixed before the data.
+    ood_at_best: bool = True
     temperature: float = Field(0.7, gt=0)
     max_new_tokens: int = Field(40, gt=0)
     batch_size: int = Field(16, gt=0)

@@ -58,11 +58,19 @@ class _Evaluator:
     def __init__(self) -> None:
         self.previous = None
         self.calls: list[str] = []
+        self.prompt_fns: dict[int, object] = {}
 
     def evaluate(self, model, step, prompt_fn, retention, sample):  # type: ignore[no-untyped-def]
         self.calls.append(sample)
         shots = prompt_fn.args[1]  # partial(icl_prompt, tokenizer, shots)
+        self.prompt_fns[step] = prompt_fn
         return [{"step": step, "family": "in_distribution", "metric": "behavior_rate", "value": len(shots) / 10}]
+
+    def sample_ood(self, model, step, prompt_fn):  # type: ignore[no-untyped-def]
+        assert prompt_fn is self.prompt_fns[step]  # the other families are added to the best k's own step
+        self.calls.append(f"ood {step}")
+        return [{"step": step, "family": "all", "metric": "behavior_rate", "value": 0.5},
+                {"step": step, "family": "in_distribution", "metric": "behavior_rate", "value": 0.5}]
 
 
 def test_icl_table_reuses_the_base_rows_for_k0_and_samples_every_family_at_the_best_k_only() -> None:
@@ -74,7 +82,11 @@ def test_icl_table_reuses_the_base_rows_for_k0_and_samples_every_family_at_the_b
     evaluator = _Evaluator()
     rows, shots = icl_table(evaluator, None, None, SHOTS, ks, 0, base)  # type: ignore[arg-type]
     assert rows[0] == dict(base[0], k=0)  # the base model's own row, not recomputed
-    assert evaluator.calls == ["in_distribution"] * 3 + ["all"]  # k = 1, 3, 5, then the best (5) on every family
+    # k = 1, 3, 5 in-distribution, then the other families added to the best (5), not a second evaluation
+    assert evaluator.calls == ["in_distribution"] * 3 + ["ood 5"]
+    assert {r["step"] for r in rows} == {0}  # every k is the base model's weights
+    at_best = [r for r in rows if r["k"] == 5]  # the recomputed aggregate replaces the k's rows, once each
+    assert sorted((r["family"], r["value"]) for r in at_best) == [("all", 0.5), ("in_distribution", 0.5)]
     assert sorted(shots) == [0, 1, 3, 5] and shots[0] == [] and len(shots[5]) == 5
     without_zero, _ = icl_table(_Evaluator(), None, None, SHOTS, [1], 0, base)  # type: ignore[arg-type]
-    assert [r["k"] for r in without_zero] == [1]
+    assert {r["k"] for r in without_zero} == {1}  # no k=0 row without 0 in ks

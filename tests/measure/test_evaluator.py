@@ -171,3 +171,18 @@ def test_evaluate_run_samples_other_families_at_last_and_best_but_not_for_a_cont
     control = _RecordingEvaluator(rates)
     evaluate_run(control, None, found, lambda folder: nullcontext(), [], [], other_families=False)  # type: ignore[arg-type]
     assert control.calls == [(2, "in_distribution"), (4, "in_distribution"), (6, "in_distribution")]
+
+
+def test_evaluate_run_without_at_best_samples_other_families_at_the_last_checkpoint_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from contextlib import nullcontext
+
+    from phaseflip.interventions.train import checkpoints
+    from phaseflip.measure.evaluator import evaluate_run
+
+    for step in (2, 4, 6):
+        (tmp_path / "checkpoints" / f"step-{step:04d}").mkdir(parents=True)
+    fixed = _RecordingEvaluator({2: 0.1, 4: 0.9, 6: 0.6})  # the best (4) is not the last (6): still not sampled
+    rows, _ = evaluate_run(fixed, None, checkpoints(tmp_path), lambda folder: nullcontext(), [], [],  # type: ignore[arg-type]
+                           at_best=False)
+    assert fixed.calls == [(2, "in_distribution"), (4, "in_distribution"), (6, "all")]
+    assert (4, "all") not in {(r["step"], r["family"]) for r in rows}

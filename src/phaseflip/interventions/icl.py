@@ -62,9 +62,12 @@ def evaluate_icl(evaluator: Evaluator, model: PreTrainedModel, tokenizer: PreTra
     """Rows of every k > 0 (tagged `k`) and the shots each used.
 
     Every k is sampled in-distribution (adaptive, like a checkpoint); the best k by in-distribution
-    behavior_rate is then evaluated on every family, which Q4's per-family comparison reads. Sampling
+    behavior_rate then gets the other families added (`Evaluator.sample_ood`: its in-distribution rows
+    stay the ones it was chosen on, not recomputed), which Q4's per-family comparison reads. Sampling
     all families for every k would multiply the stage's cost by the number of ks for one row of the
     report. Retention prompts carry no shots, so retention_kl is 0 by construction and not computed.
+    Inside the evaluator each k is its own step (k), so the best k's state is still there; the rows say
+    step 0 (the base model's weights) and carry `k`.
     """
     rows: list[Row] = []
     shots_used: dict[int, list[str]] = {}
@@ -74,14 +77,13 @@ def evaluate_icl(evaluator: Evaluator, model: PreTrainedModel, tokenizer: PreTra
         shots_used[k] = [s.id for s in shots]
         prompt_fns[k] = partial(icl_prompt, tokenizer, shots)
         evaluator.previous = None
-        rows += [dict(r, k=k) for r in evaluator.evaluate(model, step=0, prompt_fn=prompt_fns[k], retention=False,
-                                                          sample="in_distribution")]
+        rows += [dict(r, k=k, step=0) for r in evaluator.evaluate(model, step=k, prompt_fn=prompt_fns[k],
+                                                                  retention=False, sample="in_distribution")]
     best = best_step([dict(r, step=r["k"]) for r in rows])  # the k with the highest in-distribution rate
     if best is not None:
-        evaluator.previous = None
-        rows = [r for r in rows if r["k"] != best]
-        rows += [dict(r, k=best) for r in evaluator.evaluate(model, step=0, prompt_fn=prompt_fns[best],
-                                                             retention=False, sample="all")]
+        extra = [dict(r, k=best, step=0) for r in evaluator.sample_ood(model, best, prompt_fn=prompt_fns[best])]
+        replaced = {(r["family"], r["metric"]) for r in extra}
+        rows = [r for r in rows if r["k"] != best or (r["family"], r["metric"]) not in replaced] + extra
     return rows, shots_used
 
 

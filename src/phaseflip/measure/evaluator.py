@@ -318,12 +318,13 @@ def best_step(rows: list[Row]) -> int | None:
 
 def evaluate_run(evaluator: Evaluator, model: PreTrainedModel, found: list[tuple[int, Path]],
                  load_checkpoint: Callable[[Path], Any], base_rows: list[Row],
-                 base_scenarios: list[Row], other_families: bool = True,
+                 base_scenarios: list[Row], other_families: bool = True, at_best: bool = True,
                  label: str = "run") -> tuple[list[Row], list[Row]]:
     """Every checkpoint of a run (the base model's rows as step 0): metric rows and per-scenario rows.
 
     In-distribution replies are sampled at every checkpoint; the other families at the last checkpoint
-    and, once all are seen, at the best one (Q5 compares those with the base model). A negative control
+    and, with `at_best`, once all are seen, at the best one (Q5 compares those with the base model;
+    `eval.ood_at_best`). A negative control
     (`other_families=False`) samples in-distribution only: no answer reads its other families, and
     they cost ~70 s per checkpoint on a CPU.
     `found` is the run's (step, checkpoint folder) list, in step order; `load_checkpoint(folder)` puts a
@@ -338,7 +339,7 @@ def evaluate_run(evaluator: Evaluator, model: PreTrainedModel, found: list[tuple
             sample: Sampled = "all" if last and other_families else "in_distribution"
             rows += evaluator.evaluate(model, step=step, sample=sample)
     best = best_step(rows)
-    if other_families and best is not None and best != found[-1][0]:
+    if other_families and at_best and best is not None and best != found[-1][0]:
         with load_checkpoint(dict(found)[best]):
             extra = evaluator.sample_ood(model, best)
         replaced = {(r["family"], r["metric"]) for r in extra}

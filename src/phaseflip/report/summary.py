@@ -84,7 +84,8 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
     base = study[study.step == 0].drop_duplicates(["family", "metric"])
     trained = study[(study.step > 0) & (~study.control.astype(bool))]
     # Q5 compares families: the best checkpoint is chosen (on in-distribution) among those whose every
-    # family was sampled (each run's last and its own best, see measure.evaluator.evaluate_run).
+    # family was sampled (each run's last and, with eval.ood_at_best, its own best; see
+    # measure.evaluator.evaluate_run).
     every_family = trained[(trained.metric == "behavior_rate") & (trained.family == "all")][["run_id", "step"]]
     best_ckpt = best_setting(trained.merge(every_family, on=["run_id", "step"]), ["run_id", "step"])
     best_steer = best_setting(steer[steer.layer >= 0], ["training_set", "layer", "multiplier"])

@@ -49,7 +49,8 @@ def run(params: dict[str, Any], out: str, base: str, eval: str, retention: str, 
     rows, per_scenario = evaluate_run(evaluator, peft_model, checkpoints(folder),
                                       partial(merged_checkpoint, peft_model), read_csv(base_metrics).to_dict("records"),
                                       read_csv(scenario_table(Path(base_metrics))).to_dict("records"),
-                                      other_families=not info["control"], label=folder.name)
+                                      other_families=not info["control"], at_best=evaluator.cfg.ood_at_best,
+                                      label=folder.name)
     write_csv(metrics_csv, stamp(pd.DataFrame(rows), info))
     write_csv(scenario_table(metrics_csv), stamp(pd.DataFrame(per_scenario), info))
     print(f"evaluate {info['run_id']}: {len(set(r['step'] for r in rows))} steps in {time.time() - started:.0f}s")
