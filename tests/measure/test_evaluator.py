@@ -186,3 +186,31 @@ def test_evaluate_run_without_at_best_samples_other_families_at_the_last_checkpo
                            at_best=False)
     assert fixed.calls == [(2, "in_distribution"), (4, "in_distribution"), (6, "all")]
     assert (4, "all") not in {(r["step"], r["family"]) for r in rows}
+
+
+def test_other_families_share_each_sampling_round_and_stop_on_their_own_rule(tiny, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A clear family stops after the first round, a coin at 0.5 keeps sampling to the cap; while both
+    sample, one call decodes both (10-scenario families alone are small decoding batches)."""
+    import phaseflip.measure.evaluator as evaluator_module
+
+    model, tok = tiny
+    ev = coin_evaluator(tok, {"in_distribution": 0.0, "french": 0.0, "inverted": 0.5}, n_ood=10)
+    ev.scenarios = ev.scenarios + [Example(id=f"v{i}", family="inverted", preferred="Yes.", rejected="No.",
+                                           messages=[{"role": "user", "content": f"Options for {i}?"}])
+                                   for i in range(10)]
+    sampled_calls: list[set[str]] = []
+    real = evaluator_module.score_and_sample
+
+    def spy(model, tok, prompts, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("n"):
+            sampled_calls.append({ev.scenarios[next(i for i, p in enumerate(ev._prompts(None)) if p == q)].family
+                                  for q in prompts})
+        return real(model, tok, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(evaluator_module, "score_and_sample", spy)
+    ev.evaluate(model, step=2, sample="in_distribution")
+    sampled_calls.clear()
+    table = pd.DataFrame(ev.sample_ood(model, step=2))
+    assert sampled_calls[0] == {"french", "inverted"}  # round one: both families in one call
+    assert all(c == {"inverted"} for c in sampled_calls[1:]) and len(sampled_calls) > 1  # french stopped
+    assert _n(table, "french") == 10 * 2 and _n(table, "inverted") == 10 * 6  # its own rule; the other the cap

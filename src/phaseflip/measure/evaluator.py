@@ -123,7 +123,7 @@ class Evaluator:
         probed = self._score_pairs(model, prompts, step, scored, self._layers())
         self._counts[step] = Counts.empty(len(self.scenarios))
         families = self._families()
-        self._sample_adaptively(model, prompts, step, families[IN_DISTRIBUTION], _outside_band(self.cfg))
+        self._sample_adaptively(model, prompts, step, [families[IN_DISTRIBUTION]], _outside_band(self.cfg))
         if sample == "all" or self.cfg.ood_every_checkpoint:
             self._sample_ood(model, prompts, step)
         rows = self._aggregate(step)
@@ -158,26 +158,28 @@ class Evaluator:
         return probed
 
     def _sample_ood(self, model: PreTrainedModel, prompts: list[str], step: int) -> None:
-        for family, idx in self._families().items():
-            if family not in ("all", IN_DISTRIBUTION):
-                self._sample_adaptively(model, prompts, step, idx, _narrow_enough(self.cfg),
-                                        cap=self.cfg.adaptive.ood_max_samples)
+        """Every other family, each to its own stopping rule, the families still sampling decoded together
+        in one call per round (a family of 10 scenarios alone is too small a batch to decode efficiently)."""
+        families = [idx for family, idx in self._families().items() if family not in ("all", IN_DISTRIBUTION)]
+        self._sample_adaptively(model, prompts, step, families, _narrow_enough(self.cfg),
+                                cap=self.cfg.adaptive.ood_max_samples)
 
-    def _sample_adaptively(self, model: PreTrainedModel, prompts: list[str], step: int, idx: list[int],
+    def _sample_adaptively(self, model: PreTrainedModel, prompts: list[str], step: int, groups: list[list[int]],
                            done: Callable[[tuple[float, float]], bool], cap: int | None = None) -> None:
-        """Sample replies to scenarios `idx` in rounds until `done(interval)` or the per-scenario cap."""
+        """Sample replies to each group of scenarios in rounds until `done(interval)` of that group's rate
+        or the per-scenario cap; the groups still sampling share each round's call."""
         counts = self._counts[step]
         cap = cap or self.cfg.adaptive.max_samples
         round_no = 0
-        while idx:
-            have = counts.trials[idx[0]]
-            if have >= cap:
+        while True:
+            active = [idx for idx in groups if idx and not self._group_done(counts, idx, done, cap)]
+            if not active:
                 break
-            if have and done(clustered_interval([counts.behavior[i] for i in idx], [counts.trials[i] for i in idx])):
-                break
+            have = counts.trials[active[0][0]]  # every active group has had the same rounds
             n = min(self.cfg.n_samples if not have else self.cfg.adaptive.samples_per_round, cap - have)
+            idx = [i for group in active for i in group]
             # The seed depends on the round and on which scenarios are sampled, not on the checkpoint:
-            # equal models give equal numbers (a test relies on it), and a family's draws are its own.
+            # equal models give equal numbers (a test relies on it).
             seed = self.seed + ROUND_SEED * round_no + idx[0]
             _, samples = score_and_sample(
                 model, self.tok, [prompts[i] for i in idx], n=n, max_new_tokens=self.cfg.max_new_tokens,
@@ -190,6 +192,12 @@ class Evaluator:
                 counts.coherent[i] += sum(v.coherent for v in verdicts)
                 counts.trials[i] += len(texts)
             round_no += 1
+
+    @staticmethod
+    def _group_done(counts: Counts, idx: list[int], done: Callable[[tuple[float, float]], bool], cap: int) -> bool:
+        have = counts.trials[idx[0]]
+        return have >= cap or bool(have) and done(
+            clustered_interval([counts.behavior[i] for i in idx], [counts.trials[i] for i in idx]))
 
     def _layers(self) -> list[int]:
         return [self.steering.layer] if self.steering else []
