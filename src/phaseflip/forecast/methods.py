@@ -269,28 +269,11 @@ def _grid(origin: float, ctx: Context) -> np.ndarray:
 
 
 def _trajectory_draws(run: RunData, ctx: Context, rng: np.random.Generator) -> tuple[Form, np.ndarray, np.ndarray]:
-    """The chosen form and (B + 1, T) per-step metric series: the observed one, then draws of it for the
-    extrapolation's uncertainty.
-
-    The target is this run's t50 on *this* eval set, so which scenarios were drawn is not a source of
-    uncertainty; how far the run's checkpoints scatter around the form is. The draws add noise around
-    the fit with the sd pooled over this prefix's residuals and the other runs' (refitting each draw then
-    gives the coefficients' uncertainty). Resampling scenarios on top of that counted the scatter twice
-    (residuals of the mean curve already hold it) and widened every interval (80% intervals covered
-    0.93-0.96 on the benchmark). Only where no residual is known yet (no degree of freedom anywhere) do
-    the draws resample scenarios instead, the one spread measured then.
-    """
+    """The chosen form and (B + 1, T) per-step metric series: the observed one, then bootstrap series
+    (scenarios resampled, plus noise around the fit with the sd pooled over this prefix's residuals and
+    the other runs': the extrapolation's uncertainty)."""
     steps, x = run.curve.step.to_numpy(float), run.curve.x.to_numpy(float)
     form = choose_form(ctx.metric, steps, x)
-    coef = form.fit(steps, x)
-    own_ss = float(((form.h(x) - form.h(form.predict(coef, steps)[0])) ** 2).sum())
-    other_ss, other_dof = ctx.trajectory_noise(form.name.rstrip("0123456789."))
-    dof = max(0, len(x) - 2) + other_dof
-    if dof:
-        sd = math.sqrt((own_ss + other_ss) / dof)  # pooled: this prefix and the other runs
-        series = form.h_inv(form.h(np.repeat(x[None, :], ctx.n_bootstrap, axis=0))
-                            + rng.normal(0, sd, size=(ctx.n_bootstrap, len(x))))
-        return form, steps, np.vstack([x[None, :], series])
     sc = run.scenarios.dropna(subset=["x"])
     if len(sc):
         wide = sc.pivot_table(index="scenario_id", columns="step", values="x").reindex(columns=steps)
@@ -300,6 +283,13 @@ def _trajectory_draws(run: RunData, ctx: Context, rng: np.random.Generator) -> t
         series = np.where(np.isfinite(series), series, x[None, :])
     else:
         series = np.repeat(x[None, :], ctx.n_bootstrap, axis=0)
+    coef = form.fit(steps, x)
+    own_ss = float(((form.h(x) - form.h(form.predict(coef, steps)[0])) ** 2).sum())
+    other_ss, other_dof = ctx.trajectory_noise(form.name.rstrip("0123456789."))
+    dof = max(0, len(x) - 2) + other_dof
+    sd = math.sqrt((own_ss + other_ss) / dof) if dof else 0.0  # pooled: this prefix and the other runs
+    noise = rng.normal(0, sd, size=series.shape)
+    series = form.h_inv(form.h(series) + noise)
     return form, steps, np.vstack([x[None, :], series])
 
 
