@@ -52,6 +52,10 @@ def test_q5_states_each_family_change_with_its_interval() -> None:
                         family_notes={"french": "a note from the behavior's YAML"}))
     assert "| french | 10 | 0.10 [0.02, 0.25] | 0.70 [0.55, 0.82] | 0.60 [" in text
     assert "| up | yes" in text and "a note from the behavior's YAML" in text
+    assert "among each run's last and best checkpoint" in text  # no params: the code default
+    fixed = "\n".join(q5(study, best, comp, pd.DataFrame(columns=["metric", "family", "value"]),
+                         params={"eval": {"ood_at_best": False}}))
+    assert "among each run's last checkpoint, fixed in advance" in fixed
 
 
 def test_q2_reads_sharpness_only_for_runs_that_crossed() -> None:

@@ -188,13 +188,17 @@ def q3(transitions: pd.DataFrame, study: pd.DataFrame, dreams: dict[str, Any], d
 
 
 def q5(study: pd.DataFrame, best_ckpt: Any, comp: pd.DataFrame, base: pd.DataFrame,
-       family_notes: dict[str, str] | None = None, **_: Any) -> list[str]:
+       family_notes: dict[str, str] | None = None, params: dict[str, Any] | None = None, **_: Any) -> list[str]:
     L = ["", "## Q5 — Beyond the training format, and the cost elsewhere", ""]
     if best_ckpt is None:
         return L + ["No trained checkpoint to compare."]
     lora = comp[comp.setup.str.startswith("LoRA")].set_index("family")
     base_rows = comp[comp.setup == "base model"].set_index("family")
-    L += [f"Best checkpoint `{best_ckpt.run_id}` step {int(best_ckpt.step)} vs the base model, behavior_rate per "
+    ood_at_best = bool(((params or {}).get("eval") or {}).get("ood_at_best", True))
+    candidates = "each run's last and best checkpoint" if ood_at_best else \
+        "each run's last checkpoint, fixed in advance (`eval.ood_at_best: false`)"
+    L += [f"Best checkpoint `{best_ckpt.run_id}` step {int(best_ckpt.step)} (the highest in_distribution "
+          f"behavior_rate among {candidates}) vs the base model, behavior_rate per "
           "family, every scenario of each family sampled until its interval half-width is small (`eval.adaptive`). "
           "Change = best minus base with its 95% interval (MOVER from the two clustered intervals); "
           "`families.png`.", "",
