@@ -19,7 +19,9 @@ Prints (and writes as JSON with --out):
 - the baselines (`--only baselines` runs just these): steering screen settings per second (every
   layer x 2 multipliers, at the default screen precision); ICL prompts per second at k=all with the
   shared shot prefix encoded once vs each prompt encoded whole; sampling decode tokens per second with
-  the preallocated (static) KV cache vs the growing one, on the same prompts and seed;
+  the preallocated (static) KV cache vs the growing one, on the same prompts and seed; the other
+  families' sampling round decoded in one call (as the evaluator does) vs one call per family (median of
+  3 interleaved repeats each);
 - peak resident memory.
 """
 
@@ -36,7 +38,7 @@ from typing import Any, cast
 import torch
 
 from phaseflip.config import PROJECT_ROOT, load_study_config
-from phaseflip.data import Example, load_examples, load_retention, subset_per_family
+from phaseflip.data import IN_DISTRIBUTION, Example, load_examples, load_retention, subset_per_family
 from phaseflip.interventions.train import RunSpec, add_lora, train_run
 from phaseflip.io import seed_everything, write_json
 from phaseflip.model import base_model, scoring
@@ -167,6 +169,34 @@ def baseline_figures(model_dir: Path, threads: int) -> dict[str, Any]:
         finally:
             scoring.STATIC_DECODE_CACHE = saved_static
     figures["decode_static_cache_same_replies"] = str(figures.pop("_replies_static") == figures.pop("_replies_growing"))
+
+    # The other families' first sampling round: one call for all of them (the evaluator) vs one call per
+    # family (small decoding batches); interleaved repeats, the median of each.
+    from statistics import median
+
+    families: dict[str, list[str]] = {}
+    for ex in scenarios:
+        if ex.family != IN_DISTRIBUTION:
+            families.setdefault(ex.family, []).append(prompt_of(tok, ex))
+
+    def ood_round(groups: list[list[str]]) -> float:
+        start = time.perf_counter()
+        for group in groups:
+            sample_replies(model, tok, group, cfg.eval.n_samples, cfg.eval.max_new_tokens, cfg.eval.batch_size,
+                           temperature=cfg.eval.temperature)
+        return time.perf_counter() - start
+
+    if families:
+        together: list[float] = []
+        apart: list[float] = []
+        for rep in range(3):
+            order = [(together, [sum(families.values(), [])]), (apart, list(families.values()))]
+            for out, groups in order if rep % 2 == 0 else order[::-1]:
+                out.append(ood_round(groups))
+        figures["ood_round_s_one_call"] = median(together)
+        figures["ood_round_s_per_family"] = median(apart)
+        figures["ood_round_one_call_speedup"] = median(apart) / median(together)
+        figures["ood_round_scenarios"] = f"{sum(len(v) for v in families.values())} in {len(families)} families"
     return figures
 
 
