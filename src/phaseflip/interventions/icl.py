@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from phaseflip.config import ConfigError
 from phaseflip.data import Example
-from phaseflip.measure.evaluator import Evaluator, Row, best_step
+from phaseflip.measure.evaluator import Evaluator, Row, best_step, replace_rows
 from phaseflip.model.scoring import render_prompt
 
 
@@ -82,8 +82,7 @@ def evaluate_icl(evaluator: Evaluator, model: PreTrainedModel, tokenizer: PreTra
     best = best_step([dict(r, step=r["k"]) for r in rows])  # the k with the highest in-distribution rate
     if best is not None:
         extra = [dict(r, k=best, step=0) for r in evaluator.sample_ood(model, best, prompt_fn=prompt_fns[best])]
-        replaced = {(r["family"], r["metric"]) for r in extra}
-        rows = [r for r in rows if r["k"] != best or (r["family"], r["metric"]) not in replaced] + extra
+        rows = replace_rows(rows, extra, "k", best)
     return rows, shots_used
 
 

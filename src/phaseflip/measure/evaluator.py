@@ -324,6 +324,13 @@ def best_step(rows: list[Row]) -> int | None:
     return max(rates)[1] if rates else None
 
 
+def replace_rows(rows: list[Row], extra: list[Row], key: str, value: Any) -> list[Row]:
+    """`rows` with those at `key == value` whose (family, metric) `extra` recomputes replaced by `extra`
+    (what `Evaluator.sample_ood` returns for a step it added the other families to)."""
+    replaced = {(r["family"], r["metric"]) for r in extra}
+    return [r for r in rows if r[key] != value or (r["family"], r["metric"]) not in replaced] + extra
+
+
 def evaluate_run(evaluator: Evaluator, model: PreTrainedModel, found: list[tuple[int, Path]],
                  load_checkpoint: Callable[[Path], Any], base_rows: list[Row],
                  base_scenarios: list[Row], other_families: bool = True, at_best: bool = True,
@@ -350,6 +357,5 @@ def evaluate_run(evaluator: Evaluator, model: PreTrainedModel, found: list[tuple
     if other_families and at_best and best is not None and best != found[-1][0]:
         with load_checkpoint(dict(found)[best]):
             extra = evaluator.sample_ood(model, best)
-        replaced = {(r["family"], r["metric"]) for r in extra}
-        rows = [r for r in rows if r["step"] != best or (r["family"], r["metric"]) not in replaced] + extra
+        rows = replace_rows(rows, extra, "step", best)
     return rows, list(base_scenarios) + evaluator.scenario_rows

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from phaseflip.config import EvalConfig
 from phaseflip.data import IN_DISTRIBUTION
 from phaseflip.report.figures import pick
 from phaseflip.stats.differences import Difference, rate_difference, seed_spread, seeds_per_arm
@@ -194,7 +195,7 @@ def q5(study: pd.DataFrame, best_ckpt: Any, comp: pd.DataFrame, base: pd.DataFra
         return L + ["No trained checkpoint to compare."]
     lora = comp[comp.setup.str.startswith("LoRA")].set_index("family")
     base_rows = comp[comp.setup == "base model"].set_index("family")
-    ood_at_best = bool(((params or {}).get("eval") or {}).get("ood_at_best", True))
+    ood_at_best = EvalConfig.model_validate((params or {}).get("eval") or {}).ood_at_best
     candidates = "each run's last and best checkpoint" if ood_at_best else \
         "each run's last checkpoint, fixed in advance (`eval.ood_at_best: false`)"
     L += [f"Best checkpoint `{best_ckpt.run_id}` step {int(best_ckpt.step)} (the highest in_distribution "
