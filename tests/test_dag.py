@@ -21,11 +21,12 @@ RULE_FILES = sorted((ROOT / "workflow" / "rules").glob("*.smk"))
 
 
 def rule_bodies() -> dict[str, str]:
-    """rule name -> its text, from every rule file (`rule x:` up to the next rule)."""
+    """rule name -> its text, from every rule file (`rule x:` or `checkpoint x:` up to the next one)."""
     bodies: dict[str, str] = {}
     for path in RULE_FILES:
         text = path.read_text(encoding="utf-8")
-        for m in re.finditer(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", text, flags=re.M | re.S):
+        pattern = r"^(?:rule|checkpoint) (\w+):\n(.*?)(?=^(?:rule|checkpoint) |\Z)"
+        for m in re.finditer(pattern, text, flags=re.M | re.S):
             bodies[m.group(1)] = m.group(2)
     return bodies
 

@@ -191,11 +191,20 @@ class DreamModel(Strict):
     request_header: str = "Requests a user sent to an assistant:\n"
 
 
+# K per correction when the config leaves it to the generator (`k_per_correction: auto`): the template
+# generator is cheap (string filling), the model generator writes every dream with the model (~10 s each
+# on a CPU), so it gets fewer.
+DEFAULT_K = {"template": 10, "model": 2}
+
+
 class DreamsConfig(Strict):
+    # `auto` (resolved when the study config is validated, `resolve_dream_generators`): the template
+    # generator when the behavior has a dream vocabulary, the model generator when it has none.
     generators: list[Literal["template", "model"]] = Field(["template"], min_length=1)
     k_per_correction: int = Field(10, ge=0)
     near_duplicate_threshold: float = Field(0.6, gt=0, le=1)
     model: DreamModel = DreamModel()
+    chosen: str = ""  # set by `generators: auto`: which generator it chose, and why (printed, reported)
 
     @field_validator("generators")
     @classmethod
@@ -294,7 +303,8 @@ class LoraConfig(Strict):
 
 class NegativeControl(Strict):
     enabled: bool = True
-    lr: float = Field(1e-3, gt=0)
+    # `main`: the grid's first lr (the pilot's main one under `lrs: auto`), as for an extra run
+    lr: float | Literal["main"] = "main"
     # own-replies: each prompt gets the base model's own greedy reply (the behavior's null for any
     # behavior: nothing in the replies is new to the model). irrelevant: an unrelated text (the retention
     # set) as its reply; a null only where those texts lack the behavior (formal prose teaches `formal`).
@@ -305,10 +315,51 @@ class NegativeControl(Strict):
 class ExtraRun(Strict):
     """A grid point outside the lrs x n_real x dream_k x seeds product (e.g. one equal-count comparison)."""
 
-    lr: float = Field(gt=0)
+    lr: float | Literal["main"]
     n_real: int | Literal["all"]
     dream_k: int = Field(0, ge=0)
     seed: int = 0
+
+    @field_validator("lr")
+    @classmethod
+    def _positive(cls, lr: float | str) -> float | str:
+        if not isinstance(lr, str) and lr <= 0:
+            raise ValueError(f"an extra run's lr must be > 0 or 'main', got {lr}")
+        return lr
+
+
+class PilotConfig(Strict):
+    """The pilot (`train.lrs: auto` / `train.checkpoint_steps: auto`; `interventions.pilot`): short probe runs
+    on all real corrections, the judged rate measured at every step on a few in-distribution scenarios,
+    until one probe crosses inside `window`; then the grid's lrs are placed so their t50 lands at
+    `targets` x max_steps, by t50 ~ lr^-beta (beta measured from two crossing probes, else `beta`)."""
+
+    start_lr: float = Field(2e-3, gt=0)  # the first probe
+    factor: float = Field(4.0, gt=1)  # the largest step between probes (x or /)
+    max_probes: int = Field(3, gt=0)
+    window: tuple[float, float] = (0.25, 0.75)  # a probe crossing inside (x max_steps) ends the probing
+    targets: list[float] = Field([0.6, 0.4], min_length=1)  # predicted t50 / max_steps per chosen lr, main first
+    beta: float = Field(1.0, gt=0)  # t50 ~ lr^-beta when fewer than two probes crossed inside the budget
+    beta_range: tuple[float, float] = (0.25, 4.0)  # a measured beta is clipped to this
+    max_scenarios: int = Field(12, gt=0)  # the first N in-distribution scenarios with a reference pair
+    n_samples: int = Field(2, gt=0)  # replies per scenario at each step
+    above_steps: int = Field(2, gt=0)  # a probe stops after this many consecutive steps at or above the threshold
+    seed: int = 1000  # the probes' training seed: not one of the grid's
+    n_checkpoints: int = Field(5, ge=2)  # `checkpoint_steps: auto`: evaluated checkpoints per run (last included)
+
+    @field_validator("window")
+    @classmethod
+    def _ordered(cls, window: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < window[0] < window[1] <= 1:
+            raise ValueError(f"train.pilot.window must satisfy 0 < low < high <= 1, got {list(window)}")
+        return window
+
+    @field_validator("targets")
+    @classmethod
+    def _fractions(cls, targets: list[float]) -> list[float]:
+        if any(not 0 < t <= 1 for t in targets):
+            raise ValueError(f"train.pilot.targets are fractions of max_steps in (0, 1], got {targets}")
+        return targets
 
 
 class TrainRecipe(Strict):
@@ -322,7 +373,9 @@ class TrainRecipe(Strict):
     max_steps: int = Field(gt=0)
     batch_size: int = Field(0, ge=0)
     micro_batch_size: int = Field(4, gt=0)
-    checkpoint_steps: list[int] = Field(min_length=1)
+    # `auto`: the pilot places `pilot.n_checkpoints` of them around the predicted crossings (the runs save
+    # an adapter at every step; evaluation reads the placed ones).
+    checkpoint_steps: list[int] | Literal["auto"] = Field(min_length=1)
     max_grad_norm: float | None = None
     weight_decay: float = Field(0.0, ge=0)
     divergence_loss: float = Field(20.0, gt=0)
@@ -331,29 +384,38 @@ class TrainRecipe(Strict):
 
     @model_validator(mode="after")
     def _checkpoints_within_steps(self) -> TrainRecipe:
+        if self.checkpoint_steps == "auto":
+            return self
         bad = [s for s in self.checkpoint_steps if not 0 < s <= self.max_steps]
         if bad:
             raise ValueError(f"train.checkpoint_steps {bad} outside 1..max_steps={self.max_steps}")
         return self
 
 
-GRID_KEYS = ("lrs", "n_real", "dream_k", "seeds", "extra_runs", "negative_control")
+GRID_KEYS = ("lrs", "n_real", "dream_k", "seeds", "extra_runs", "negative_control", "pilot")
 
 
 class TrainConfig(TrainRecipe):
     """The recipe plus the grid: lrs x n_real x dream_k x seeds, extra runs, the negative control."""
 
-    lrs: list[float] = Field(min_length=1)
+    # `auto`: chosen by the pilot stage from data (results/pilot/grid.json); a list skips the pilot.
+    lrs: list[float] | Literal["auto"] = Field(min_length=1)
     n_real: list[int | Literal["all"]] = Field(min_length=1)
     dream_k: list[int] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
     extra_runs: list[ExtraRun] = []
     negative_control: NegativeControl = NegativeControl()
+    pilot: PilotConfig = PilotConfig()
+
+    @property
+    def needs_pilot(self) -> bool:
+        """Whether the grid's lrs or its checkpoints are left to the pilot stage."""
+        return self.lrs == "auto" or self.checkpoint_steps == "auto"
 
     @field_validator("lrs")
     @classmethod
-    def _positive_lrs(cls, lrs: list[float]) -> list[float]:
-        if any(lr <= 0 for lr in lrs):
+    def _positive_lrs(cls, lrs: list[float] | str) -> list[float] | str:
+        if isinstance(lrs, list) and any(lr <= 0 for lr in lrs):
             raise ValueError(f"every learning rate must be > 0, got {lrs}")
         return lrs
 
@@ -507,6 +569,11 @@ class StudyConfig(Strict):
                              f"eval.adaptive.band={list(self.eval.adaptive.band)}: the band must contain it")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_dream_generators(cls, raw: Any) -> Any:
+        return resolve_dream_generators(raw) if isinstance(raw, dict) else raw
+
     @model_validator(mode="after")
     def _template_needs_vocab(self) -> StudyConfig:
         quota = split_k(self.dreams.k_per_correction, list(self.dreams.generators)).get("template", 0)
@@ -527,6 +594,40 @@ class StudyConfig(Strict):
                 f"train.dream_k {too_many} exceeds dreams.k_per_correction={self.dreams.k_per_correction}"
             )
         return self
+
+
+def resolve_dream_generators(raw: dict[str, Any]) -> dict[str, Any]:
+    """`dreams.generators: auto` -> the template generator where the behavior has a dream vocabulary, the
+    model generator where it has none; `dreams.k_per_correction: auto` -> DEFAULT_K of the first generator.
+    An explicit list or number is kept. Returns a new dict (the input is not changed)."""
+    dreams = raw.get("dreams")
+    if not isinstance(dreams, dict):
+        return raw
+    dreams = dict(dreams)
+    if dreams.get("generators") == "auto":
+        behavior = raw.get("behavior") or {}
+        has_vocab = bool((behavior.get("data") or {}).get("dream_vocab"))
+        dreams["generators"] = ["template"] if has_vocab else ["model"]
+        name = behavior.get("name", "?")
+        dreams["chosen"] = (f"auto: {dreams['generators'][0]} (behavior {name!r} "
+                            f"{'has a data.dream_vocab' if has_vocab else 'has no data.dream_vocab'})")
+    if dreams.get("k_per_correction") == "auto":
+        generators = dreams.get("generators") or ["template"]
+        dreams["k_per_correction"] = DEFAULT_K.get(generators[0], 2) if isinstance(generators, list) else 2
+    return {**raw, "dreams": dreams}
+
+
+def choice_lines(cfg: StudyConfig) -> list[str]:
+    """Terminal lines for the choices the config left to the data: the dream generator, the pilot."""
+    lines = []
+    if cfg.dreams.chosen:
+        lines.append(f"phaseflip: dreams generator {cfg.dreams.chosen}, k={cfg.dreams.k_per_correction} per "
+                     "correction; dreams=template or dreams=model chooses")
+    if cfg.train.needs_pilot:
+        left = [k for k in ("lrs", "checkpoint_steps") if getattr(cfg.train, k) == "auto"]
+        lines.append(f"phaseflip: train.{' and train.'.join(left)} auto: the pilot stage chooses them "
+                     "(results/pilot/grid.json); a list in the config skips it")
+    return lines
 
 
 def _override_value(value: Any) -> str:

@@ -29,6 +29,7 @@ class Stage:
 
 # evaluate_base and evaluate run the same command: the base model alone, or one run's checkpoints.
 EVALUATE_OPTIONS = (("steering_vector", "reference for steering_cosine (checkpoints only)"),
+                    ("grid", "the pilot's grid.json: under checkpoint_steps auto, which checkpoints to evaluate"),
                     ("run_dir", "the run whose checkpoints to evaluate; omitted: the base model alone"),
                     ("base_metrics", "the base model's step-0 metrics (written without --run-dir)"))
 
@@ -46,6 +47,8 @@ STAGES: tuple[Stage, ...] = (
           summary="the steering screen over layers and multipliers, then the full evaluation of the best"),
     Stage("icl", "icl", ("icl/",), files=("base", "corrections", "eval", "retention", "base_metrics"),
           summary="k real corrections in context, scored like a checkpoint"),
+    Stage("pilot", "pilot", ("pilot/",), files=("base", "corrections", "eval"),
+          summary="probe runs that choose the grid's lrs and checkpoints (train.lrs / checkpoint_steps: auto)"),
     Stage("evaluate_base", "evaluate", ("base_eval/",), files=("base", "eval", "retention"),
           options=EVALUATE_OPTIONS,
           summary="the base model: step 0 of every run, multiplier 0 and k=0 of the baselines"),
@@ -60,7 +63,8 @@ STAGES: tuple[Stage, ...] = (
           summary="the forecast methods scored on runs simulated from the study"),
     Stage("report", "report", ("report/",), files=("forecast", "steering", "icl", "dreams_report", "data_report"),
           lists=("metrics", "benchmarks", "train_logs"),
-          options=(("base", "the base model folder: its manifest names the model in the report header"),),
+          options=(("base", "the base model folder: its manifest names the model in the report header"),
+                   ("grid", "the pilot's grid.json (when the pilot ran): its choice and predictions")),
           summary="figures, tables and summary.md answering the six questions"),
 )
 

@@ -3,8 +3,9 @@ import json
 import sys
 from pathlib import Path
 
-from phaseflip.config import ConfigError, load_study_config, resolve_dtypes, stage_sections
+from phaseflip.config import ConfigError, choice_lines, load_study_config, resolve_dtypes, stage_sections
 from phaseflip.dag import STAGES as DAG_STAGES
+from phaseflip.interventions.pilot import read_grid
 from phaseflip.interventions.steering import vector_file, vector_sets
 from phaseflip.interventions.train import grid
 
@@ -15,10 +16,35 @@ try:
     COMPUTE, DTYPE_LINES = resolve_dtypes(STUDY)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
-print("\n".join(DTYPE_LINES), file=sys.stderr)
+print("\n".join(DTYPE_LINES + choice_lines(STUDY)), file=sys.stderr)
 
 CFG = {**STUDY.model_dump(mode="json"), "compute": COMPUTE}
-RUN_IDS = [spec.run_id for spec in grid(STUDY.train)]
+# Under train.lrs / checkpoint_steps auto the pilot (a checkpoint rule) decides the grid; else no pilot.
+PILOT = STUDY.train.needs_pilot
+PILOT_GRID = "results/pilot/grid.json"
+
+
+def run_ids(wildcards=None):
+    """The grid's run ids: from the config, or under `train.lrs: auto` from the pilot's grid.json (Snakemake
+    re-evaluates the rules that ask once the pilot has run)."""
+    if STUDY.train.lrs != "auto":
+        return [spec.run_id for spec in grid(STUDY.train)]
+    chosen = read_grid(checkpoints.pilot.get().output.grid)["lrs"]
+    return [spec.run_id for spec in grid(STUDY.train, chosen)]
+
+
+def per_run(pattern):
+    """An input function: `pattern` ("results/runs/{run_id}/metrics.csv") for every run of the grid."""
+    return lambda wildcards: expand(pattern, run_id=run_ids())
+
+
+# The pilot's grid.json as an input of the jobs that read it (a list: empty when the pilot does not run),
+# and the option that passes it.
+PILOT_INPUT = [PILOT_GRID] if PILOT else []
+
+
+def grid_option(wildcards, input):
+    return f"--grid {input.grid}" if input.grid else ""
 
 
 def stage_params(*sections, config=CFG):

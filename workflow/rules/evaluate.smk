@@ -34,12 +34,14 @@ rule evaluate:
         info="results/runs/{run_id}/run.json",
         base_metrics="results/base_eval/metrics.csv",
         base_scenarios="results/base_eval/scenarios.csv",
+        grid=PILOT_INPUT,  # under checkpoint_steps auto: which checkpoints to evaluate
     output:
         metrics="results/runs/{run_id}/metrics.csv",
         scenarios="results/runs/{run_id}/scenarios.csv",  # per-scenario counts: the t50 bootstrap's input
     params:
         cfg=run_params("model", "behavior", "train", "eval", "steering.vector"),
         run_dir=subpath(input.info, parent=True),
+        grid=grid_option,
     wildcard_constraints:
         run_id="[A-Za-z0-9_.+-]+",
     conda:
@@ -53,4 +55,4 @@ rule evaluate:
     shell:
         "python -m phaseflip.cli evaluate --params {params.cfg:q} --threads {threads} --base {input.base} "
         "--eval {input.eval} --retention {input.retention} --steering-vector {input.vector} "
-        "--run-dir {params.run_dir} --base-metrics {input.base_metrics} --out {output.metrics} > {log} 2>&1"
+        "--run-dir {params.run_dir} --base-metrics {input.base_metrics} {params.grid} --out {output.metrics} > {log} 2>&1"

@@ -1,15 +1,15 @@
 rule forecast:
     input:
-        metrics=expand("results/runs/{run_id}/metrics.csv", run_id=RUN_IDS),  # each run folder, read by --run-dirs
-        scenarios=expand("results/runs/{run_id}/scenarios.csv", run_id=RUN_IDS),
-        info=expand("results/runs/{run_id}/run.json", run_id=RUN_IDS),
+        metrics=per_run("results/runs/{run_id}/metrics.csv"),  # each run folder, read by --run-dirs
+        scenarios=per_run("results/runs/{run_id}/scenarios.csv"),
+        info=per_run("results/runs/{run_id}/run.json"),
     output:
         transitions="results/forecast/transitions.csv",
         forecasts="results/forecast/forecasts.csv",
         quality="results/forecast/forecast_quality.csv",
     params:
         cfg=stage_params("train", "forecast"),
-        run_dirs=[f"results/runs/{r}" for r in RUN_IDS],
+        run_dirs=lambda wildcards: [f"results/runs/{r}" for r in run_ids()],
         out=subpath(output.transitions, parent=True),
     conda:
         "../envs/phaseflip.yaml"
@@ -27,9 +27,9 @@ rule forecast_bench:
     # set per pre-registered generator (conf/forecast/).
     input:
         transitions="results/forecast/transitions.csv",  # after the study's own forecast
-        metrics=expand("results/runs/{run_id}/metrics.csv", run_id=RUN_IDS),
-        scenarios=expand("results/runs/{run_id}/scenarios.csv", run_id=RUN_IDS),
-        info=expand("results/runs/{run_id}/run.json", run_id=RUN_IDS),
+        metrics=per_run("results/runs/{run_id}/metrics.csv"),
+        scenarios=per_run("results/runs/{run_id}/scenarios.csv"),
+        info=per_run("results/runs/{run_id}/run.json"),
     output:
         summary="results/forecast/bench/bench_summary.csv",
         quality="results/forecast/bench/bench_quality.csv",
@@ -40,7 +40,7 @@ rule forecast_bench:
                            category="Forecast"),
     params:
         cfg=stage_params("forecast"),
-        run_dirs=[f"results/runs/{r}" for r in RUN_IDS],
+        run_dirs=lambda wildcards: [f"results/runs/{r}" for r in run_ids()],
         out=subpath(output.summary, parent=True),
     threads: CFG["forecast"]["bench"]["processes"]
     conda:

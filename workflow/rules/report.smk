@@ -4,8 +4,8 @@ COSTED_STAGES = [s.rule for s in DAG_STAGES if not s.per_run and s.rule not in (
 
 rule report:
     input:
-        metrics=expand("results/runs/{run_id}/metrics.csv", run_id=RUN_IDS),
-        train_logs=expand("results/runs/{run_id}/train_log.csv", run_id=RUN_IDS),
+        metrics=per_run("results/runs/{run_id}/metrics.csv"),
+        train_logs=per_run("results/runs/{run_id}/train_log.csv"),
         transitions="results/forecast/transitions.csv",
         forecast_bench="results/forecast/bench/bench_summary.csv",  # read from --forecast's bench/ (Q6)
         steering="results/steering/steering_metrics.csv",
@@ -13,8 +13,9 @@ rule report:
         dreams_report="results/dreams/dream_report.json",
         data_report="results/corrections/data_report.json",
         base="results/base_model",  # its manifest: architecture, parameters, fast paths (report header)
-        benchmarks=[f"results/benchmarks/{s}.tsv" for s in COSTED_STAGES]
-        + expand("results/benchmarks/{job}_{run_id}.tsv", job=["train", "evaluate"], run_id=RUN_IDS),
+        benchmarks=lambda wildcards: [f"results/benchmarks/{s}.tsv" for s in COSTED_STAGES if PILOT or s != "pilot"]
+        + expand("results/benchmarks/{job}_{run_id}.tsv", job=["train", "evaluate"], run_id=run_ids()),
+        grid=PILOT_INPUT,
     output:
         summary=report("results/report/summary.md", category="Summary"),
         curves=report("results/report/curves.png", caption="../report/curves.rst", category="Curves"),
@@ -32,6 +33,7 @@ rule report:
         cfg=stage_params("model", "behavior", "eval", "forecast", "train"),
         forecast=subpath(input.transitions, parent=True),
         out=subpath(output.summary, parent=True),
+        grid=grid_option,
     conda:
         "../envs/phaseflip.yaml"
     log:
@@ -40,4 +42,4 @@ rule report:
         "python -m phaseflip.cli report --params {params.cfg:q} --metrics {input.metrics} --forecast {params.forecast} "
         "--steering {input.steering} --icl {input.icl} --dreams-report {input.dreams_report} "
         "--data-report {input.data_report} --benchmarks {input.benchmarks} --train-logs {input.train_logs} "
-        "--base {input.base} --out {params.out} > {log} 2>&1"
+        "--base {input.base} {params.grid} --out {params.out} > {log} 2>&1"

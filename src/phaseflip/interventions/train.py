@@ -49,14 +49,36 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         prefix = f"control-{self.control}_" if self.control else ""
-        return f"{prefix}lr{self.lr:.0e}_n{self.n_real}_k{self.dream_k}_s{self.seed}"
+        return f"{prefix}lr{lr_text(self.lr)}_n{self.n_real}_k{self.dream_k}_s{self.seed}"
 
 
-def grid(cfg: TrainConfig) -> list[RunSpec]:
-    runs = [RunSpec(lr, n, k, s) for lr in cfg.lrs for n in cfg.n_real for k in cfg.dream_k for s in cfg.seeds]
-    runs += [spec for r in cfg.extra_runs if (spec := RunSpec(r.lr, r.n_real, r.dream_k, r.seed)) not in runs]
+def lr_text(lr: float) -> str:
+    """An lr as the run id writes it: one significant digit where that is exact (3e-03), else two (4.5e-03)."""
+    short = f"{lr:.0e}"
+    return short if float(short) == lr else f"{lr:.1e}"
+
+
+def grid_lrs(cfg: TrainConfig, chosen: list[float] | None = None) -> list[float]:
+    """The grid's learning rates: the configured list, or under `lrs: auto` the pilot's `chosen` ones."""
+    if cfg.lrs != "auto":
+        return list(cfg.lrs)
+    if not chosen:
+        raise DataError("train.lrs is auto: the grid needs the pilot's lrs (results/pilot/grid.json, rule pilot)")
+    return list(chosen)
+
+
+def grid(cfg: TrainConfig, chosen_lrs: list[float] | None = None) -> list[RunSpec]:
+    """Every run: lrs x n_real x dream_k x seeds, the extra runs, the negative control. An extra run's or the
+    control's lr `main` is the grid's first lr."""
+    lrs = grid_lrs(cfg, chosen_lrs)
+
+    def lr_of(lr: float | str) -> float:
+        return lrs[0] if lr == "main" else float(lr)
+
+    runs = [RunSpec(lr, n, k, s) for lr in lrs for n in cfg.n_real for k in cfg.dream_k for s in cfg.seeds]
+    runs += [spec for r in cfg.extra_runs if (spec := RunSpec(lr_of(r.lr), r.n_real, r.dream_k, r.seed)) not in runs]
     if cfg.negative_control.enabled:
-        runs.append(RunSpec(cfg.negative_control.lr, "all", 0, cfg.seeds[0], control=cfg.negative_control.kind))
+        runs.append(RunSpec(lr_of(cfg.negative_control.lr), "all", 0, cfg.seeds[0], control=cfg.negative_control.kind))
     return runs
 
 
@@ -64,10 +86,10 @@ RUN_ID = re.compile(r"^(?:control-(?P<control>[a-z-]+)_)?lr(?P<lr>[0-9.e+-]+)_n(
                     r"_k(?P<k>[0-9]+)_s(?P<s>[0-9]+)$")
 
 
-def parse_run_id(run_id: str, cfg: TrainConfig | None = None) -> RunSpec:
+def parse_run_id(run_id: str, cfg: TrainConfig | None = None, chosen_lrs: list[float] | None = None) -> RunSpec:
     """The grid point a run id names (ids name their parameters); with `cfg`, it must be in that grid."""
     if cfg is not None:
-        for spec in grid(cfg):
+        for spec in grid(cfg, chosen_lrs):
             if spec.run_id == run_id:
                 return spec
         raise DataError(f"run id {run_id!r} is not in the configured grid")
@@ -159,6 +181,10 @@ def _save_checkpoint(model: PeftModel, optimizer: torch.optim.Optimizer, out: Pa
     save_file(state, str(tmp / "optimizer.safetensors"))
     write_csv(tmp / "train_log.csv", pd.DataFrame(log))
     tmp.rename(final)
+    # A resume reads the newest checkpoint's optimizer state (or, once a corrupt newest one is deleted,
+    # the one before): older checkpoints drop theirs, so saving at every step costs the adapters alone.
+    for _, older in checkpoints(out)[:-2]:
+        (older / "optimizer.safetensors").unlink(missing_ok=True)
 
 
 def _fingerprint(spec: RunSpec, cfg: TrainRecipe, examples: list[Example], base: str) -> str:
@@ -198,11 +224,14 @@ def _resume(model: PeftModel, optimizer: torch.optim.Optimizer, out: Path,
 
 
 def train_run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
-              spec: RunSpec, cfg: TrainRecipe, out: str | Path, base_fingerprint: str = "") -> dict[str, Any]:
+              spec: RunSpec, cfg: TrainRecipe, out: str | Path, base_fingerprint: str = "",
+              on_step: Callable[[int, PeftModel], bool] | None = None) -> dict[str, Any]:
     """Train one run; writes checkpoints/, train_log.csv and run.json under `out`.
 
     `base_fingerprint` identifies the base model (its weights' sha256), so a resume never continues
-    checkpoints trained from another model.
+    checkpoints trained from another model. With `checkpoint_steps: auto` an adapter is saved at every
+    step (the optimizer state only in the newest: it is what a resume needs). `on_step(step, model)`,
+    called after each step, ends the run early by returning True (status "stopped"; the pilot's probes).
     """
     out = Path(out)
     torch.manual_seed(spec.seed)
@@ -248,9 +277,12 @@ def train_run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, exampl
             break
         optimizer.step()
         log.append({"step": step, "loss": loss_value, "grad_norm": grad_norm, "lr": spec.lr})
-        if step in cfg.checkpoint_steps:
+        if cfg.checkpoint_steps == "auto" or step in cfg.checkpoint_steps:
             _save_checkpoint(model, optimizer, out, step, log)  # type: ignore[arg-type]
             last_good = step
+        if on_step is not None and on_step(step, model):  # type: ignore[arg-type]
+            status = "stopped"
+            break
     seconds = time.time() - started
     steps_run = max(0, len(log) - start_step)
     write_csv(out / "train_log.csv", pd.DataFrame(log, columns=["step", "loss", "grad_norm", "lr"]))

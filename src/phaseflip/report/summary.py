@@ -20,6 +20,7 @@ from phaseflip.prepare import references
 from phaseflip.report import answers, figures
 from phaseflip.report.answers import best_setting, fmt
 from phaseflip.report.figures import pick
+from phaseflip.report.pilot_section import pilot_lines
 
 FIGURES = ["curves", "all_metrics", "phase_diagram", "dreams", "families", "steering", "icl", "forecast"]
 
@@ -58,7 +59,8 @@ def _numeric(table: pd.DataFrame, text_columns: tuple[str, ...]) -> pd.DataFrame
 
 def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir: Path, steering_csv: Path,
                  icl_csv: Path, dreams_report: Path, data_report: Path, benchmarks: list[str], out: Path,
-                 train_logs: list[str] | None = None, base_manifest: Path | None = None) -> None:
+                 train_logs: list[str] | None = None, base_manifest: Path | None = None,
+                 grid: Path | None = None) -> None:
     threshold = params["forecast"]["flip_threshold"]
     max_steps = params["train"]["max_steps"]
     study = pd.concat([read_csv(p) for p in metrics_paths], ignore_index=True)
@@ -135,9 +137,11 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
                bench_summary=bench_summary, forecasts=forecasts,
                best_ckpt=best_ckpt, best_steer=best_steer, steer=steer, icl=icl, dreams=dreams, data=data,
                stage_costs=stage_costs, threshold=threshold, max_steps=max_steps, effective_count=effective_count,
-               family_notes=params["behavior"].get("family_notes"))
-    sections: list[Callable[..., list[str]]] = [_header, answers.q1, answers.q2, answers.q3, answers.q4, answers.q5,
-                                                answers.q6, _costs]
+               family_notes=params["behavior"].get("family_notes"),
+               grid=read_json(grid) if grid else None,
+               window=tuple(params["train"].get("pilot", {}).get("window", (0.25, 0.75))))
+    sections: list[Callable[..., list[str]]] = [_header, pilot_lines, answers.q1, answers.q2, answers.q3,
+                                                answers.q4, answers.q5, answers.q6, _costs]
     write_text(out / "summary.md", "\n".join(line for section in sections for line in section(**ctx)) + "\n")
 
 

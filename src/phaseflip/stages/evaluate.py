@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from phaseflip.config import ConfigError, TrainRecipe
+from phaseflip.interventions.pilot import read_grid
 from phaseflip.interventions.steering import steering_reference
 from phaseflip.interventions.train import add_lora, checkpoints, merged_checkpoint
 from phaseflip.io import read_csv, write_csv
@@ -25,8 +26,25 @@ from phaseflip.run_folder import run_info, scenario_table, stamp
 from phaseflip.stages.inputs import load_model, make_evaluator, steering_vector_config
 
 
+def evaluated_checkpoints(found: list[tuple[int, Path]], recipe: TrainRecipe,
+                          grid: str | None) -> list[tuple[int, Path]]:
+    """The checkpoints to evaluate: every saved one, or under `checkpoint_steps: auto` (adapters saved at every
+    step) those the pilot placed (its grid.json), plus the run's last where it stopped early (diverged)."""
+    if recipe.checkpoint_steps != "auto":
+        return found
+    if grid is None:
+        raise ConfigError("train.checkpoint_steps is auto: evaluate needs --grid (the pilot's grid.json)")
+    steps = read_grid(grid)["checkpoint_steps"]
+    if not steps:
+        raise ConfigError(f"{grid}: checkpoint_steps is null, but train.checkpoint_steps is auto (rerun the pilot)")
+    picked = [(s, p) for s, p in found if s in steps]
+    if found and found[-1] not in picked:
+        picked.append(found[-1])
+    return picked
+
+
 def run(params: dict[str, Any], out: str, base: str, eval: str, retention: str, steering_vector: str | None = None,
-        run_dir: str | None = None, base_metrics: str | None = None) -> None:
+        run_dir: str | None = None, base_metrics: str | None = None, grid: str | None = None) -> None:
     model, tok = load_model(base, params, "evaluate")
     steering = None
     if steering_vector:  # the reference direction of steering_cosine
@@ -44,9 +62,11 @@ def run(params: dict[str, Any], out: str, base: str, eval: str, retention: str, 
     folder = Path(run_dir)
     info = run_info(folder)
     evaluator.set_references(model)
-    peft_model: Any = add_lora(model, TrainRecipe.of(params["train"]).lora)
+    recipe = TrainRecipe.of(params["train"])
+    peft_model: Any = add_lora(model, recipe.lora)
     peft_model.eval()
-    rows, per_scenario = evaluate_run(evaluator, peft_model, checkpoints(folder),
+    found = evaluated_checkpoints(checkpoints(folder), recipe, grid)
+    rows, per_scenario = evaluate_run(evaluator, peft_model, found,
                                       partial(merged_checkpoint, peft_model), read_csv(base_metrics).to_dict("records"),
                                       read_csv(scenario_table(Path(base_metrics))).to_dict("records"),
                                       other_families=not info["control"], at_best=evaluator.cfg.ood_at_best,
