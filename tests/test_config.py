@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from phaseflip.config import ConfigError, check_data_paths, compose, load_study_config, to_overrides, validate
+from phaseflip.config import (ConfigError, check_data_paths, choice_lines, compose, load_study_config, to_overrides,
+                              validate)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,8 +104,28 @@ def test_a_behavior_needs_only_corrections_and_eval() -> None:
 
 def test_a_behavior_without_vocabulary_dreams_with_the_model() -> None:
     cfg = load_study_config({"behavior": "formal"})
-    assert cfg.dreams.generators == ["model"] and cfg.dreams.k_per_correction >= 2
-    assert load_study_config({}).dreams.generators == ["template"]  # listening keeps its template dreams
+    assert cfg.dreams.generators == ["model"] and cfg.dreams.k_per_correction == 2
+    assert "has no data.dream_vocab" in cfg.dreams.chosen
+    assert any("dreams generator auto: model" in line for line in choice_lines(cfg))
+    listening = load_study_config({})
+    assert listening.dreams.generators == ["template"] and listening.dreams.k_per_correction == 10
+    assert "has a data.dream_vocab" in listening.dreams.chosen
+    # an explicit choice wins, and says nothing was chosen for it
+    explicit = load_study_config({"behavior": "formal", "dreams": "model", "dreams__k_per_correction": "3"})
+    assert explicit.dreams.generators == ["model"] and explicit.dreams.k_per_correction == 3
+    assert explicit.dreams.chosen == "" and not any("dreams" in line for line in choice_lines(explicit))
+
+
+def test_lrs_and_checkpoints_auto_need_the_pilot_and_a_list_skips_it() -> None:
+    cfg = load_study_config({})
+    assert cfg.train.lrs == "auto" and cfg.train.checkpoint_steps == "auto" and cfg.train.needs_pilot
+    assert any("pilot stage chooses" in line for line in choice_lines(cfg))
+    explicit = load_study_config({"train__lrs": "[3e-3,6e-3]", "train__checkpoint_steps": "[4,6,8,11,16]"})
+    assert not explicit.train.needs_pilot and not any("pilot" in line for line in choice_lines(explicit))
+    with pytest.raises(ConfigError, match="extra run's lr must be > 0 or 'main'"):
+        load_study_config({"train__extra_runs": "[{lr: -1, n_real: 4}]"})
+    with pytest.raises(ConfigError, match="train.pilot.targets"):
+        load_study_config({"train__pilot__targets": "[0.5,1.5]"})
 
 
 def test_the_config_command_explains_itself_and_refuses_a_word_that_is_not_an_override(capsys) -> None:  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ from phaseflip.model import base_model
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 COPY = ["src", "Snakefile", "workflow", "conf", "data"]
-GPU_RULES = {"corrections", "steering_vectors", "steering", "icl", "evaluate_base", "train", "evaluate"}
+GPU_RULES = {"corrections", "steering_vectors", "steering", "icl", "evaluate_base", "pilot", "train", "evaluate"}
 JOB_RULES = set(RULES)  # every rule of the stage table (phaseflip.dag)
 
 
@@ -38,8 +38,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def parse_jobs(dry_run: str) -> list[dict[str, str]]:
     """One dict per job of `snakemake -n -p` output: rule, resources (as k=v), threads from the shell line."""
     jobs = []
-    for block in re.split(r"\n(?=\[[^\n]*\]\n(?:local)?rule )", dry_run):
-        match = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+    for block in re.split(r"\n(?=\[[^\n]*\]\n(?:local)?(?:rule|checkpoint) )", dry_run):
+        match = re.search(r"^(?:local)?(?:rule|checkpoint) (\w+):", block, re.M)
         if not match:
             continue
         job: dict[str, str] = {"rule": match.group(1)}
@@ -64,7 +64,7 @@ def test_parse_jobs_reads_resources_and_threads() -> None:
 def test_slurm_profile_names_every_rule_and_a_gpu_per_model_job() -> None:
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
     assert profile["executor"] == "slurm"
-    rules = set(re.findall(r"^rule (\w+):", "".join(p.read_text() for p in (ROOT / "workflow/rules").glob("*.smk")),
+    rules = set(re.findall(r"^(?:rule|checkpoint) (\w+):", "".join(p.read_text() for p in (ROOT / "workflow/rules").glob("*.smk")),
                            re.M))
     assert rules == JOB_RULES, "a new rule needs its resources in workflow/profiles/slurm/config.yaml"
     assert set(profile["set-resources"]) == rules
@@ -76,12 +76,20 @@ def test_slurm_profile_names_every_rule_and_a_gpu_per_model_job() -> None:
 
 @pytest.mark.integration
 def test_slurm_dry_run_resolves_every_jobs_resources(project: Path) -> None:
-    proc = _snakemake(["-n", "-p", "--profile", str(PROFILE), "--config", "study=smoke"], project)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
-    jobs = [j for j in parse_jobs(proc.stdout + proc.stderr) if j["rule"] != "all"]
-    assert {j["rule"] for j in jobs} == JOB_RULES
-    assert sum(j["rule"] == "train" for j in jobs) == 2  # one job per grid point (smoke: 1 lr + control)
+    # Under the smoke preset's `lrs: auto` the grid's jobs are known only once the pilot has run, so a dry
+    # run lists the pilot and not them; with a grid given, no pilot and every grid job.
+    auto = _snakemake(["-n", "-p", "--profile", str(PROFILE), "--config", "study=smoke"], project)
+    given = _snakemake(["-n", "-p", "--profile", str(PROFILE), "--config", "study=smoke", "train__lrs=[0.01]",
+                        "train__checkpoint_steps=[2,4]"], project)
+    for proc in (auto, given):
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = [j for j in parse_jobs(auto.stdout + auto.stderr) if j["rule"] != "all"]
+    assert "pilot" in {j["rule"] for j in jobs} and "train" not in {j["rule"] for j in jobs}
+    grid_jobs = [j for j in parse_jobs(given.stdout + given.stderr) if j["rule"] != "all"]
+    assert {j["rule"] for j in grid_jobs} == JOB_RULES - {"pilot"}
+    assert sum(j["rule"] == "train" for j in grid_jobs) == 2  # one job per grid point (smoke: 1 lr + control)
+    jobs += grid_jobs
     for job in jobs:
         rule, want = job["rule"], profile["set-resources"][job["rule"]]
         assert job.get("mem_mb") == str(want["mem_mb"]), job
@@ -122,10 +130,14 @@ def profile_resources(rule: str) -> dict[str, int]:
 @pytest.mark.integration
 def test_local_dry_run_runs_grid_points_side_by_side(project: Path) -> None:
     """--cores N: per-run jobs keep their own (small) thread count, so N of them fit side by side."""
-    proc = _snakemake(["-n", "-p", "--cores", "4", "--config", "study=smoke"], project)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    auto = _snakemake(["-n", "-p", "--cores", "4", "--config", "study=smoke"], project)
+    proc = _snakemake(["-n", "-p", "--cores", "4", "--config", "study=smoke", "train__lrs=[0.01]",
+                       "train__checkpoint_steps=[2,4]"], project)  # a given grid: its jobs are in the dry run
+    assert proc.returncode == auto.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     threads = {j["rule"]: int(j["threads"]) for j in parse_jobs(proc.stdout + proc.stderr) if "threads" in j}
+    threads |= {j["rule"]: int(j["threads"]) for j in parse_jobs(auto.stdout + auto.stderr) if j["rule"] == "pilot"}
     assert threads["train"] == threads["evaluate"] == 1
+    assert threads["pilot"] == 2  # a stage job: it runs beside the baselines while the grid waits on it
     # stage jobs: half the cores (dreams too, so evaluate_base runs beside it); the base model and the
     # corrections, which everything waits on (nothing can run beside them): all of them
     assert threads["steering_vectors"] == threads["steering"] == threads["icl"] == threads["evaluate_base"] == 2

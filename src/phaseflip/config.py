@@ -263,9 +263,14 @@ class SteeringConfig(SteeringVectorConfig):
     screen: ScreenConfig = ScreenConfig()
 
 
+# What the pilot reads of the train section: not the grid points beside the lrs (n_real, dream_k, seeds,
+# extra runs, the control), so adding one leaves the pilot, its grid.json and every finished run as they are.
+PILOT_TRAIN_FIELDS = ("lrs", "pilot", "max_steps", "batch_size", "micro_batch_size", "checkpoint_steps",
+                      "max_grad_norm", "weight_decay", "divergence_loss", "max_length", "lora")
 # Config subsets a stage can ask for instead of a whole section ("section.subset" -> (section, fields)).
 SECTION_SUBSETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "steering.vector": ("steering", tuple(SteeringVectorConfig.model_fields)),
+    "train.pilot": ("train", PILOT_TRAIN_FIELDS),
 }
 
 
@@ -334,7 +339,7 @@ class PilotConfig(Strict):
     until one probe crosses inside `window`; then the grid's lrs are placed so their t50 lands at
     `targets` x max_steps, by t50 ~ lr^-beta (beta measured from two crossing probes, else `beta`)."""
 
-    start_lr: float = Field(2e-3, gt=0)  # the first probe
+    start_lr: float = Field(4e-3, gt=0)  # the first probe (high: a fast probe stops early, a slow one runs max_steps)
     factor: float = Field(4.0, gt=1)  # the largest step between probes (x or /)
     max_probes: int = Field(3, gt=0)
     window: tuple[float, float] = (0.25, 0.75)  # a probe crossing inside (x max_steps) ends the probing

@@ -1,5 +1,6 @@
 """End to end: the smoke study through Snakemake and DVC in a temporary copy of the project."""
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -58,7 +59,12 @@ def test_smoke_study_via_dvc_exp_run_then_repro_is_a_no_op(project: Path) -> Non
     for metric in ["margin", "p_preferred", "behavior_rate", "forced_choice", "heldout_loss", "coherence",
                    "retention_kl", "retention_loss", "dissimilarity", "steering_cosine"]:
         assert metric in set(table.metric), metric
-    assert set(table.step) == {0, 2, 4}
+    # the smoke preset runs the pilot path: nothing moves on a random model, so the grid falls back to the
+    # probe's lr, and the checkpoints it placed are the ones evaluated (adapters saved at every step)
+    grid = json.loads((results / "pilot" / "grid.json").read_text())
+    assert grid["chosen_by"] == "fallback" and grid["lrs"] == [0.01] and grid["checkpoint_steps"][-1] == 4
+    assert set(table.step) == {0, *grid["checkpoint_steps"]} and len(grid["checkpoint_steps"]) == 2
+    assert "## The grid: chosen by the pilot" in (results / "report" / "summary.md").read_text()
     assert list(results.glob("runs/*/checkpoints/step-0004/adapter_model.safetensors"))
     # Nothing changed: DVC skips the stage, and Snakemake (as the README calls it) has nothing to do.
     again = run(["dvc", "repro"], project)
@@ -67,9 +73,10 @@ def test_smoke_study_via_dvc_exp_run_then_repro_is_a_no_op(project: Path) -> Non
               project)
     assert "Nothing to be done" in dry
     # A new grid point reruns only that point (plus the study-wide forecast and report): finished runs'
-    # jobs carry the training recipe, not the grid, so their params are unchanged.
-    dry = run(["snakemake", "-n", "--config", "study=smoke", "train__lrs=[0.01,0.03]"], project)
-    assert "run_id=lr3e-02_nall_k0_s0" in dry
+    # jobs carry the training recipe, not the grid, and the pilot reads no grid point but the lrs, so
+    # neither its grid.json nor the finished runs change.
+    dry = run(["snakemake", "-n", "--config", "study=smoke", "train__seeds=[0,1]"], project)
+    assert "run_id=lr1e-02_nall_k0_s1" in dry and "rule pilot" not in dry and "checkpoint pilot" not in dry
     assert "run_id=lr1e-02_nall_k0_s0" not in dry and "run_id=control" not in dry, dry[-3000:]
 
 

@@ -38,12 +38,12 @@ def test_grid_ids_name_their_parameters() -> None:
     cfg = train_cfg(lrs=[1e-3, 3e-3], n_real=[1, "all"], dream_k=[0], seeds=[0])
     ids = [r.run_id for r in grid(cfg)]
     assert "lr1e-03_n1_k0_s0" in ids and "lr3e-03_nall_k0_s0" in ids
-    assert ids[-1] == "control-own-replies_lr3e-03_nall_k0_s0"
+    assert ids[-1] == "control-own-replies_lr1e-03_nall_k0_s0"  # the control's lr `main`: the grid's first
     assert len(set(ids)) == len(ids) == 5
     extra = train_cfg(lrs=[1e-3], n_real=["all"], dream_k=[0], seeds=[0],
                       extra_runs=[{"lr": 3e-3, "n_real": 4, "dream_k": 2}, {"lr": 1e-3, "n_real": "all"}])
     assert [r.run_id for r in grid(extra)] == ["lr1e-03_nall_k0_s0", "lr3e-03_n4_k2_s0",
-                                              "control-own-replies_lr3e-03_nall_k0_s0"]  # no duplicate point
+                                              "control-own-replies_lr1e-03_nall_k0_s0"]  # no duplicate point
 
 
 def test_run_ids_parse_back_to_their_grid_points() -> None:

@@ -9,7 +9,7 @@ checkpoint pilot:
         grid="results/pilot/grid.json",
         probes="results/pilot/probes.csv",
     params:
-        cfg=stage_params("model", "behavior", "train", "eval", "forecast"),
+        cfg=stage_params("model", "behavior", "train.pilot", "eval", "forecast"),  # not the other grid points
         out=subpath(output.grid, parent=True),
     conda:
         "../envs/phaseflip.yaml"

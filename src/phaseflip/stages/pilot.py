@@ -54,7 +54,12 @@ def _value(rows: list[dict[str, Any]], metric: str) -> tuple[float, int]:
 
 
 def run(params: dict[str, Any], out: str, base: str, corrections: str, eval: str) -> None:
-    train = TrainConfig.model_validate(params["train"])
+    # The pilot's params hold the train section without the other grid points (config.PILOT_TRAIN_FIELDS);
+    # its own point is the probes': every real correction, no dreams, the pilot's seed.
+    section = params["train"]
+    train = TrainConfig.model_validate({**section, "n_real": ["all"], "dream_k": [0],
+                                        "seeds": [section.get("pilot", {}).get("seed", 1000)],
+                                        "extra_runs": [], "negative_control": {"enabled": False}})
     threshold = float(params["forecast"]["flip_threshold"])
     pilot = train.pilot
     real = load_examples(corrections, "corrections")
