@@ -3,8 +3,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from phaseflip.config import (ConfigError, check_data_paths, choice_lines, compose, load_study_config, to_overrides,
-                              validate)
+from phaseflip.config import (
+    ConfigError,
+    check_data_paths,
+    choice_lines,
+    compose,
+    load_study_config,
+    to_overrides,
+    validate,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -64,8 +64,8 @@ def test_parse_jobs_reads_resources_and_threads() -> None:
 def test_slurm_profile_names_every_rule_and_a_gpu_per_model_job() -> None:
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
     assert profile["executor"] == "slurm"
-    rules = set(re.findall(r"^(?:rule|checkpoint) (\w+):", "".join(p.read_text() for p in (ROOT / "workflow/rules").glob("*.smk")),
-                           re.M))
+    text = "".join(p.read_text() for p in (ROOT / "workflow/rules").glob("*.smk"))
+    rules = set(re.findall(r"^(?:rule|checkpoint) (\w+):", text, re.M))
     assert rules == JOB_RULES, "a new rule needs its resources in workflow/profiles/slurm/config.yaml"
     assert set(profile["set-resources"]) == rules
     for rule, res in profile["set-resources"].items():
