@@ -160,3 +160,31 @@ def test_auto_checkpoints_save_every_step_and_a_hook_can_stop_the_run(tiny, tmp_
     # the optimizer state stays only where a resume can read it: the newest two checkpoints
     assert [s for s, p in checkpoints(tmp_path) if (p / "optimizer.safetensors").is_file()] == [2, 3]
     assert list(pd.read_csv(tmp_path / "train_log.csv").step) == [1, 2, 3]
+
+
+def test_evaluation_reads_the_placed_checkpoints_and_the_runs_last(tmp_path: Path) -> None:
+    from phaseflip.config import ConfigError, TrainRecipe
+    from phaseflip.stages.evaluate import evaluated_checkpoints
+
+    found = [(s, tmp_path / f"step-{s:04d}") for s in range(1, 8)]  # a run that diverged after step 7
+    write_json(tmp_path / "grid.json", {"lrs": [1e-3], "checkpoint_steps": [2, 5, 9, 16]})
+    auto = TrainRecipe.of(train_cfg().model_dump(mode="json"))
+    assert [s for s, _ in evaluated_checkpoints(found, auto, str(tmp_path / "grid.json"))] == [2, 5, 7]
+    fixed = TrainRecipe.of(train_cfg(checkpoint_steps=[2, 4]).model_dump(mode="json"))
+    assert evaluated_checkpoints(found, fixed, None) == found  # a list: what was saved is what is evaluated
+    with pytest.raises(ConfigError, match="--grid"):
+        evaluated_checkpoints(found, auto, None)
+
+
+def test_pilot_scenarios_are_in_distribution_with_reference_pairs_first() -> None:
+    from phaseflip.stages.pilot import pilot_scenarios
+
+    def ex(i: int, family: str, paired: bool) -> Example:
+        return Example(id=f"e{i}", family=family, messages=[{"role": "user", "content": f"q {i}"}],
+                       preferred="yes" if paired else None, rejected="no" if paired else None)
+
+    chosen = pilot_scenarios([ex(0, "in_distribution", False), ex(1, "french", True), ex(2, "in_distribution", True),
+                              ex(3, "in_distribution", True)], 2)
+    assert [e.id for e in chosen] == ["e2", "e3"]
+    with pytest.raises(DataError, match="in-distribution"):
+        pilot_scenarios([ex(1, "french", True)], 2)
