@@ -188,3 +188,22 @@ def test_pilot_scenarios_are_in_distribution_with_reference_pairs_first() -> Non
     assert [e.id for e in chosen] == ["e2", "e3"]
     with pytest.raises(DataError, match="in-distribution"):
         pilot_scenarios([ex(1, "french", True)], 2)
+
+
+def test_a_base_model_already_above_the_threshold_ends_the_pilot_with_a_fallback() -> None:
+    above = Probe(4e-3, [0, 1, 2], [20, 21, 22], [24, 24, 24])  # 0.83 at step 0: Wilson [0.64, 0.93]
+    assert next_probe_lr([above], PilotConfig(), 0.5, 16) is None
+    choice = choose_grid([above], train_cfg(), 0.5)
+    assert choice.chosen_by == "fallback" and choice.lrs == [4e-3] and "already at or above" in choice.note
+
+
+def test_a_diverged_probe_moves_the_next_one_down_and_is_not_a_fallback_lr() -> None:
+    blown = Probe(4e-3, [0, 1, 2], [0, 0, 0], [24, 24, 24], status="diverged")
+    assert next_probe_lr([blown], PilotConfig(), 0.5, 16) == pytest.approx(1e-3)
+    flat = Probe(1e-3, [0, 16], [0, 0], [24, 24])
+    assert choose_grid([blown, flat], train_cfg(), 0.5).lrs == [1e-3]
+
+
+def test_a_base_rate_near_the_threshold_is_not_taken_for_already_above() -> None:
+    near = Probe(4e-3, [0, 1, 2], [14, 18, 20], [24, 24, 24])  # 0.58 at step 0: Wilson [0.39, 0.76]
+    assert not near.base_above(0.5)

@@ -42,6 +42,7 @@ from scipy.optimize import isotonic_regression
 
 from phaseflip.config import PilotConfig, TrainConfig
 from phaseflip.io import DataError, read_json
+from phaseflip.stats.intervals import wilson_interval
 
 GRID_FILE = "grid.json"
 
@@ -69,6 +70,13 @@ class Probe:
 
     def t50(self, threshold: float) -> float | None:
         return crossing(self.steps, self.k, self.n, threshold)
+
+    def base_above(self, threshold: float) -> bool:
+        """The untrained model (step 0) is clearly above the threshold (its 95% Wilson interval lies above it,
+        so sampling noise near the threshold does not end the pilot): no lr places a crossing."""
+        if not self.steps or self.steps[0] != 0 or self.n[0] == 0:
+            return False
+        return bool(wilson_interval(self.k[0], self.n[0])[0] > threshold)
 
     def above(self, threshold: float, steps: int) -> bool:
         """The last `steps` evaluated steps (after step 0) were all at or above the threshold."""
@@ -125,13 +133,17 @@ def next_probe_lr(probes: list[Probe], cfg: PilotConfig, threshold: float, max_s
     if not probes or len(probes) >= cfg.max_probes:
         return None if probes else cfg.start_lr
     last = probes[-1]
+    if last.base_above(threshold):
+        return None
     t = last.t50(threshold)
     low, high = (w * max_steps for w in cfg.window)
     if t is not None and low <= t <= high:
         return None
     beta = measured_beta(probes, threshold, max_steps, cfg) or cfg.beta
     target = max_steps * sum(cfg.window) / 2
-    if t is None:  # no crossing in the budget: faster
+    if t is None and last.status == "diverged":  # blew up before crossing: slower
+        ratio = 1 / cfg.factor
+    elif t is None:  # no crossing in the budget: faster
         ratio = cfg.factor
     elif t < 1:  # crossed within the first step: the time is not measurable, only "too fast"
         ratio = 1 / cfg.factor
@@ -176,14 +188,23 @@ def choose_grid(probes: list[Probe], train: TrainConfig, threshold: float) -> Gr
     elif crossed:  # every crossing came within the first step: extrapolate from the slowest, at most step 1
         lr, t = min(crossed)
         reference = (lr, max(t, 0.5))
+    base_above = any(p.base_above(threshold) for p in probes)
+    if base_above:
+        reference = None
     if train.lrs != "auto":
         lrs, chosen_by = list(train.lrs), "config"
         note = "train.lrs given in the config: the pilot only predicted their crossings"
     elif reference is None:
-        lrs, chosen_by = sorted({p.lr for p in probes}), "fallback"
-        note = (f"no probe crossed {threshold} within {max_steps} steps (lrs "
-                f"{', '.join(lr_text(p.lr) for p in probes)}): the grid falls back to the probes' lrs; "
-                "set train.lrs or raise train.pilot.start_lr / max_steps")
+        # The probes that did not diverge, the fastest first (at most one per target); all of them if every one did.
+        usable = sorted({p.lr for p in probes if p.status != "diverged"} or {p.lr for p in probes}, reverse=True)
+        lrs, chosen_by = usable[: len(cfg.targets)], "fallback"
+        if base_above:
+            note = (f"the untrained model is already at or above {threshold} on the pilot's scenarios: no lr "
+                    "places a crossing; the grid falls back to the probe's lr (check the judge and the base rate)")
+        else:
+            note = (f"no probe crossed {threshold} within {max_steps} steps (lrs "
+                    f"{', '.join(lr_text(p.lr) for p in probes)}): the grid falls back to the probes' lrs; "
+                    "set train.lrs or raise train.pilot.start_lr / max_steps")
     else:
         lrs = list(dict.fromkeys(_rounded(reference[0] * (reference[1] / (f * max_steps)) ** (1 / beta))
                                  for f in cfg.targets))
