@@ -38,7 +38,8 @@ SNAKEMAKE_AFTER_CHECKOUT = ["snakemake", "-n", "--cores", "all", "--configfile",
 # Tables whose numbers must not depend on the run (timings, e.g. run.json's seconds, are left out).
 METRIC_TABLES = ["runs/*/metrics.csv", "runs/*/train_log.csv", "base_eval/metrics.csv", "forecast/*.csv",
                  "steering/steering_metrics.csv", "icl/icl_metrics.csv", "report/study_metrics.csv"]
-CONTROL = "control-own-replies_lr3e-03_nall_k0_s0"  # the smoke study's negative control run
+# the smoke study's negative control run: at the grid's main lr (the pilot's fallback, 1e-2)
+CONTROL = "control-own-replies_lr1e-02_nall_k0_s0"
 TIMING_COLUMNS = {"seconds", "s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out",
                   "mean_load", "cpu_time", "reply_tokens_per_s"}
 
@@ -325,7 +326,8 @@ def test_history_sweep_commit_checkout_restores_the_first_run(repo: dict) -> Non
     for curve, definition in dvc_plot_definitions(project)[0].items():
         values = curve_values(diff, curve, definition)
         for rev, lr_run in zip(revs, ["lr1e-02_nall_k0_s0", "lr3e-03_nall_k0_s0"], strict=True):
-            assert {v["run_id"] for v in values if v["rev"] == rev} == {lr_run, CONTROL}, (curve, rev)
+            control = f"control-own-replies_{lr_run}"  # each grid's control trains at its main lr
+            assert {v["run_id"] for v in values if v["rev"] == rev} == {lr_run, control}, (curve, rev)
     run([*GIT, "add", "dvc.lock", "params.yaml"], project)
     run([*GIT, "commit", "-qm", "lr 3e-3"], project)
     second = state(project)
