@@ -93,7 +93,12 @@ def token_stats(cfg: StudyConfig, count: Callable[[Example, str | None], int], r
 
 
 def workload(cfg: StudyConfig, stats: TokenStats, n_parameters: int, n_layers: int) -> Workload:
-    runs = grid(cfg.train)
+    # Under `lrs: auto` the grid has one lr per pilot target (which ones does not change the cost); the
+    # pilot's own probes are not in this estimate (the report measures them: "Pilot cost").
+    placeholder = [cfg.train.pilot.start_lr * 2.0 ** i for i in range(len(cfg.train.pilot.targets))]
+    runs = grid(cfg.train, placeholder if cfg.train.lrs == "auto" else None)
+    n_checkpoints = (cfg.train.pilot.n_checkpoints if cfg.train.checkpoint_steps == "auto"
+                     else len(cfg.train.checkpoint_steps))
     mean_seq = sum(stats.train_seq) / len(stats.train_seq)
     n_corr = len(stats.train_seq)
     train_tokens = micro = 0
@@ -120,7 +125,7 @@ def workload(cfg: StudyConfig, stats: TokenStats, n_parameters: int, n_layers: i
     # model on average) and without sampling; only `screen.full_evaluations` per set get a full pass.
     screen_settings = len(cfg.steering.training_sets) * layers * len([m for m in cfg.steering.multipliers if m != 0])
     steering_passes = len(cfg.steering.training_sets) * cfg.steering.screen.full_evaluations
-    checkpoints = len(runs) * len(cfg.train.checkpoint_steps)
+    checkpoints = len(runs) * n_checkpoints
     passes = checkpoints + 1 + steering_passes + len(cfg.icl.ks)
     # ICL prompts carry k corrections in context, encoded once per prompt
     icl_extra = sum((len(stats.train_seq) if k == "all" else int(k)) * mean_seq * n_scen for k in cfg.icl.ks)
