@@ -98,6 +98,7 @@ def run(params: dict[str, Any], out: str, base: str, corrections: str, eval: str
 
         spec = RunSpec(lr, "all", 0, pilot.seed)
         recipe = train.model_copy(update={"checkpoint_steps": [train.max_steps]})
+        clear_checkpoints(where)  # an interrupted probe starts over: its curve is measured along the way
         summary = train_run(model, tok, real, spec, recipe, where, on_step=on_step)
         clear_checkpoints(where)
         result.status, result.seconds = str(summary["status"]), round(time.time() - t0, 1)
