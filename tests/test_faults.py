@@ -350,15 +350,15 @@ BAD_CONFIGS = [
     (["bogus=1"], "Could not override 'bogus'"),  # unknown top-level key
     (["train__lora__bogus=2"], "train.lora.bogus"),  # unknown nested key
     (["train__lora__r=abc"], "train.lora.r: Input should be a valid integer"),  # wrong type
-    (["train__lrs=fast"], "train.lrs: Input should be a valid list"),  # wrong type
+    (["train__lrs=fast"], "train.lrs: Value error, expected a list of learning rates or 'auto'"),  # wrong type
     (["model__trust_remote_code=maybe"], "model.trust_remote_code: Input should be a valid boolean"),
-    (["train__lrs=[]"], "train.lrs: List should have at least 1 item"),  # empty grids
+    (["train__lrs=[]"], "train.lrs: Value error, List should have at least 1 item"),  # empty grids
     (["train__n_real=[]"], "train.n_real: List should have at least 1 item"),
     (["steering__multipliers=[]"], "steering.multipliers: List should have at least 1 item"),
     (["icl__ks=[]"], "icl.ks: List should have at least 1 item"),
     (["train__lrs=[0.0]"], "every learning rate must be > 0"),  # lr <= 0
     (["train__lrs=[-1e-3,1e-3]"], "every learning rate must be > 0"),
-    (["train__negative_control__lr=0"], "train.negative_control.lr"),
+    (["train__negative_control__lr=0"], "train.negative_control.lr: Value error, the negative control's lr must be > 0"),
     (["behavior__data__eval=data/behaviors/listening/missing.jsonl"], "file not found"),  # missing data file
     (["behavior__data__eval=../../etc/passwd"], "points outside"),  # data outside data/
 ]

@@ -310,6 +310,13 @@ class NegativeControl(Strict):
     enabled: bool = True
     # `main`: the grid's first lr (the pilot's main one under `lrs: auto`), as for an extra run
     lr: float | Literal["main"] = "main"
+
+    @field_validator("lr")
+    @classmethod
+    def _positive(cls, lr: float | str) -> float | str:
+        if not isinstance(lr, str) and lr <= 0:
+            raise ValueError(f"the negative control's lr must be > 0 or 'main', got {lr}")
+        return lr
     # own-replies: each prompt gets the base model's own greedy reply (the behavior's null for any
     # behavior: nothing in the replies is new to the model). irrelevant: an unrelated text (the retention
     # set) as its reply; a null only where those texts lack the behavior (formal prose teaches `formal`).
@@ -416,6 +423,17 @@ class TrainConfig(TrainRecipe):
     def needs_pilot(self) -> bool:
         """Whether the grid's lrs or its checkpoints are left to the pilot stage."""
         return self.lrs == "auto" or self.checkpoint_steps == "auto"
+
+    @field_validator("lrs", "checkpoint_steps", mode="before")
+    @classmethod
+    def _list_or_auto(cls, value: Any, info: Any) -> Any:
+        """One message for either wrong form (pydantic would give one per member of the union)."""
+        what = {"lrs": "learning rates", "checkpoint_steps": "steps"}[info.field_name]
+        if isinstance(value, str) and value != "auto":
+            raise ValueError(f"expected a list of {what} or 'auto', got {value!r}")
+        if isinstance(value, list) and not value:
+            raise ValueError(f"List should have at least 1 item (a list of {what}, or 'auto')")
+        return value
 
     @field_validator("lrs")
     @classmethod
