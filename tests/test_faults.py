@@ -358,7 +358,8 @@ BAD_CONFIGS = [
     (["icl__ks=[]"], "icl.ks: List should have at least 1 item"),
     (["train__lrs=[0.0]"], "every learning rate must be > 0"),  # lr <= 0
     (["train__lrs=[-1e-3,1e-3]"], "every learning rate must be > 0"),
-    (["train__negative_control__lr=0"], "train.negative_control.lr: Value error, the negative control's lr must be > 0"),
+    (["train__negative_control__lr=0"],
+     "train.negative_control.lr: Value error, the negative control's lr must be > 0"),
     (["behavior__data__eval=data/behaviors/listening/missing.jsonl"], "file not found"),  # missing data file
     (["behavior__data__eval=../../etc/passwd"], "points outside"),  # data outside data/
 ]
