@@ -80,14 +80,17 @@ def test_nothing_crossing_falls_back_to_the_probes_and_says_so() -> None:
     assert explicit.chosen_by == "config" and explicit.lrs == [3e-3]
 
 
-@pytest.mark.parametrize("n, predicted", [(5, [6.4, 9.6]), (5, [3.0]), (5, [15.0]), (4, [1.0, 2.0]), (5, [])])
+@pytest.mark.parametrize("n, predicted", [(5, [6.4, 9.6]), (5, [3.0]), (5, [15.0]), (4, [1.0, 2.0]), (5, []),
+                                         (5, [9.7, 6.4]), (6, [5.0, 11.0])])
 def test_auto_checkpoints_bracket_the_predicted_crossings_within_the_budget(n: int, predicted: list[float]) -> None:
-    steps = auto_checkpoints(predicted, 16, n)
+    steps = auto_checkpoints(predicted, 16, n, early=4.0)
     assert len(steps) == n and steps == sorted(set(steps)) and steps[-1] == 16 and steps[0] >= 1
+    # any crossing inside the window (from step 4 on) has two forecast origins before it
+    assert len([s for s in steps if s < 4]) >= 2
     for t in predicted:
-        before = [s for s in steps if s < t]
-        assert len(before) >= (2 if t >= 3 else 1 if t > 1 else 0)  # forecast origins before the crossing
-        assert any(s >= t for s in steps)  # and one after it
+        assert any(s >= t for s in steps)  # a checkpoint after each predicted crossing
+        if t > 4:  # and one near it (10% of it, rounded to a step): the crossing is bracketed closely
+            assert any(abs(s - t) <= max(1.0, 0.15 * t) for s in steps[:-1]), (t, steps)
 
 
 def simulated_probe(scale: float, beta: float, floor: float, ceiling: float, seed: int, max_steps: int = 16,

@@ -214,22 +214,37 @@ def choose_grid(probes: list[Probe], train: TrainConfig, threshold: float) -> Gr
     predicted = {lr_text(lr): (predict_t50(lr, reference, beta) if reference else None) for lr in lrs}
     steps = None
     if train.checkpoint_steps == "auto":
-        steps = auto_checkpoints([t for t in predicted.values() if t is not None], max_steps, cfg.n_checkpoints)
+        steps = auto_checkpoints([t for t in predicted.values() if t is not None], max_steps, cfg.n_checkpoints,
+                                 early=cfg.window[0] * max_steps)
     return GridChoice(lrs, chosen_by, beta, "measured" if measured is not None else "assumed",
                       {"lr": reference[0], "t50": reference[1]} if reference else None, predicted, steps, note)
 
 
-def auto_checkpoints(predicted: list[float], max_steps: int, n: int) -> list[int]:
-    """`n` evaluated steps (the last, max_steps, always): the others spread evenly from half the earliest
-    predicted crossing to 1.25 x the latest (within 1..max_steps-1); without a prediction, evenly over
-    the budget. Fewer when the budget has fewer steps."""
+def auto_checkpoints(predicted: list[float], max_steps: int, n: int, early: float | None = None) -> list[int]:
+    """`n` evaluated steps: the last (max_steps) always; two early ones at a half and three quarters of `early`
+    (the window's low edge, window[0] x max_steps), so a run crossing anywhere in the window has two forecast
+    origins before it; the rest spread from 0.9 x the earliest predicted crossing to 1.1 x the latest, so the
+    crossings are bracketed closely (without a prediction: evenly over what is left). Fewer when the budget
+    has fewer steps.
+
+    (A first version spread all of them from half the earliest prediction: on listening it gave [3, 6, 9, 12,
+    16], and the runs that crossed at 5.7 and 6.1 steps, inside the window, had one origin before the crossing.)
+    """
     if max_steps <= n:
         return list(range(1, max_steps + 1))
+    early = 0.25 * max_steps if early is None else early
+    picked: list[int] = []
+    for f in (0.5, 0.75)[: max(0, min(2, n - 2))]:
+        step = max(1, int(round(f * early)), picked[-1] + 1 if picked else 1)
+        if step < max_steps:
+            picked.append(step)
     inside = [min(max(t, 1.0), float(max_steps)) for t in predicted]
-    lo, hi = (0.5 * min(inside), 1.25 * max(inside)) if inside else (1.0, max_steps - 1.0)
-    lo, hi = max(1.0, lo), min(max_steps - 1.0, max(hi, lo + n - 2))
-    lo = max(1.0, min(lo, hi - (n - 2)))
-    picked = sorted({int(round(v)) for v in np.linspace(lo, hi, n - 1)})
+    first = (picked[-1] + 1) if picked else 1
+    lo, hi = (0.9 * min(inside), 1.1 * max(inside)) if inside else (float(first), max_steps - 1.0)
+    lo, hi = max(float(first), lo), min(max_steps - 1.0, hi)
+    lo = min(lo, hi)
+    m = n - 1 - len(picked)
+    picked = sorted({*picked, *(int(round(v)) for v in np.linspace(lo, hi, m) if m > 0)})
     spare = [s for s in range(1, max_steps) if s not in picked]
     while len(picked) < n - 1 and spare:  # rounding merged two: the nearest free step to the range's middle
         mid = (lo + hi) / 2
