@@ -19,9 +19,9 @@ grid is decided inside the DAG) does what a researcher would do by hand:
    squares of log t50 on log lr) where two or more probes crossed inside the budget, else `train.pilot.beta`
    (t50 ~ 1/lr: the same loss drop in proportion to the step size). No probe crossing: the grid falls back to
    the probes' lrs, and says so.
-5. **Place checkpoints** (`checkpoint_steps: auto`): `n_checkpoints` steps, the last always, the others
-   spread from half the earliest predicted crossing to 1.25 x the latest, so each run has origins before
-   its crossing and the crossing is bracketed closely.
+5. **Place checkpoints** (`checkpoint_steps: auto`, `auto_checkpoints`): `n_checkpoints` steps, the last
+   always, two before the window's low edge (so a run crossing inside the window has two forecast origins
+   before it), the rest spread over the predicted crossings (so they are bracketed closely).
 
 Everything a run of the grid needs from it is in `results/pilot/grid.json` (`read_grid`).
 """
