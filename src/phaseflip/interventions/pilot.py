@@ -167,6 +167,16 @@ class GridChoice:
     note: str
 
 
+def _peak(probe: Probe) -> str:
+    """'peak 0.75 at step 11, 0.25 at the end' (or 'diverged at step 4')."""
+    rates = probe.rates()
+    if not rates:
+        return "no data"
+    i = int(np.nanargmax(rates))
+    text = f"peak {rates[i]:.2f} at step {probe.steps[i]}, {rates[-1]:.2f} at step {probe.steps[-1]}"
+    return text + (", diverged" if probe.status == "diverged" else "")
+
+
 def predict_t50(lr: float, reference: tuple[float, float], beta: float) -> float:
     lr_ref, t_ref = reference
     return t_ref * (lr_ref / lr) ** beta
@@ -202,9 +212,11 @@ def choose_grid(probes: list[Probe], train: TrainConfig, threshold: float) -> Gr
             note = (f"the untrained model is already at or above {threshold} on the pilot's scenarios: no lr "
                     "places a crossing; the grid falls back to the probe's lr (check the judge and the base rate)")
         else:
-            note = (f"no probe crossed {threshold} within {max_steps} steps (lrs "
-                    f"{', '.join(lr_text(p.lr) for p in probes)}): the grid falls back to the probes' lrs; "
-                    "set train.lrs or raise train.pilot.start_lr / max_steps")
+            peaks = "; ".join(f"lr {lr_text(p.lr)}: {_peak(p)}" for p in probes)
+            note = (f"no probe crossed {threshold} within {max_steps} steps ({peaks}): the grid falls back to the "
+                    "probes' lrs; a rate that rose and fell again means the behavior does not hold at these lrs "
+                    "(look at probes.csv), one that stays low asks for a higher train.pilot.start_lr or "
+                    "max_steps; or set train.lrs")
     else:
         lrs = list(dict.fromkeys(_rounded(reference[0] * (reference[1] / (f * max_steps)) ** (1 / beta))
                                  for f in cfg.targets))
