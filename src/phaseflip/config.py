@@ -306,6 +306,13 @@ class LoraConfig(Strict):
     target_modules: list[str] = Field(min_length=1)
 
 
+def _lr_or_main(lr: float | str, what: str) -> float | str:
+    """An lr that is a positive number or `main` (the grid's first lr)."""
+    if not isinstance(lr, str) and lr <= 0:
+        raise ValueError(f"{what} must be > 0 or 'main', got {lr}")
+    return lr
+
+
 class NegativeControl(Strict):
     enabled: bool = True
     # `main`: the grid's first lr (the pilot's main one under `lrs: auto`), as for an extra run
@@ -314,9 +321,7 @@ class NegativeControl(Strict):
     @field_validator("lr")
     @classmethod
     def _positive(cls, lr: float | str) -> float | str:
-        if not isinstance(lr, str) and lr <= 0:
-            raise ValueError(f"the negative control's lr must be > 0 or 'main', got {lr}")
-        return lr
+        return _lr_or_main(lr, "the negative control's lr")
     # own-replies: each prompt gets the base model's own greedy reply (the behavior's null for any
     # behavior: nothing in the replies is new to the model). irrelevant: an unrelated text (the retention
     # set) as its reply; a null only where those texts lack the behavior (formal prose teaches `formal`).
@@ -335,9 +340,7 @@ class ExtraRun(Strict):
     @field_validator("lr")
     @classmethod
     def _positive(cls, lr: float | str) -> float | str:
-        if not isinstance(lr, str) and lr <= 0:
-            raise ValueError(f"an extra run's lr must be > 0 or 'main', got {lr}")
-        return lr
+        return _lr_or_main(lr, "an extra run's lr")
 
 
 class PilotConfig(Strict):

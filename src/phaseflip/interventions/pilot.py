@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import isotonic_regression
 
-from phaseflip.config import PilotConfig, TrainConfig
+from phaseflip.config import PILOT_TRAIN_FIELDS, PilotConfig, TrainConfig
+from phaseflip.interventions.train import lr_text
 from phaseflip.io import DataError, read_json
 from phaseflip.stats.intervals import wilson_interval
 
@@ -184,8 +185,6 @@ def predict_t50(lr: float, reference: tuple[float, float], beta: float) -> float
 
 def choose_grid(probes: list[Probe], train: TrainConfig, threshold: float) -> GridChoice:
     """The grid's lrs and (under `checkpoint_steps: auto`) its evaluated checkpoints, from the probes."""
-    from phaseflip.interventions.train import lr_text
-
     cfg, max_steps = train.pilot, train.max_steps
     measured = measured_beta(probes, threshold, max_steps, cfg)
     beta = measured if measured is not None else cfg.beta
@@ -237,11 +236,7 @@ def auto_checkpoints(predicted: list[float], max_steps: int, n: int, early: floa
     (the window's low edge, window[0] x max_steps), so a run crossing anywhere in the window has two forecast
     origins before it; the rest spread from 0.9 x the earliest predicted crossing to 1.1 x the latest, so the
     crossings are bracketed closely (without a prediction: evenly over what is left). Fewer when the budget
-    has fewer steps.
-
-    (A first version spread all of them from half the earliest prediction: on listening it gave [3, 6, 9, 12,
-    16], and the runs that crossed at 5.7 and 6.1 steps, inside the window, had one origin before the crossing.)
-    """
+    has fewer steps."""
     if max_steps <= n:
         return list(range(1, max_steps + 1))
     early = 0.25 * max_steps if early is None else early
@@ -268,9 +263,8 @@ def probe_key(params: dict[str, Any], lr: float) -> str:
     """What a probe's curve depends on: a finished probe with the same key is reused (an interrupted
     pilot loses no finished probe)."""
     keep = {k: params.get(k) for k in ("model", "behavior", "eval", "seed", "compute")}
-    train = dict(params.get("train", {}))
-    keep["train"] = {k: v for k, v in train.items() if k not in ("lrs", "n_real", "dream_k", "seeds", "extra_runs",
-                                                                  "negative_control", "checkpoint_steps")}
+    train = params.get("train", {})  # not the grid's lrs or checkpoints: a probe's curve does not read them
+    keep["train"] = {k: train[k] for k in PILOT_TRAIN_FIELDS if k in train and k not in ("lrs", "checkpoint_steps")}
     return hashlib.sha256(json.dumps({"params": keep, "lr": lr}, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -321,8 +315,6 @@ def read_grid(path: str | Path) -> dict[str, Any]:
 
 
 def probe_folder(out: Path, lr: float) -> Path:
-    from phaseflip.interventions.train import lr_text
-
     return out / "probes" / f"lr{lr_text(lr)}"
 
 

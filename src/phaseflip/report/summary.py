@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from phaseflip.config import PilotConfig
 from phaseflip.dag import rule_of_job
 from phaseflip.data import IN_DISTRIBUTION
 from phaseflip.io import read_csv, read_json, write_csv, write_json, write_text
@@ -139,7 +140,7 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
                stage_costs=stage_costs, threshold=threshold, max_steps=max_steps, effective_count=effective_count,
                family_notes=params["behavior"].get("family_notes"),
                grid=read_json(grid) if grid else None,
-               window=tuple(params["train"].get("pilot", {}).get("window", (0.25, 0.75))))
+               window=PilotConfig.model_validate(params["train"].get("pilot", {})).window)
     sections: list[Callable[..., list[str]]] = [_header, pilot_lines, answers.q1, answers.q2, answers.q3,
                                                 answers.q4, answers.q5, answers.q6, _costs]
     write_text(out / "summary.md", "\n".join(line for section in sections for line in section(**ctx)) + "\n")

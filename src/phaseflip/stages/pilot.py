@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from phaseflip.config import EvalConfig, TrainConfig
+from phaseflip.config import EvalConfig, PilotConfig, TrainConfig
 from phaseflip.data import IN_DISTRIBUTION, Example, load_examples
 from phaseflip.interventions.pilot import (
     GRID_FILE,
@@ -57,8 +58,8 @@ def run(params: dict[str, Any], out: str, base: str, corrections: str, eval: str
     # The pilot's params hold the train section without the other grid points (config.PILOT_TRAIN_FIELDS);
     # its own point is the probes': every real correction, no dreams, the pilot's seed.
     section = params["train"]
-    train = TrainConfig.model_validate({**section, "n_real": ["all"], "dream_k": [0],
-                                        "seeds": [section.get("pilot", {}).get("seed", 1000)],
+    seed = PilotConfig.model_validate(section.get("pilot", {})).seed
+    train = TrainConfig.model_validate({**section, "n_real": ["all"], "dream_k": [0], "seeds": [seed],
                                         "extra_runs": [], "negative_control": {"enabled": False}})
     threshold = float(params["forecast"]["flip_threshold"])
     pilot = train.pilot
@@ -102,7 +103,7 @@ def run(params: dict[str, Any], out: str, base: str, corrections: str, eval: str
         summary = train_run(model, tok, real, spec, recipe, where, on_step=on_step)
         clear_checkpoints(where)
         result.status, result.seconds = str(summary["status"]), round(time.time() - t0, 1)
-        write_json(cached, {"key": key, "probe": result.__dict__})
+        write_json(cached, {"key": key, "probe": asdict(result)})
         return result
 
     probes, choice = run_pilot(probe, train, threshold)
