@@ -550,6 +550,15 @@ class ForecastBenchConfig(Strict):
         return self
 
 
+class RecalibrationConfig(Strict):
+    """Quantile recalibration of one method's forecasts (`phaseflip.forecast.recalibration`) from the
+    PITs of its forecasts of the other configurations' finished runs."""
+
+    method: Literal["pooled_link", "per_scenario", "linear"] | None = "pooled_link"  # None: off
+    prior_pits: float = Field(5.0, ge=0)  # pseudo-PITs of a calibrated forecaster (uniform) it shrinks towards
+    bandwidth: float = Field(0.25, gt=0)  # Gaussian kernel over origin fraction: PITs from similar origins count more
+
+
 class ForecastConfig(Strict):
     flip_threshold: float = Field(0.5, gt=0, lt=1)
     continuous_metric: Literal["p_preferred", "margin", "forced_choice"] = "p_preferred"
@@ -558,11 +567,19 @@ class ForecastConfig(Strict):
     # The forecast (from every evaluated checkpoint): its pre-registered primary method, the draws per
     # forecast, and the extrapolation's horizon (crossings later than horizon_factor x max_steps: "beyond").
     primary: Literal["pooled_link", "per_scenario", "lr_scaling", "linear", "climatology", "grad_norm_peak",
-                     "change_point"] = "pooled_link"
+                     "change_point", "pooled_link_recalibrated"] = "pooled_link"
     forecast_interval: float = Field(0.8, gt=0, lt=1)  # lr_scaling's prediction interval (the report's table)
     forecast_bootstrap: int = Field(200, gt=1)
     horizon_factor: float = Field(3.0, ge=1)
+    recalibration: RecalibrationConfig = RecalibrationConfig()
     bench: ForecastBenchConfig = ForecastBenchConfig()
+
+    @model_validator(mode="after")
+    def _recalibrated_primary(self) -> ForecastConfig:
+        if self.primary.endswith("_recalibrated") and self.primary != f"{self.recalibration.method}_recalibrated":
+            raise ValueError(f"forecast.primary {self.primary!r} needs forecast.recalibration.method: "
+                             f"{self.primary.removesuffix('_recalibrated')!r} (it is {self.recalibration.method!r})")
+        return self
 
 
 class StudyInfo(Strict):

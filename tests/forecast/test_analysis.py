@@ -3,15 +3,7 @@ import pandas as pd
 import pytest
 
 from phaseflip.config import ForecastConfig
-from phaseflip.forecast.analysis import (
-    LeakageError,
-    analyse_study,
-    condition,
-    forecast_at,
-    forecast_run,
-    other_configurations,
-    sharpness,
-)
+from phaseflip.forecast.analysis import analyse_study, forecast_at, forecast_run, sharpness
 from phaseflip.forecast.bench import run_bench, simulate_study
 from phaseflip.forecast.bench_model import SimModel
 from phaseflip.forecast.methods import METHODS, Context, RunData, configuration_of, fit_link, lr_scaling_fit
@@ -23,6 +15,7 @@ from phaseflip.forecast.scores import (
     score_forecasts,
     score_table,
 )
+from phaseflip.forecast.view import LeakageError, condition, other_configurations
 from phaseflip.stats.change_points import best_change_point, penalised_change_point
 from phaseflip.stats.intervals import wilson_interval
 

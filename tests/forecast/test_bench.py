@@ -120,12 +120,14 @@ def test_bench_is_deterministic_for_a_seed_and_scores_every_method_and_generator
     b = run_bench(SimModel(), cfg, n_runs=4, seed=3)
     pd.testing.assert_frame_equal(a, b)
     assert set(a.generator) == {"fitted", "bending"} and a.groupby("generator").run_id.nunique().min() == 4
-    assert set(a.method) == set(METHODS)
+    assert set(a.method) == set(METHODS) | {"pooled_link_recalibrated"}  # the recalibrated primary beside them
     only = run_bench(SimModel(), cfg, n_runs=4, seed=3, generators=["bending"])  # the same draws, alone
     pd.testing.assert_frame_equal(only.reset_index(drop=True), a[a.generator == "bending"].reset_index(drop=True))
     _, summary = bench_tables(a, cfg, 16)
-    assert list(summary.generator) == ["fitted", "bending"]
-    assert "| fitted |" in format_summary(summary)
+    assert list(zip(summary.generator, summary.method, strict=True)) == [
+        ("fitted", "pooled_link"), ("fitted", "pooled_link_recalibrated"),
+        ("bending", "pooled_link"), ("bending", "pooled_link_recalibrated")]
+    assert "| fitted · pooled_link |" in format_summary(summary) and "| fitted |" in format_summary(summary.iloc[:1])
     other = run_bench(SimModel(), cfg, n_runs=4, seed=4, generators=["fitted"])
     assert not other.equals(a[a.generator == "fitted"].reset_index(drop=True))
 
@@ -138,7 +140,7 @@ def test_bench_writes_tables_and_the_pit_plot(tmp_path: Path, capsys: pytest.Cap
                  "calibration.png", "model.json"]:
         assert (tmp_path / "out" / name).stat().st_size > 0, name
     assert json.loads((tmp_path / "out" / "model.json").read_text())["source"] == "fitted to 4 runs"
-    assert "| fitted |" in capsys.readouterr().out
+    assert "| fitted · pooled_link_recalibrated |" in capsys.readouterr().out
     fc = pd.read_csv(tmp_path / "out" / "bench_forecasts.csv")
     assert {"run_id", "method", "origin_step", "crossed_by_origin", "p_cross_by_max_steps", "predicted", "q10", "q25",
             "q50", "q75", "q90", "crps", "pit"} <= set(fc.columns)
@@ -148,4 +150,4 @@ def test_command_line(tmp_path: Path) -> None:
     assert main(["--results", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--runs", "3", "study=smoke",
                  "forecast.bench.runs_per_study=3"]) == 0
     s = pd.read_csv(tmp_path / "o" / "bench_summary.csv")
-    assert list(s.generator) == ["fitted", "real_design"]  # the smoke preset's `only`
+    assert list(s.generator.drop_duplicates()) == ["fitted", "real_design"]  # the smoke preset's `only`

@@ -151,14 +151,19 @@ def test_q6_leads_with_the_plain_verdict_for_the_study_and_each_generator() -> N
     transitions = pd.DataFrame({"run_id": runs.run_id, "lr": runs.lr, "control": runs.control, "t50": runs.t50,
                                 "flipped": runs.t50.notna()})
     lines = q6(forecasts=study, quality=score_table(study), transitions=transitions, max_steps=16,
-                bench_summary=summary, params={"forecast": {"primary": "pooled_link"}})
+                bench_summary=summary,
+                params={"forecast": {"primary": "pooled_link", "recalibration": {"method": "pooled_link"}}})
     assert lines[1].startswith("## Q6")
     lead = lines[3]
     assert lead.startswith("On this study (leave-one-configuration-out): `pooled_link` ")
+    assert "On this study (leave-one-configuration-out): `pooled_link_recalibrated` " in lead
     assert "On the `fitted` generator: `pooled_link` " in lead
+    assert "On the `fitted` generator: `pooled_link_recalibrated` " in lead
     assert ("does **not** beat both" in lead) or ("from origin step" in lead)
     text = "\n".join(lines)
-    assert "| fitted |" in text and "this study (leave-one-configuration-out)" in text
+    assert "| fitted · pooled_link |" in text and "| fitted · pooled_link_recalibrated |" in text
+    assert "this study (leave-one-configuration-out) · pooled_link_recalibrated" in text
+    assert "Beside it, `pooled_link_recalibrated`" in text
     assert "Outside [" in text or "fewer than 3 crossed runs" in text  # lr_scaling: no extrapolation
 
 

@@ -31,7 +31,9 @@ import pandas as pd
 from phaseflip.config import ForecastConfig
 from phaseflip.data import IN_DISTRIBUTION
 from phaseflip.forecast.methods import METHODS, Context, RunData
+from phaseflip.forecast.recalibration import Recalibrator, describe, recalibrated_name
 from phaseflip.forecast.scores import score_forecasts
+from phaseflip.forecast.view import check_no_leak, condition, crossed_by, other_configurations
 from phaseflip.run_folder import RunRecord
 from phaseflip.stats.change_points import best_change_point
 from phaseflip.stats.t50 import confirmed_flip, fit_t50
@@ -128,60 +130,7 @@ def run_data(run_id: str, metrics: pd.DataFrame, scenarios: pd.DataFrame, train_
                    t.get("t50"), t.get("continuous_level_at_flip"))
 
 
-class LeakageError(AssertionError):
-    """A forecaster was handed something a researcher at the origin could not have."""
-
-
-def check_no_leak(view: RunData, others: list[RunData], origin: float) -> None:
-    """The structural guard every forecast passes through: the run is a view cut at `origin` (no step after
-    it in any of its tables, no t50, no level at its flip) and no other run is the run itself or a
-    replicate of its configuration."""
-    if view.origin is None or view.origin > origin:
-        raise LeakageError(f"{view.run_id}: not a view cut at origin {origin} (origin={view.origin})")
-    for name in ("curve", "scenarios", "train_log"):
-        table = getattr(view, name)
-        if len(table) and float(table.step.max()) > origin:
-            raise LeakageError(f"{view.run_id}: {name} has step {table.step.max()} after origin {origin}")
-    if view.t50 is not None or view.level_at_flip is not None:
-        raise LeakageError(f"{view.run_id}: the view carries the run's own outcome (t50={view.t50})")
-    for o in others:
-        if o.run_id == view.run_id or o.configuration == view.configuration:
-            raise LeakageError(f"{view.run_id}: {o.run_id} (configuration {o.configuration}) is not another "
-                               "configuration")
-
-
-def other_configurations(run: RunData, runs: list[RunData]) -> list[RunData]:
-    """Leave-one-configuration-out: the finished runs of every other configuration (the run's replicates,
-    other seeds of its lr / n_real / dreams / control, are excluded)."""
-    return [r for r in runs if r.configuration != run.configuration]
-
-
-def crossed_by(view: RunData, threshold: float) -> bool:
-    """Whether the run has crossed by its view's origin, from the view's counts only: the transition fit
-    (`fit_t50`, the measurement's own estimator) on the checkpoints so far finds a crossing, or the
-    only checkpoint is already above the threshold."""
-    c = view.curve[view.curve.n > 0]
-    if not len(c):
-        return False
-    if len(c) < 2:
-        return bool(c.k.iloc[-1] / c.n.iloc[-1] >= threshold)
-    counts = (view.scenarios[view.scenarios.n > 0][["step", "scenario_id", "k", "n"]] if len(view.scenarios)
-              else c.assign(scenario_id="all")[["step", "scenario_id", "k", "n"]])
-    fit = fit_t50(counts, threshold, n_bootstrap=2, confidence=0.95, seed=0)
-    return fit.t50 is not None or fit.censored == "left"
-
-
 QUANTILES = {"q025": 0.025, "q10": 0.1, "q25": 0.25, "q50": 0.5, "q75": 0.75, "q90": 0.9, "q975": 0.975}
-MIN_KEPT = 0.05  # conditioning on "not crossed yet" keeps the draws at or after the origin if at least this share
-
-
-def condition(draws: np.ndarray, origin: float) -> np.ndarray:
-    """The draws given "not crossed before the origin" (observed): those at or after it (at it: "now"),
-    resampled to the same number; when (almost) none is, the method says "now": every draw at the origin."""
-    keep = draws[draws >= origin]
-    if len(keep) >= max(1.0, MIN_KEPT * len(draws)):
-        return np.resize(keep, len(draws))
-    return np.full(len(draws), float(origin))
 
 
 def summarise(draws: np.ndarray, max_steps: float) -> dict[str, float]:
@@ -193,10 +142,12 @@ def summarise(draws: np.ndarray, max_steps: float) -> dict[str, float]:
 
 
 def forecast_at(view: RunData, others: list[RunData], cfg: ForecastConfig, max_steps: int, seed: int,
-                methods: list[str]) -> list[dict[str, Any]]:
+                methods: list[str], recalibrator: Recalibrator | None = None) -> list[dict[str, Any]]:
     """Every method's forecast from one origin (the view's): "already crossed" when the view shows the
     crossing; otherwise each method's draws, conditioned on not having crossed yet and censored at
-    max_steps. Raises `LeakageError` when the view or the other runs carry what the origin cannot know."""
+    max_steps. With a `recalibrator`, its method's forecast also comes recalibrated on the other
+    configurations' PITs (a row of its own, `<method>_recalibrated`). Raises `LeakageError` when the view
+    or the other runs carry what the origin cannot know."""
     origin = float(view.origin if view.origin is not None else math.nan)
     check_no_leak(view, others, origin)
     crossed = crossed_by(view, cfg.flip_threshold)
@@ -205,12 +156,16 @@ def forecast_at(view: RunData, others: list[RunData], cfg: ForecastConfig, max_s
     base = {"run_id": view.run_id, "configuration": view.configuration, "control": view.control, "lr": view.lr,
             "origin_step": origin, "origin_fraction": origin / max_steps, "n_checkpoints": len(view.curve),
             "crossed_by_origin": crossed}
+    recalibrated = recalibrator.method if recalibrator is not None and recalibrator.method in methods else None
+
+    def empty(method: str) -> dict[str, Any]:
+        return {**base, "method": method, "primary": method == cfg.primary, "forecast_made": False,
+                "p_cross_by_max_steps": math.nan, "predicted": math.nan, **dict.fromkeys(QUANTILES, math.nan),
+                "form": None, "reason": "already crossed", "_draws": None}
+
     rows = []
     for method in methods:
-        row: dict[str, Any] = {**base, "method": method, "primary": method == cfg.primary, "forecast_made": False,
-                               "p_cross_by_max_steps": math.nan, "predicted": math.nan,
-                               **dict.fromkeys(QUANTILES, math.nan), "form": None, "reason": "already crossed",
-                               "_draws": None}
+        row = empty(method)
         if not crossed:
             fc = METHODS[method](view, origin, ctx)
             row["form"], row["reason"] = fc.form, fc.reason
@@ -218,20 +173,28 @@ def forecast_at(view: RunData, others: list[RunData], cfg: ForecastConfig, max_s
                 draws = condition(np.asarray(fc.draws, float), origin)
                 row.update(forecast_made=True, _draws=draws, **summarise(draws, max_steps))
         rows.append(row)
+        if method == recalibrated and recalibrator is not None:
+            again = {**empty(recalibrated_name(method)), "form": row["form"], "reason": row["reason"]}
+            if row["_draws"] is not None:
+                draws, n_pits = recalibrator.recalibrate(view, origin, row["_draws"])
+                again.update(forecast_made=True, _draws=draws, form=describe(row["form"], n_pits),
+                             **summarise(draws, max_steps))
+            rows.append(again)
     return rows
 
 
 def forecast_run(run: RunData, others: list[RunData], cfg: ForecastConfig, max_steps: int, seed: int = 0,
-                 methods: list[str] | None = None) -> list[dict[str, Any]]:
+                 methods: list[str] | None = None, recalibrator: Recalibrator | None = None) -> list[dict[str, Any]]:
     """Forecast rows of one run: at every evaluated checkpoint before max_steps (the origin), every method,
     each seeing the run's view at that origin and the finished runs of other configurations (never this
-    run's outcome).
+    run's outcome); with a `recalibrator` (built on the study's runs), its method recalibrated too.
     Rows carry their draws under `_draws` for `forecast.scores.score_forecasts`."""
     others = other_configurations(run, others)
     rows = []
     # the last checkpoint at max_steps is no origin: the budget is spent, "crosses by max_steps" is observed
     for i, origin in enumerate(s for s in run.curve.step.to_numpy(float) if s < max_steps):
-        rows += forecast_at(run.prefix(origin), others, cfg, max_steps, seed * 1000 + i, methods or list(METHODS))
+        rows += forecast_at(run.prefix(origin), others, cfg, max_steps, seed * 1000 + i, methods or list(METHODS),
+                            recalibrator)
     return rows
 
 
@@ -244,8 +207,9 @@ def analyse_study(runs: list[RunRecord], cfg: ForecastConfig,
     transitions = [detect(run_id, m, sc, log, info, cfg) for run_id, m, sc, log, info in runs]
     data = [run_data(run_id, m, sc, log, info, cfg.continuous_metric, t)
             for (run_id, m, sc, log, info), t in zip(runs, transitions, strict=True)]
+    recalibrator = Recalibrator(data, cfg, max_steps) if cfg.recalibration.method else None
     rows = []
     for i, run in enumerate(data):
-        rows += forecast_run(run, data, cfg, max_steps, seed=i)
+        rows += forecast_run(run, data, cfg, max_steps, seed=i, recalibrator=recalibrator)
     truth = {t["run_id"]: t["t50"] for t in transitions}
     return transitions, score_forecasts(rows, truth, max_steps)

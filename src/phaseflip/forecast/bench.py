@@ -45,6 +45,7 @@ from phaseflip.config import BenchGenerator, ForecastConfig
 from phaseflip.forecast.analysis import forecast_run
 from phaseflip.forecast.bench_model import SimModel, fit_model
 from phaseflip.forecast.methods import RunData
+from phaseflip.forecast.recalibration import Recalibrator, recalibrated_name
 from phaseflip.forecast.scores import INTERVALS, format_summary, score_forecasts, score_table, summary_row
 from phaseflip.io import write_csv, write_json
 from phaseflip.run_folder import evaluated_runs
@@ -216,10 +217,12 @@ def _bench_study(args: tuple[SimModel, str, BenchGenerator, ForecastConfig, int,
     model, name, gen, cfg, n_runs, index, seq, methods = args
     rng = np.random.default_rng(seq)
     study = simulate_study(model, n_runs, cfg.bench.control_share, cfg.flip_threshold, rng, gen)
+    runs = [o.run for o in study]
+    recalibrator = Recalibrator(runs, cfg, model.max_steps) if cfg.recalibration.method else None
     rows = []
     for i, r in enumerate(study):
-        rows += forecast_run(r.run, [o.run for o in study], cfg, model.max_steps, seed=index * 1000 + i,
-                             methods=methods)
+        rows += forecast_run(r.run, runs, cfg, model.max_steps, seed=index * 1000 + i, methods=methods,
+                             recalibrator=recalibrator)
     scored = score_forecasts(rows, {r.run.run_id: r.truth for r in study}, model.max_steps, seed=index)
     estimated = {r.run.run_id: r.run.t50 for r in study}
     scored["estimated_t50"] = scored.run_id.map(estimated)
@@ -257,14 +260,26 @@ def run_bench(model: SimModel, cfg: ForecastConfig, n_runs: int | None = None, s
     return pd.concat(results, ignore_index=True)
 
 
+def summary_methods(cfg: ForecastConfig, present: set[str]) -> list[str]:
+    """The methods a summary table has a row for: the primary, and the recalibrated method when it ran."""
+    out: list[str] = [cfg.primary]
+    if cfg.recalibration.method:
+        name = recalibrated_name(cfg.recalibration.method)
+        if name in present and name not in out:
+            out.append(name)
+    return out
+
+
 def bench_tables(rows: pd.DataFrame, cfg: ForecastConfig, max_steps: float, seed: int = 0
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per generator: the per method x origin scores, and the generator's one-line summary."""
+    """Per generator: the per method x origin scores, and the generator's summary line (one for the primary,
+    one for the recalibrated method)."""
     quality, summary = [], []
     for name, g in rows.groupby("generator", sort=False):
         table = score_table(g, seed)
         quality.append(table.assign(generator=name))
-        summary.append(summary_row(g, table, cfg.primary, max_steps, str(name), seed))
+        for method in summary_methods(cfg, set(g.method)):
+            summary.append(summary_row(g, table, method, max_steps, str(name), seed))
     return pd.concat(quality, ignore_index=True), pd.DataFrame(summary)
 
 

@@ -224,7 +224,7 @@ def summary_row(fc: pd.DataFrame, table: pd.DataFrame, primary: str, max_steps: 
     there (pooled, and the lowest and highest per origin), Brier scores and lead time."""
     late = fc[fc.origin_step >= from_fraction * max_steps]
     first = first_winning_origin(table, primary)
-    row: dict[str, Any] = {"generator": name, "runs": fc.run_id.nunique(),
+    row: dict[str, Any] = {"generator": name, "method": primary, "runs": fc.run_id.nunique(),
                            "runs_crossing": int(fc.drop_duplicates("run_id").crosses.astype(bool).sum()),
                            "first_winning_origin": first,
                            "first_winning_fraction": None if first is None else first / max_steps,
@@ -260,11 +260,13 @@ def format_summary(summary: pd.DataFrame, max_steps: float | None = None) -> str
              "skill vs climatology [95%] | 80% coverage (per-origin range) | Brier (climatology) | "
              "mean p_cross, no-cross runs | median lead ±25% / 80% |",
              "|---|---|---|---|---|---|---|---|---|"]
+    several = "method" in summary and summary.method.nunique() > 1
     for r in summary.to_dict("records"):
+        label = f"{r['generator']} · {r['method']}" if several else r["generator"]
         first = ("never" if r["first_winning_origin"] is None or pd.isna(r["first_winning_origin"]) else
                  f"step {r['first_winning_origin']:g} ({r['first_winning_fraction']:.2f} of max_steps)")
         lines.append(
-            f"| {r['generator']} | {r['runs']} ({r['runs_crossing']}) | {first} | {_f(r['skill_linear'])} "
+            f"| {label} | {r['runs']} ({r['runs_crossing']}) | {first} | {_f(r['skill_linear'])} "
             f"[{_f(r['skill_linear_lo'])}, {_f(r['skill_linear_hi'])}] | {_f(r['skill_climatology'])} "
             f"[{_f(r['skill_climatology_lo'])}, {_f(r['skill_climatology_hi'])}] | {_f(r['coverage_80'])} "
             f"({_f(r['coverage_80_min'])}-{_f(r['coverage_80_max'])}) | {_f(r['brier'])} "

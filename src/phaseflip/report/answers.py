@@ -366,14 +366,19 @@ def q6(forecasts: pd.DataFrame, quality: pd.DataFrame, transitions: pd.DataFrame
         bench_summary: pd.DataFrame | None = None, params: dict[str, Any] | None = None, **_: Any) -> list[str]:
     from phaseflip.forecast.scores import format_origins, format_summary, summary_row, verdict
 
-    primary = (params or {}).get("forecast", {}).get("primary", "pooled_link")
-    study = pd.DataFrame([summary_row(forecasts, quality, primary, max_steps,
-                                      "this study (leave-one-configuration-out)")]) if len(forecasts) else None
+    fcfg = (params or {}).get("forecast", {})
+    primary = fcfg.get("primary", "pooled_link")
+    recal = (fcfg.get("recalibration") or {}).get("method")
+    methods = [primary] + ([f"{recal}_recalibrated"] if recal and f"{recal}_recalibrated" != primary
+                           and f"{recal}_recalibrated" in set(forecasts.get("method", [])) else [])
+    name = "this study (leave-one-configuration-out)"
+    study = pd.DataFrame([summary_row(forecasts, quality, m, max_steps, name) for m in methods]) \
+        if len(forecasts) else None
     L = ["", "## Q6 — Can the flip be forecast from early checkpoints?", ""]
-    lead = [verdict(study.iloc[0].to_dict(), primary, "On this study (leave-one-configuration-out)")
-            if study is not None else "This study has no forecast to score."]
+    lead = [verdict(r, r["method"], "On this study (leave-one-configuration-out)")
+            for r in study.to_dict("records")] if study is not None else ["This study has no forecast to score."]
     if bench_summary is not None and len(bench_summary):
-        lead += [verdict(r, primary, f"On the `{r['generator']}` generator")
+        lead += [verdict(r, r.get("method", primary), f"On the `{r['generator']}` generator")
                  for r in bench_summary.to_dict("records")]
     L += [" ".join(lead), "",
           f"Pre-registered primary forecaster: **`{primary}`** (conf/forecast/). Forecasts are made from every "
@@ -386,8 +391,15 @@ def q6(forecasts: pd.DataFrame, quality: pd.DataFrame, transitions: pd.DataFrame
           "bootstrap over runs. \"Beats from origin s\": at s and at every later origin with at least 5 paired "
           "runs, the interval vs both references lies above 0. Skill and coverage below pool the origins from "
           "25% of max_steps on. `forecast.png`: each run's forecast fans."]
+    if len(methods) > 1:
+        L += ["", f"Beside it, `{methods[1]}`: the same forecasts remapped through the distribution of their PITs on "
+                  "the other configurations' finished runs (each of those forecast without this run's configuration; "
+                  "quantile recalibration, `forecast.recalibration`)."]
     if bench_summary is not None and len(bench_summary):
-        missed = [f"`{r['generator']}` {fmt(r['coverage_80_min'])}-{fmt(r['coverage_80_max'])}"
+        def label(r: dict[str, Any]) -> str:
+            return f"`{r['generator']}`" + (f" · `{r['method']}`" if r.get("method", primary) != primary else "")
+
+        missed = [f"{label(r)} {fmt(r['coverage_80_min'])}-{fmt(r['coverage_80_max'])}"
                   for r in bench_summary.to_dict("records")
                   if not (TARGET_COVERAGE[0] <= (r["coverage_80_min"] if pd.notna(r["coverage_80_min"]) else -1)
                           and (r["coverage_80_max"] if pd.notna(r["coverage_80_max"]) else 9) <= TARGET_COVERAGE[1])]
@@ -398,7 +410,7 @@ def q6(forecasts: pd.DataFrame, quality: pd.DataFrame, transitions: pd.DataFrame
                                             "**missed** on " + "; ".join(missed) + " (per-origin range).")]
     if study is not None:
         L += ["", "**This study** (leave-one-configuration-out; t50 is itself an estimate):", "",
-              format_summary(study), "", format_origins(quality, [primary, "linear", "climatology"])]
+              format_summary(study), "", format_origins(quality, [*methods, "linear", "climatology"])]
     if not int(transitions.flipped.sum()):
         L += ["", "No run crossed: only false alarms (`p_cross_by_max_steps` of runs that never cross) are measured "
                   "on this study."]
