@@ -358,7 +358,7 @@ class PilotConfig(Strict):
     beta_range: tuple[float, float] = (0.25, 4.0)  # a measured beta is clipped to this
     max_scenarios: int = Field(12, gt=0)  # the first N in-distribution scenarios with a reference pair
     n_samples: int = Field(2, gt=0)  # replies per scenario at each step
-    above_steps: int = Field(2, gt=0)  # a probe stops after this many consecutive steps at or above the threshold
+    above_steps: int = Field(4, gt=0)  # a probe stops after this many consecutive steps at or above the threshold
     seed: int = 1000  # the probes' training seed: not one of the grid's
     n_checkpoints: int = Field(5, ge=2)  # `checkpoint_steps: auto`: evaluated checkpoints per run (last included)
 

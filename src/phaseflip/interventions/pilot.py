@@ -70,7 +70,28 @@ class Probe:
         return [k / n if n else math.nan for k, n in zip(self.k, self.n, strict=True)]
 
     def t50(self, threshold: float) -> float | None:
+        """The crossing of the isotonic fit; for a rate that rose past the threshold and fell back, the
+        crossing of its rise (the steps up to its peak)."""
+        peak = self._peak_index()
+        if self.rose_and_fell(threshold):
+            return crossing(self.steps[: peak + 1], self.k[: peak + 1], self.n[: peak + 1], threshold)
         return crossing(self.steps, self.k, self.n, threshold)
+
+    def _peak_index(self) -> int:
+        rates = np.array(self.rates(), float)
+        return int(np.nanargmax(rates)) if len(rates) and np.isfinite(rates).any() else 0
+
+    def rose_and_fell(self, threshold: float) -> bool:
+        """The rate rose past the threshold and fell back clearly: the peak step is at or above it, and the
+        last two evaluated steps (pooled) lie below it with a 95% Wilson interval that does not overlap the
+        peak's (sampling noise around a flat rate is not a fall)."""
+        i = self._peak_index()
+        if len(self.steps) < 4 or i >= len(self.steps) - 2 or self.k[i] < threshold * self.n[i]:
+            return False
+        k, n = sum(self.k[-2:]), sum(self.n[-2:])
+        if not n or k >= threshold * n:
+            return False
+        return bool(wilson_interval(k, n)[1] < wilson_interval(self.k[i], self.n[i])[0])
 
     def base_above(self, threshold: float) -> bool:
         """The untrained model (step 0) is clearly above the threshold (its 95% Wilson interval lies above it,
@@ -138,6 +159,9 @@ def next_probe_lr(probes: list[Probe], cfg: PilotConfig, threshold: float, max_s
         return None
     t = last.t50(threshold)
     low, high = (w * max_steps for w in cfg.window)
+    if last.rose_and_fell(threshold):  # the behavior does not hold at this lr: a slower, gentler one
+        lr = _rounded(last.lr / math.sqrt(cfg.factor))
+        return None if any(math.isclose(lr, p.lr) for p in probes) else lr
     if t is not None and low <= t <= high:
         return None
     beta = measured_beta(probes, threshold, max_steps, cfg) or cfg.beta
@@ -178,6 +202,25 @@ def _peak(probe: Probe) -> str:
     return text + (", diverged" if probe.status == "diverged" else "")
 
 
+def unstable_note(unstable: list[Probe], slower: list[Probe], threshold: float, max_steps: int, beta: float,
+                  cfg: PilotConfig) -> str:
+    """What a rate that rose past the threshold and fell back means for the grid, and the budget that would
+    place a crossing mid-budget at a slower lr."""
+    lowest = min(unstable, key=lambda p: p.lr)
+    text = "; ".join(f"at lr {lr_text(p.lr)} the rate rose past {threshold} and fell back ({_peak(p)})"
+                     for p in sorted(unstable, key=lambda p: p.lr))
+    text += f": the behavior does not hold there, so no grid lr is at or above {lr_text(lowest.lr)}"
+    rise = lowest.t50(threshold)
+    if rise is not None and not any(p.t50(threshold) is not None for p in slower):
+        slow_lr = max((p.lr for p in slower), default=_rounded(lowest.lr / math.sqrt(cfg.factor)))
+        expected = predict_t50(slow_lr, (lowest.lr, max(rise, 0.5)), beta)
+        needed = math.ceil(expected / (sum(cfg.targets) / len(cfg.targets)))
+        if needed > max_steps:
+            text += (f"; at lr {lr_text(slow_lr)} the crossing is expected near step {expected:.0f}, beyond "
+                     f"the budget: train.max_steps >= {needed} would place it mid-budget")
+    return text
+
+
 def predict_t50(lr: float, reference: tuple[float, float], beta: float) -> float:
     lr_ref, t_ref = reference
     return t_ref * (lr_ref / lr) ** beta
@@ -188,7 +231,12 @@ def choose_grid(probes: list[Probe], train: TrainConfig, threshold: float) -> Gr
     cfg, max_steps = train.pilot, train.max_steps
     measured = measured_beta(probes, threshold, max_steps, cfg)
     beta = measured if measured is not None else cfg.beta
-    crossed = [(p.lr, t) for p in probes if (t := p.t50(threshold)) is not None]
+    unstable = [p for p in probes if p.rose_and_fell(threshold)]
+    cap = min((p.lr for p in unstable), default=math.inf)  # no grid lr at or above an lr whose rate fell back
+    held = [p for p in probes if p not in unstable]
+    # a crossing that held is the reference; only the rise of one that fell back when none held
+    crossed = [(p.lr, t) for p in (held if any(p.t50(threshold) is not None for p in held) else probes)
+               if (t := p.t50(threshold)) is not None]
     timed = [(lr, t) for lr, t in crossed if t >= 1]
     target_mid = max_steps * sum(cfg.targets) / len(cfg.targets)
     reference: tuple[float, float] | None = None
@@ -205,7 +253,7 @@ def choose_grid(probes: list[Probe], train: TrainConfig, threshold: float) -> Gr
         note = "train.lrs given in the config: the pilot only predicted their crossings"
     elif reference is None:
         # The probes that did not diverge, the fastest first (at most one per target); all of them if every one did.
-        usable = sorted({p.lr for p in probes if p.status != "diverged"} or {p.lr for p in probes}, reverse=True)
+        usable = sorted({p.lr for p in held if p.status != "diverged"} or {p.lr for p in probes}, reverse=True)
         lrs, chosen_by = usable[: len(cfg.targets)], "fallback"
         if base_above:
             note = (f"the untrained model is already at or above {threshold} on the pilot's scenarios: no lr "
@@ -217,11 +265,18 @@ def choose_grid(probes: list[Probe], train: TrainConfig, threshold: float) -> Gr
                     "(look at probes.csv), one that stays low asks for a higher train.pilot.start_lr or "
                     "max_steps; or set train.lrs")
     else:
-        lrs = list(dict.fromkeys(_rounded(reference[0] * (reference[1] / (f * max_steps)) ** (1 / beta))
-                                 for f in cfg.targets))
+        wanted = [_rounded(reference[0] * (reference[1] / (f * max_steps)) ** (1 / beta)) for f in cfg.targets]
+        # where the behavior stops holding lies between the fastest lr that held and the slowest that fell
+        # back: above their geometric midpoint the grid takes the one that held (or the next probe's lr)
+        below = [p.lr for p in held if p.lr < cap and p.status != "diverged"]
+        safe = max(below) if below else _rounded(cap / math.sqrt(cfg.factor))
+        limit = math.sqrt(safe * cap) if below else cap
+        lrs = list(dict.fromkeys(lr if lr < limit else safe for lr in wanted))
         chosen_by = "pilot"
         note = (f"extrapolated from the probe at lr {lr_text(reference[0])} (t50 {reference[1]:.1f}) with "
                 f"beta {beta:.2f} ({'measured' if measured is not None else 'assumed'})")
+    if unstable and train.lrs == "auto":
+        note += "; " + unstable_note(unstable, [p for p in held if p.lr < cap], threshold, max_steps, beta, cfg)
     predicted = {lr_text(lr): (predict_t50(lr, reference, beta) if reference else None) for lr in lrs}
     steps = None
     if train.checkpoint_steps == "auto":
