@@ -11,9 +11,11 @@ grid is decided inside the DAG) does what a researcher would do by hand:
 2. **Read the crossing.** The step where the weighted isotonic (monotone) fit of rate against step first
    reaches the threshold, interpolated between the two steps that bracket it (`crossing`): monotone, so it
    has no shape to be wrong about (floors, ceilings and plateaus included).
+   A rate that rose past the threshold and fell back clearly (`Probe.rose_and_fell`) is read on its rise
+   (the steps up to its peak): the behavior does not hold at that lr.
 3. **Move.** A crossing outside `window` x max_steps moves the next probe's lr by the predicted factor
    (t50 ~ lr^-beta), at most `factor`; no crossing multiplies it by `factor`; a crossing before step 1 divides
-   it by `factor`. At most `max_probes` probes.
+   it by `factor`; a rate that fell back halves it (1/sqrt(factor)). At most `max_probes` probes.
 4. **Choose.** From the probe whose crossing is nearest the targets, lr_i = lr_ref x (t_ref / (target_i x
    max_steps))^(1/beta), rounded to two significant digits, the main lr first. beta is measured (least
    squares of log t50 on log lr) where two or more probes crossed inside the budget, else `train.pilot.beta`
