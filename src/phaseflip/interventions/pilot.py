@@ -214,12 +214,17 @@ def unstable_note(unstable: list[Probe], slower: list[Probe], threshold: float, 
     text += f": the behavior does not hold there, so no grid lr is at or above {lr_text(lowest.lr)}"
     rise = lowest.t50(threshold)
     if rise is not None and not any(p.t50(threshold) is not None for p in slower):
-        slow_lr = max((p.lr for p in slower), default=_rounded(lowest.lr / math.sqrt(cfg.factor)))
+        slow = max(slower, key=lambda p: p.lr, default=None)
+        slow_lr = slow.lr if slow is not None else _rounded(lowest.lr / math.sqrt(cfg.factor))
         expected = predict_t50(slow_lr, (lowest.lr, max(rise, 0.5)), beta)
+        seen = f"expected near step {expected:.0f}"
+        if slow is not None and slow.steps and slow.steps[-1] >= expected:  # it ran past that and did not cross
+            expected = float(slow.steps[-1] + 1)
+            seen = f"not reached by step {slow.steps[-1]}"
         needed = math.ceil(expected / (sum(cfg.targets) / len(cfg.targets)))
         if needed > max_steps:
-            text += (f"; at lr {lr_text(slow_lr)} the crossing is expected near step {expected:.0f}, beyond "
-                     f"the budget: train.max_steps >= {needed} would place it mid-budget")
+            text += (f"; at lr {lr_text(slow_lr)} the crossing is {seen}, not mid-budget: train.max_steps >= "
+                     f"{needed} would give it room (or the behavior may not hold at any lr)")
     return text
 
 
