@@ -30,10 +30,10 @@ import pandas as pd
 
 from phaseflip.config import ForecastConfig
 from phaseflip.data import IN_DISTRIBUTION
-from phaseflip.forecast.methods import METHODS, Context, RunData
+from phaseflip.forecast.methods import METHODS, RunData
 from phaseflip.forecast.recalibration import Recalibrator, describe, recalibrated_name
 from phaseflip.forecast.scores import score_forecasts
-from phaseflip.forecast.view import check_no_leak, condition, crossed_by, other_configurations
+from phaseflip.forecast.view import check_no_leak, condition, context_for, crossed_by, other_configurations
 from phaseflip.run_folder import RunRecord
 from phaseflip.stats.change_points import best_change_point
 from phaseflip.stats.t50 import confirmed_flip, fit_t50
@@ -151,8 +151,7 @@ def forecast_at(view: RunData, others: list[RunData], cfg: ForecastConfig, max_s
     origin = float(view.origin if view.origin is not None else math.nan)
     check_no_leak(view, others, origin)
     crossed = crossed_by(view, cfg.flip_threshold)
-    ctx = Context(others, cfg.flip_threshold, cfg.forecast_interval, cfg.forecast_bootstrap, max_steps,
-                  cfg.continuous_metric, cfg.horizon_factor * max_steps, seed)
+    ctx = context_for(others, cfg, max_steps, seed)
     base = {"run_id": view.run_id, "configuration": view.configuration, "control": view.control, "lr": view.lr,
             "origin_step": origin, "origin_fraction": origin / max_steps, "n_checkpoints": len(view.curve),
             "crossed_by_origin": crossed}

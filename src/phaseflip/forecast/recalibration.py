@@ -31,7 +31,7 @@ import numpy as np
 from phaseflip.config import ForecastConfig
 from phaseflip.forecast.methods import METHODS, Context, RunData
 from phaseflip.forecast.scores import randomised_pit
-from phaseflip.forecast.view import LeakageError, condition, crossed_by
+from phaseflip.forecast.view import LeakageError, condition, context_for, crossed_by
 
 SUFFIX = "_recalibrated"
 
@@ -75,10 +75,8 @@ class Recalibrator:
     def _context(self, excluded: frozenset[str]) -> Context:
         if excluded not in self._contexts:
             others = [r for r in self.runs if r.configuration not in excluded]
-            self._contexts[excluded] = Context(
-                others, self.cfg.flip_threshold, self.cfg.forecast_interval, self.cfg.forecast_bootstrap,
-                self.max_steps, self.cfg.continuous_metric, self.cfg.horizon_factor * self.max_steps,
-                seed=zlib.crc32(",".join(sorted(excluded)).encode()))
+            self._contexts[excluded] = context_for(others, self.cfg, self.max_steps,
+                                                   zlib.crc32(",".join(sorted(excluded)).encode()))
         return self._contexts[excluded]
 
     def _pit(self, other: RunData, origin: float, excluded: frozenset[str]) -> float | None:

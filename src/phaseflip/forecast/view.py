@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from phaseflip.forecast.methods import RunData
+from phaseflip.config import ForecastConfig
+from phaseflip.forecast.methods import Context, RunData
 from phaseflip.stats.t50 import fit_t50
 
 
@@ -65,3 +66,9 @@ def condition(draws: np.ndarray, origin: float) -> np.ndarray:
     if len(keep) >= max(1.0, MIN_KEPT * len(draws)):
         return np.resize(keep, len(draws))
     return np.full(len(draws), float(origin))
+
+
+def context_for(others: list[RunData], cfg: ForecastConfig, max_steps: int, seed: int) -> Context:
+    """What a forecast from an origin knows besides the run: the given other runs, under the config."""
+    return Context(others, cfg.flip_threshold, cfg.forecast_interval, cfg.forecast_bootstrap, max_steps,
+                   cfg.continuous_metric, cfg.horizon_factor * max_steps, seed)

@@ -74,12 +74,12 @@ class Probe:
     def t50(self, threshold: float) -> float | None:
         """The crossing of the isotonic fit; for a rate that rose past the threshold and fell back, the
         crossing of its rise (the steps up to its peak)."""
-        peak = self._peak_index()
+        peak = self.peak_index()
         if self.rose_and_fell(threshold):
             return crossing(self.steps[: peak + 1], self.k[: peak + 1], self.n[: peak + 1], threshold)
         return crossing(self.steps, self.k, self.n, threshold)
 
-    def _peak_index(self) -> int:
+    def peak_index(self) -> int:
         rates = np.array(self.rates(), float)
         return int(np.nanargmax(rates)) if len(rates) and np.isfinite(rates).any() else 0
 
@@ -87,7 +87,7 @@ class Probe:
         """The rate rose past the threshold and fell back clearly: the peak step is at or above it, and the
         last two evaluated steps (pooled) lie below it with a 95% Wilson interval that does not overlap the
         peak's (sampling noise around a flat rate is not a fall)."""
-        i = self._peak_index()
+        i = self.peak_index()
         if len(self.steps) < 4 or i >= len(self.steps) - 2 or self.k[i] < threshold * self.n[i]:
             return False
         k, n = sum(self.k[-2:]), sum(self.n[-2:])
@@ -199,7 +199,7 @@ def _peak(probe: Probe) -> str:
     rates = probe.rates()
     if not rates:
         return "no data"
-    i = int(np.nanargmax(rates))
+    i = probe.peak_index()
     text = f"peak {rates[i]:.2f} at step {probe.steps[i]}, {rates[-1]:.2f} at step {probe.steps[-1]}"
     return text + (", diverged" if probe.status == "diverged" else "")
 
