@@ -559,6 +559,19 @@ class RecalibrationConfig(Strict):
     bandwidth: float = Field(0.25, gt=0)  # Gaussian kernel over origin fraction: PITs from similar origins count more
 
 
+class InferenceConfig(Strict):
+    """What the report's comparisons test and how (`stats.mirage`, `stats.differences`), fixed before any result:
+    the level, the smallest effects of interest the power statements are sized for, and the mirage test."""
+
+    alpha: float = Field(0.05, gt=0, lt=1)  # every test and verdict (two-sided); Q5's family verdicts: Holm
+    power: float = Field(0.8, gt=0, lt=1)
+    smallest_t50_difference: float = Field(2.0, gt=0)  # steps: the effect seeds per arm are planned for
+    smallest_rate_difference: float = Field(0.15, gt=0, lt=1)  # of behavior_rate
+    mirage_link_df: int = Field(8, ge=1)  # the null's spline of the continuous metric (columns)
+    mirage_step_df: int = Field(2, ge=1)  # step terms the alternative adds (polynomial degree)
+    mirage_draws: int = Field(1999, ge=99)  # wild score bootstrap draws
+
+
 class ForecastConfig(Strict):
     flip_threshold: float = Field(0.5, gt=0, lt=1)
     continuous_metric: Literal["p_preferred", "margin", "forced_choice"] = "p_preferred"
@@ -572,6 +585,7 @@ class ForecastConfig(Strict):
     forecast_bootstrap: int = Field(200, gt=1)
     horizon_factor: float = Field(3.0, ge=1)
     recalibration: RecalibrationConfig = RecalibrationConfig()
+    inference: InferenceConfig = InferenceConfig()
     bench: ForecastBenchConfig = ForecastBenchConfig()
 
     @model_validator(mode="after")

@@ -1,6 +1,7 @@
+import numpy as np
 import pandas as pd
 
-from phaseflip.report.answers import q1, q2, q3, q5, t50_difference
+from phaseflip.report.answers import q1, q2, q3, q5
 from phaseflip.report.summary import effective_count
 
 
@@ -31,14 +32,37 @@ def test_q1_gives_t50_with_interval_censoring_and_seed_spread() -> None:
     assert "SD 1.41 steps" in text and "seeds per arm" in text
 
 
-def test_q3_differences_carry_intervals_and_a_power_statement() -> None:
+def _counts(t50: float, rng: np.random.Generator, effects: np.ndarray) -> pd.DataFrame:
+    rows = [(s, c, int(rng.binomial(8, 1 / (1 + np.exp(-(0.9 * (s - t50) + effects[c]))))), 8)
+            for s in (0, 2, 4, 6, 10, 16) for c in range(len(effects))]
+    return pd.DataFrame(rows, columns=["step", "scenario_id", "k", "n"])
+
+
+def test_q3_reads_a_difference_only_with_the_seed_spread_behind_it() -> None:
     t = transitions()
-    d = t50_difference(t.iloc[2], t.iloc[0])
-    assert d is not None and d.value == 5.0 and d.lo > 0  # dreams later, resolved
-    assert t50_difference(t.iloc[2], t.iloc[3]) is None  # the censored run cannot be compared
     text = "\n".join(q3(t, pd.DataFrame(), {"counts": {"generated": 24}}, {"corrections": 12}, effective_count))
-    assert "+5.0 steps [95%" in text and "dreams later" in text and "not comparable" in text
-    assert "seeds per arm" in text
+    # seeds 7 and 9 at one grid point: SD 1.41 on 1 df, t = 12.7, so +5 steps is not resolved
+    assert "| +5.0 steps | n/a | [-20.4, +30.4] | no difference resolved |" in text
+    assert "not comparable" in text and "seeds per arm" in text and "dreams later" not in text
+    # paired over the same scenarios (counts given): the paired interval is printed beside it
+    rng = np.random.default_rng(0)
+    effects = rng.normal(0, 1, 20)
+    counts = {"lr3e-03_n4_k2_s0": _counts(12.0, rng, effects), "lr3e-03_nall_k0_s0": _counts(7.0, rng, effects)}
+    paired = "\n".join(q3(t, pd.DataFrame(), {}, {"corrections": 12}, effective_count, counts=counts))
+    row = next(line for line in paired.splitlines() if "equal effective count" in line)
+    lo, hi = (float(v) for v in row.split(" | ")[6].strip("[]").split(","))
+    assert 0 < lo < 5 < hi < 10  # evaluation noise alone resolves it; the arms interval does not
+    # no replicated grid point: no reading at all
+    single = t[t.seed == 0]
+    none = "\n".join(q3(single, pd.DataFrame(), {}, {"corrections": 12}, effective_count))
+    assert "not resolved: seed spread not measured" in none and "no difference resolved" not in none
+
+
+def test_q1_plans_power_for_the_configured_effect() -> None:
+    text = "\n".join(q1(pd.DataFrame(columns=["run_id", "metric", "family", "step"]), transitions(), None,
+                        max_steps=16, threshold=0.5,
+                        params={"forecast": {"inference": {"smallest_t50_difference": 4}}}))
+    assert "smallest effect of 4 steps" in text and "(df 1)" in text and "this grid has 1-2 seed(s)" in text
 
 
 def test_q5_states_each_family_change_with_its_interval() -> None:
@@ -58,14 +82,24 @@ def test_q5_states_each_family_change_with_its_interval() -> None:
     assert "among each run's last checkpoint, fixed in advance" in fixed
 
 
-def test_q2_reads_sharpness_only_for_runs_that_crossed() -> None:
+def test_q2_reads_the_mirage_test_not_the_sharpness_ratio() -> None:
     table = transitions()
-    table["sharpness_behavior_rate"] = [4.0, 2.0, 3.0, 1.2, 1.2]
-    table["sharpness_p_preferred"] = [1.5, 1.9, 2.0, 462.48, 462.48]  # a flat run's noise over a tiny net change
-    table["sharpness_margin"] = [1.4, 1.8, 2.1, 213.7, 213.7]
-    rows = {line.split(" | ")[0][2:]: line for line in q2(table) if line.startswith("| lr") or "control" in line}
-    assert "mirage" in rows["lr3e-03_nall_k0_s0"] and "a real change" in rows["lr3e-03_nall_k0_s1"]
-    assert "462" not in rows["lr3e-03_n4_k0_s0"] and "not crossed" in rows["lr3e-03_n4_k0_s0"]
+    for m in ("behavior_rate", "p_preferred", "margin"):
+        table[f"sharpness_{m}"] = 2.0
+    mirage = pd.DataFrame([
+        {"run_id": "lr3e-03_nall_k0_s0", "control": False, "metric": "p_preferred", "statistic": 9.0,
+         "p_value": 0.001, "scenarios": 30, "verdict": "step adds to the continuous metric: not a mirage",
+         "reason": ""},
+        {"run_id": "lr3e-03_n4_k0_s0", "control": False, "metric": "p_preferred", "statistic": None, "p_value": None,
+         "scenarios": 30, "verdict": "not testable", "reason": "every reply the same: no variation to explain"},
+        {"run_id": "pooled", "control": False, "metric": "p_preferred", "statistic": 0.4, "p_value": 0.61,
+         "scenarios": 30, "verdict": "consistent with a mirage", "reason": ""},
+    ])
+    text = "\n".join(q2(table, mirage=mirage))
+    assert "| lr3e-03_nall_k0_s0 | score 9.00, 30 scenarios | 0.001 | step adds" in text
+    assert "not testable: every reply the same" in text
+    assert "**Answer (pooled over the non-control runs, p = 0.61).** No evidence that step adds" in text
+    assert "No mirage test" in "\n".join(q2(table, mirage=None))
 
 
 def _q5_lines(behavior: dict) -> str:  # type: ignore[type-arg]

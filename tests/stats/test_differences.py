@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from phaseflip.stats.differences import rate_difference, seed_spread, seeds_per_arm
@@ -32,3 +33,58 @@ def test_seed_spread_and_power() -> None:
     assert seeds_per_arm(0.06, 2.0) == 2  # a tiny spread (two seeds 0.08 apart): the minimum, not a crash
     # formal's lr 6e-4 seeds: SD 0.03 and 0.1 (effect 20-67), where statsmodels' power is nan: still 2
     assert all(seeds_per_arm(sd, 2.0) == 2 for sd in (0.01, 0.03, 0.1, 0.2, 0.29))
+
+
+def test_pooled_seed_spread_adds_degrees_of_freedom() -> None:
+    from phaseflip.stats.differences import pooled_seed_spread
+
+    s = pooled_seed_spread([[7.0, 9.0], [5.0, 6.0, 7.0], [3.0]])
+    assert s is not None and s.df == 3 and s.n == 5
+    assert abs(s.sd - ((2.0 + 2.0) / 3) ** 0.5) < 1e-12  # (1 + 1) + (1 + 0 + 1) over 1 + 2
+    assert s.lo < s.sd < s.hi
+    assert pooled_seed_spread([[7.0], [8.0, float("nan")]]) is None
+
+
+def test_arm_difference_needs_the_seed_spread_and_widens_with_it() -> None:
+    from phaseflip.stats.differences import Difference, Spread, t50_arm_difference
+
+    paired = Difference(-1.0, -1.5, -0.5)
+    assert t50_arm_difference(-1.0, paired, None) is None
+    narrow = t50_arm_difference(-1.0, paired, Spread(0.01, 0.0, 1.0, 30, 29))
+    assert narrow is not None and (narrow.lo, narrow.hi) == (-1.5, -0.5)  # never narrower than the paired one
+    wide = t50_arm_difference(-1.0, paired, Spread(1.0, 0.5, 30.0, 2, 1))
+    assert wide is not None and wide.lo < -10 and wide.hi > 10  # df 1: t = 12.7
+
+
+def test_paired_bootstrap_is_narrower_than_unpaired_on_shared_scenarios() -> None:
+    """Two runs on the same scenarios whose scenario effects dominate: pairing cancels them."""
+    from phaseflip.stats.differences import paired_t50_difference
+    from phaseflip.stats.t50 import fit_t50
+
+    rng = np.random.default_rng(0)
+    effects = rng.normal(0, 2.0, 30)
+
+    def run(shift: float) -> pd.DataFrame:
+        rows = [(s, c, int(rng.binomial(8, 1 / (1 + np.exp(-(0.8 * (s - 8 - shift) + effects[c]))))), 8)
+                for s in (0, 2, 4, 6, 8, 10, 12, 16) for c in range(30)]
+        return pd.DataFrame(rows, columns=["step", "scenario_id", "k", "n"])
+
+    a, b = run(1.0), run(0.0)
+    fa, fb = fit_t50(a, 0.5, 200, seed=1), fit_t50(b, 0.5, 200, seed=2)
+    d = paired_t50_difference(a, b, fa.t50 - fb.t50, 0.5, 200, seed=3)
+    unpaired = (fa.hi - fa.lo) ** 2 + (fb.hi - fb.lo) ** 2
+    assert d.lo <= d.value <= d.hi
+    assert (d.hi - d.lo) ** 2 < 0.5 * unpaired
+
+
+def test_holm_is_stricter_than_each_interval_alone() -> None:
+    from phaseflip.stats.differences import Difference, holm_verdicts
+
+    # three differences each just excluding 0 at 95%: unadjusted "up" each, Holm keeps only what survives
+    diffs = [Difference(0.10, 0.005, 0.2), Difference(0.10, 0.002, 0.2), Difference(0.30, 0.2, 0.4)]
+    assert all(d.verdict() == "up" for d in diffs)
+    verdicts = holm_verdicts(diffs, 0.05)
+    assert [v for v, _ in verdicts] == ["no change resolved", "no change resolved", "up"]
+    assert all(p >= d.p_value() for (_, p), d in zip(verdicts, diffs, strict=True))
+    assert abs(Difference(0.0, -0.1, 0.1).p_value() - 1.0) < 1e-12
+    assert abs(Difference(0.196, 0.0, 0.392).p_value() - 0.05) < 1e-3

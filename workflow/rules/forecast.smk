@@ -7,6 +7,7 @@ rule forecast:
         transitions="results/forecast/transitions.csv",
         forecasts="results/forecast/forecasts.csv",
         quality="results/forecast/forecast_quality.csv",
+        mirage="results/forecast/mirage.csv",
     params:
         cfg=stage_params("train", "forecast"),
         run_dirs=lambda wildcards: [f"results/runs/{r}" for r in run_ids()],

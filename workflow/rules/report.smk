@@ -5,6 +5,8 @@ COSTED_STAGES = [s.rule for s in DAG_STAGES if not s.per_run and s.rule not in (
 rule report:
     input:
         metrics=per_run("results/runs/{run_id}/metrics.csv"),
+        scenarios=per_run("results/runs/{run_id}/scenarios.csv"),  # read beside each metrics.csv (Q3's pairing)
+        mirage="results/forecast/mirage.csv",  # read from --forecast (Q2)
         train_logs=per_run("results/runs/{run_id}/train_log.csv"),
         transitions="results/forecast/transitions.csv",
         forecast_bench="results/forecast/bench/bench_summary.csv",  # read from --forecast's bench/ (Q6)

@@ -16,8 +16,10 @@ censored at max_steps, give `p_cross_by_max_steps` and quantiles (`inf`: beyond 
 `phaseflip.forecast.scores` scores them (CRPS of the censored target, coverage, PIT, Brier, skill vs
 `linear` and `climatology`, lead time); `phaseflip.forecast.bench` does the same where the truth is known.
 
-Sharpness (the mirage check): per metric, the steepest slope between neighbouring checkpoints over the
-average slope from step 0 to the end; 1 is a straight line, large is a step.
+The mirage test (`phaseflip.stats.mirage`): per run, and pooled over the non-control runs, whether step
+explains the sampled rate beyond a fixed link of the continuous metric (`mirage_table`). Beside it, as a
+description only (no verdict is read from it), the sharpness per metric: the steepest slope between
+neighbouring checkpoints over the average slope from step 0 to the end; 1 is a straight line.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from phaseflip.forecast.scores import score_forecasts
 from phaseflip.forecast.view import check_no_leak, condition, context_for, crossed_by, other_configurations
 from phaseflip.run_folder import RunRecord
 from phaseflip.stats.change_points import best_change_point
+from phaseflip.stats.mirage import MirageTest, mirage_test, run_cells
 from phaseflip.stats.t50 import confirmed_flip, fit_t50
 
 EPS = 1e-3
@@ -101,6 +104,33 @@ def detect(run_id: str, metrics: pd.DataFrame, scenarios: pd.DataFrame, train_lo
         c = curve(metrics, metric)
         row[f"sharpness_{metric}"] = sharpness(c.step.to_numpy(float), c.value.to_numpy(float))
     return row
+
+
+def _mirage(cells: pd.DataFrame, cfg: ForecastConfig, seed: int) -> MirageTest:
+    inf = cfg.inference
+    return mirage_test(cells, bounded=cfg.continuous_metric != "margin", link_df=inf.mirage_link_df,
+                       step_df=inf.mirage_step_df, n_draws=inf.mirage_draws, seed=seed)
+
+
+def mirage_table(runs: list[RunRecord], cfg: ForecastConfig) -> pd.DataFrame:
+    """The mirage test per run and pooled over the non-control runs (the same scenarios in each: clustered
+    on scenario), on the in-distribution cells with the configured continuous metric."""
+    rows, pooled = [], []
+    for i, (run_id, _, scenarios, _, info) in enumerate(runs):
+        cells = run_cells(scenarios, cfg.continuous_metric, IN_DISTRIBUTION)
+        if not bool(info.get("control", False)):
+            pooled.append(cells.assign(run=run_id))
+        rows.append({"run_id": run_id, "control": bool(info.get("control", False)), **_mirage_row(
+            _mirage(cells, cfg, seed=i), cfg)})
+    cells = pd.concat(pooled, ignore_index=True) if pooled else run_cells(pd.DataFrame(), cfg.continuous_metric, "")
+    rows.append({"run_id": "pooled", "control": False, **_mirage_row(_mirage(cells, cfg, seed=len(runs)), cfg)})
+    return pd.DataFrame(rows)
+
+
+def _mirage_row(test: MirageTest, cfg: ForecastConfig) -> dict[str, Any]:
+    return {"metric": cfg.continuous_metric, "statistic": test.statistic, "p_value": test.p_value,
+            "step_terms": test.df_num, "cells": test.n_cells, "scenarios": test.n_scenarios,
+            "verdict": test.verdict(cfg.inference.alpha), "reason": test.reason}
 
 
 def run_data(run_id: str, metrics: pd.DataFrame, scenarios: pd.DataFrame, train_log: pd.DataFrame,

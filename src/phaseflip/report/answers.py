@@ -14,13 +14,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from phaseflip.config import EvalConfig
+from phaseflip.config import EvalConfig, InferenceConfig
 from phaseflip.data import IN_DISTRIBUTION
 from phaseflip.report.figures import pick
-from phaseflip.stats.differences import Difference, rate_difference, seed_spread, seeds_per_arm
+from phaseflip.stats.differences import (
+    Difference,
+    Spread,
+    holm_verdicts,
+    paired_t50_difference,
+    pooled_seed_spread,
+    rate_difference,
+    seed_spread,
+    seeds_per_arm,
+    t50_arm_difference,
+)
 
-# The smallest t50 difference (steps) the power statements are phrased for when the data give none.
-REFERENCE_DIFFERENCE = 2.0
+
+def inference(params: dict[str, Any] | None) -> InferenceConfig:
+    """The pre-registered level, power and smallest effects (`forecast.inference` in conf/)."""
+    return InferenceConfig.model_validate(((params or {}).get("forecast") or {}).get("inference") or {})
+
+
+def grid_spread(real: pd.DataFrame) -> Spread | None:
+    """The seed SD of t50 pooled over every grid point with >= 2 crossing seeds (df = sum of n_i - 1)."""
+    return pooled_seed_spread([[float(v) for v in g.t50.dropna()]
+                               for _, g in real.groupby(["lr", "n_real", "dream_k"], sort=True)])
 
 
 def fmt(value: Any, lo: Any = None, hi: Any = None, digits: int = 2) -> str:
@@ -49,7 +67,7 @@ def _last_rate(study: pd.DataFrame, run_id: str) -> str:
 
 
 def q1(study: pd.DataFrame, transitions: pd.DataFrame, best_ckpt: Any, max_steps: int, threshold: float,
-       **_: Any) -> list[str]:
+       params: dict[str, Any] | None = None, **_: Any) -> list[str]:
     L = ["", "## Q1 — How many corrections, at which learning rate, flip the behavior?", "",
          f"`t50`: the step where the fitted {IN_DISTRIBUTION} behavior_rate crosses {threshold} (binomial GLM in "
          "step or log-step, chosen by likelihood; 95% interval: bootstrap over scenarios, then samples). "
@@ -76,7 +94,7 @@ def q1(study: pd.DataFrame, transitions: pd.DataFrame, best_ckpt: Any, max_steps
         L.append(f"- negative control `{t.run_id}`: {t.t50_text}"
                  + (" (it should not cross: a crossing here means the judge or the data leak the behavior)"
                     if t.flipped else ""))
-    L += _seed_lines(real)
+    L += _seed_lines(real, params)
     ns = sorted({str(n) for n in real.n_real})
     L.append(f"\nThis grid covers n_real in {{{', '.join(ns)}}}: zones of n_real without runs are not claimed.")
     if best_ckpt is not None:
@@ -86,69 +104,81 @@ def q1(study: pd.DataFrame, transitions: pd.DataFrame, best_ckpt: Any, max_steps
     return L
 
 
-def _seed_lines(real: pd.DataFrame) -> list[str]:
-    """The seed spread of t50 at every replicated grid point, and what it implies for comparisons."""
+def _seed_lines(real: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
+    """The seed spread of t50 per replicated grid point, pooled, and the seeds per arm it implies for the
+    pre-registered smallest effect (`forecast.inference.smallest_t50_difference`)."""
+    inf = inference(params)
     L: list[str] = []
     for (lr, n_real, dream_k), grp in real.groupby(["lr", "n_real", "dream_k"], sort=True):
         if grp.seed.nunique() < 2:
             continue
         spread = seed_spread([float(v) for v in grp.t50.dropna()])
-        if spread is None:
-            L.append(f"\nSeeds at lr {lr:g}, n_real {n_real}, dream_k {dream_k}: fewer than 2 crossed, so the seed "
-                     "spread of t50 is not measured here.")
-            continue
-        need = seeds_per_arm(spread.sd, REFERENCE_DIFFERENCE)
-        L.append(f"\nSeed spread of t50 at lr {lr:g}, n_real {n_real}, dream_k {dream_k} ({spread.n} seeds): "
-                 f"SD {spread.sd:.2f} steps [95% {spread.lo:.2f}, {spread.hi:.2f}]. A t50 difference of "
-                 f"{REFERENCE_DIFFERENCE:g} steps between two arms needs {need} seeds per arm to be detected "
-                 "(two-sided t test, alpha 0.05, power 0.8); the upper end of the SD interval would need "
-                 f"{seeds_per_arm(spread.hi, REFERENCE_DIFFERENCE)}.")
+        L.append(f"\nSeed spread of t50 at lr {lr:g}, n_real {n_real}, dream_k {dream_k} ({grp.seed.nunique()} seeds): "
+                 + (f"SD {spread.sd:.2f} steps [95% {spread.lo:.2f}, {spread.hi:.2f}]." if spread is not None
+                    else "fewer than 2 crossed, not measured."))
+    pooled = grid_spread(real)
+    effect = inf.smallest_t50_difference
+    per_point = real.groupby(["lr", "n_real", "dream_k"]).seed.nunique()
+    if pooled is None:
+        return L + [f"\nPower: no grid point has two crossing seeds, so the seed spread of t50 is not measured and "
+                    f"no t50 comparison can be planned; the smallest effect of interest is {effect:g} steps "
+                    "(`forecast.inference`)."]
+    need, need_hi = (seeds_per_arm(v, effect, inf.power, inf.alpha) for v in (pooled.sd, pooled.hi))
+    L.append(f"\nPower, planned for the pre-registered smallest effect of {effect:g} steps of t50 "
+             f"(`forecast.inference.smallest_t50_difference`): the seed SD pooled over the replicated grid points is "
+             f"{pooled.sd:.2f} steps [95% {pooled.lo:.2f}, {pooled.hi:.2f}] (df {pooled.df}). A two-sided t test at "
+             f"alpha {inf.alpha:g} with power {inf.power:g} needs **{need} seeds per arm** ({need_hi} at the SD's "
+             f"upper bound); this grid has {int(per_point.min())}-{int(per_point.max())} seed(s) per grid point.")
     return L
 
 
-def q2(transitions: pd.DataFrame, **_: Any) -> list[str]:
-    L = ["", "## Q2 — Sharp or smooth? The mirage check", "",
-         "Sharpness = the steepest slope between neighbouring checkpoints / the average slope over the run "
-         "(1 = a straight line; the number of checkpoints - 1 at most = a single jump).", "",
-         "| run | behavior_rate (binary) | p_preferred | margin | reading |", "|---|---|---|---|---|"]
-    for t in transitions.itertuples():
-        if not t.flipped:  # a run that does not move has no sharpness: its net change is noise (e.g. 462)
-            L.append(f"| {t.run_id} | n/a | n/a | n/a | not crossed: nothing to compare |")
-            continue
-        b, p, m = t.sharpness_behavior_rate, t.sharpness_p_preferred, t.sharpness_margin
-        cont = [v for v in (p, m) if v is not None and not math.isnan(v)]
-        if b is None or math.isnan(b) or not cont:
-            reading = "no net change to compare"
-        elif b > 2 * max(cont):
-            reading = "binary much sharper than continuous: the sharpness is largely the yes/no metric (mirage)"
+def q2(transitions: pd.DataFrame, mirage: pd.DataFrame | None = None, params: dict[str, Any] | None = None,
+       **_: Any) -> list[str]:
+    inf = inference(params)
+    L = ["", "## Q2 — Sharp or smooth? The mirage test", ""]
+    if mirage is None or not len(mirage):
+        return L + ["No mirage test in this study's outputs (`results/forecast/mirage.csv`): rerun the forecast stage."]
+    metric = str(mirage.metric.iloc[0])
+    L += [f"The mirage reading (the sharpness is the yes/no metric's, not the model's) claims that each scenario's "
+          f"sampled rate is a fixed function of its `{metric}`, the same at every checkpoint and in every run. Tested "
+          f"per run and pooled: a binomial GLM of every (scenario, checkpoint) on a natural spline of `{metric}` "
+          f"({inf.mirage_link_df} columns) against the same plus {inf.mirage_step_df} step terms, the step terms' "
+          f"score clustered on scenario with a wild-bootstrap p-value (`stats/mirage.py`). p < {inf.alpha:g}: step "
+          "adds what the continuous metric does not (not a mirage); otherwise the rate is consistent with a fixed link "
+          "(no proof of one). Its error rates on simulated runs: README, *Validated by simulation* "
+          "(`python -m phaseflip.stats.simulation`). Sharpness (steepest neighbouring slope / mean slope; "
+          "descriptive only) beside it.", "",
+          "| run | test | p | reading | sharpness: behavior_rate / p_preferred / margin |", "|---|---|---|---|---|"]
+    sharp = transitions.set_index("run_id")
+    for r in mirage.itertuples():
+        test = "n/a" if pd.isna(r.p_value) else f"score {r.statistic:.2f}, {int(r.scenarios)} scenarios"
+        p = "n/a" if pd.isna(r.p_value) else f"{r.p_value:.3g}"
+        reading = r.verdict if not pd.isna(r.p_value) else f"not testable: {r.reason}"
+        if r.run_id in sharp.index:
+            t = sharp.loc[r.run_id]
+            desc = " / ".join(fmt(t[f"sharpness_{m}"]) for m in ("behavior_rate", "p_preferred", "margin"))
         else:
-            reading = "continuous metrics about as sharp: a real change in the model"
-        L.append(f"| {t.run_id} | {fmt(b)} | {fmt(p)} | {fmt(m)} | {reading} |")
+            desc = "—"
+        L.append(f"| {r.run_id}{' (control)' if r.control else ''} | {test} | {p} | {reading} | {desc} |")
+    pooled = mirage[mirage.run_id == "pooled"]
+    if len(pooled) and not pd.isna(pooled.p_value.iloc[0]):
+        r = pooled.iloc[0]
+        L += ["", f"**Answer (pooled over the non-control runs, p = {r.p_value:.3g}).** "
+              + ("Step adds to the continuous metric: the flip in the sampled rate is not only the yes/no metric's "
+                 "nonlinearity." if r.p_value < inf.alpha else
+                 f"No evidence that step adds to `{metric}`: the sampled rate is consistent with a fixed link of the "
+                 "continuous metric, as the mirage reading predicts (not proof of it; see the test's power).")]
     return L
-
-
-def t50_difference(a: Any, b: Any) -> Difference | None:
-    """a.t50 - b.t50 with a MOVER interval from the two bootstrap intervals; None if either is censored."""
-    if not (a.flipped and b.flipped) or not all(math.isfinite(float(v)) for v in (a.t50_hi, b.t50_hi)):
-        return None
-    lo = a.t50 - b.t50 - math.sqrt((a.t50 - a.t50_lo) ** 2 + (b.t50_hi - b.t50) ** 2)
-    hi = a.t50 - b.t50 + math.sqrt((a.t50_hi - a.t50) ** 2 + (b.t50 - b.t50_lo) ** 2)
-    return Difference(float(a.t50 - b.t50), lo, hi)
-
-
-def _compare(a: Any, b: Any) -> str:
-    d = t50_difference(a, b)
-    if d is None:
-        return "not comparable (a run did not cross, or its interval is open)"
-    reading = ("dreams later" if d.lo > 0 else "dreams earlier" if d.hi < 0 else "no difference resolved")
-    return f"{d.value:+.1f} steps [95% {d.lo:+.1f}, {d.hi:+.1f}]: {reading}"
 
 
 def q3(transitions: pd.DataFrame, study: pd.DataFrame, dreams: dict[str, Any], data: dict[str, Any],
-       effective_count: Any, **_: Any) -> list[str]:
-    counts = dreams.get("counts", {})
+       effective_count: Any, counts: dict[str, pd.DataFrame] | None = None, threshold: float = 0.5,
+       params: dict[str, Any] | None = None, **_: Any) -> list[str]:
+    inf = inference(params)
+    counts = counts or {}
+    dream_counts = dreams.get("counts", {})
     L = ["", "## Q3 — Do dreams multiply the corrections?", "",
-         "Dream report: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "no dreams") + "."]
+         "Dream report: " + (", ".join(f"{k} {v}" for k, v in dream_counts.items()) or "no dreams") + "."]
     if "diversity" in dreams:
         L.append("Diversity: " + ", ".join(f"{k} {v}" for k, v in dreams["diversity"].items()) + ".")
     real = transitions[~transitions.control.astype(bool)].copy()
@@ -158,34 +188,54 @@ def q3(transitions: pd.DataFrame, study: pd.DataFrame, dreams: dict[str, Any], d
     if not len(with_dreams):
         return L + ["No run in this grid trains on dreams (train.dream_k=[0]), so real vs dreams cannot be "
                     "compared from this study: add `train__dream_k=[0,10]` (or run `study=full`)."]
-    L += ["", "t50 difference = with dreams minus without (95% interval from the two t50 intervals); same lr and "
-              "seed.", "",
-          "| comparison | with dreams | t50 | without dreams | t50 | difference |", "|---|---|---|---|---|---|"]
-    diffs: list[Difference] = []
+    spread = grid_spread(real)
+    n_boot = int(((params or {}).get("forecast") or {}).get("n_bootstrap", 200))
+    L += ["", "t50 difference = with dreams minus without, same lr and seed. *Paired*: a bootstrap that resamples the "
+              "scenarios once for both runs (they are scored on the same ones), then each run's replies: evaluation "
+              "noise only. *Arms*: the difference between the two grid points, with the seed spread of t50 pooled "
+              "over the replicated grid points (d ± t_df · √2 · SD; never narrower than the paired one): the interval "
+              "the reading uses (coverage by simulation: README).", "",
+          "| comparison | with dreams | t50 | without dreams | t50 | difference | paired 95% | arms 95% | reading |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for d in with_dreams.itertuples():
         for label, match in (
             ("equal effective count", real[(real.dream_k == 0) & (real.effective == d.effective)]),
             ("same real corrections", real[(real.dream_k == 0) & (real.n_real.astype(str) == str(d.n_real))]),
         ):
             for r in match[(match.lr == d.lr) & (match.seed == d.seed)].itertuples():
-                diff = t50_difference(d, r)
-                if diff is not None:
-                    diffs.append(diff)
                 L.append(f"| {label} ({d.effective} vs {r.effective} examples) | `{d.run_id}` | {d.t50_text} | "
-                         f"`{r.run_id}` | {r.t50_text} | {_compare(d, r)} |")
-    spreads = [s for _, g in real.groupby(["lr", "n_real", "dream_k"]) if g.seed.nunique() > 1
-               for s in [seed_spread([float(v) for v in g.t50.dropna()])] if s is not None]
-    if spreads:
-        sd = max(s.sd for s in spreads)
-        target = max([abs(d.value) for d in diffs] + [REFERENCE_DIFFERENCE])
-        L.append(f"\nPower: one seed per arm here. The seed spread of t50 measured in this study is SD {sd:.2f} "
-                 f"steps; a difference of {target:.1f} steps between dreams and no dreams needs "
-                 f"{seeds_per_arm(sd, target)} seeds per arm (two-sided t test, alpha 0.05, power 0.8). "
-                 "A single-seed difference whose interval excludes 0 still mixes the dreams' effect with seed noise.")
+                         f"`{r.run_id}` | {r.t50_text} | " + _t50_cells(d, r, counts, spread, threshold, n_boot) + " |")
+    if spread is None:
+        L.append("\nNo grid point has two crossing seeds: the seed spread of t50, the noise a dreams effect must beat, "
+                 "is not measured, so no difference is read as earlier or later (add a second seed at a crossing "
+                 "point, `train.extra_runs`).")
     else:
-        L.append("\nPower: no grid point has two crossing seeds, so the seed spread of t50 (the noise a dreams "
-                 "effect must beat) is not measured; add a second seed (`train__seeds=[0,1]`) at a crossing point.")
+        need = seeds_per_arm(spread.sd, inf.smallest_t50_difference, inf.power, inf.alpha)
+        L.append(f"\nPower: one seed per arm here; the pooled seed SD {spread.sd:.2f} steps (df {spread.df}) means a "
+                 f"difference of {inf.smallest_t50_difference:g} steps (the pre-registered smallest effect) needs "
+                 f"{need} seeds per arm (two-sided t test, alpha {inf.alpha:g}, power {inf.power:g}).")
     return L
+
+
+def _t50_cells(a: Any, b: Any, counts: dict[str, pd.DataFrame], spread: Spread | None, threshold: float,
+               n_boot: int) -> str:
+    """difference | paired interval | arms interval | reading, for a (with dreams) minus b (without)."""
+    if not (a.flipped and b.flipped):
+        return "n/a | n/a | n/a | not comparable (a run did not cross)"
+    point = float(a.t50 - b.t50)
+    paired = None
+    if a.run_id in counts and b.run_id in counts:
+        paired = paired_t50_difference(counts[a.run_id], counts[b.run_id], point, threshold, n_boot, seed=0)
+    arms = t50_arm_difference(point, paired, spread)
+
+    def cell(d: Difference | None) -> str:
+        return "n/a" if d is None else f"[{d.lo:+.1f}, {d.hi:+.1f}]"
+
+    if arms is None:
+        reading = "not resolved: seed spread not measured"
+    else:
+        reading = "dreams later" if arms.lo > 0 else "dreams earlier" if arms.hi < 0 else "no difference resolved"
+    return f"{point:+.1f} steps | {cell(paired)} | {cell(arms)} | {reading}"
 
 
 def q5(study: pd.DataFrame, best_ckpt: Any, comp: pd.DataFrame, base: pd.DataFrame,
@@ -201,20 +251,29 @@ def q5(study: pd.DataFrame, best_ckpt: Any, comp: pd.DataFrame, base: pd.DataFra
     L += [f"Best checkpoint `{best_ckpt.run_id}` step {int(best_ckpt.step)} (the highest in_distribution "
           f"behavior_rate among {candidates}) vs the base model, behavior_rate per "
           "family, every scenario of each family sampled until its interval half-width is small (`eval.adaptive`). "
-          "Change = best minus base with its 95% interval (MOVER from the two clustered intervals); "
+          "Change = best minus base with its 95% interval (MOVER from the two clustered intervals, which treats the "
+          "two setups as independent though they share scenarios: conservative); the up/down readings are "
+          f"Holm-adjusted over the families at alpha {inference(params).alpha:g} (`statsmodels` multipletests); "
           "`families.png`.", "",
-          "| family | scenarios | base [95%] | best checkpoint [95%] | change [95%] | reading | resolves 0.3? |",
-          "|---|---|---|---|---|---|---|"]
+          "| family | scenarios | base [95%] | best checkpoint [95%] | change [95%] | Holm p | reading | "
+          "resolves 0.3? |", "|---|---|---|---|---|---|---|---|"]
     at_best = study[(study.run_id == best_ckpt.run_id) & (study.step == best_ckpt.step)
                     & (study.metric == "p_preferred")]
     scen = at_best.set_index("family").n if "n" in at_best else pd.Series(dtype=float)  # scored scenarios
-    for family in sorted(lora.index, key=lambda f: (f != IN_DISTRIBUTION, f != "all", f)):
-        if family not in base_rows.index:
-            continue
+    families = [f for f in sorted(lora.index, key=lambda f: (f != IN_DISTRIBUTION, f != "all", f))
+                if f in base_rows.index]
+    diffs = [rate_difference((lora.loc[f].behavior_rate, lora.loc[f].lo, lora.loc[f].hi),
+                             (base_rows.loc[f].behavior_rate, base_rows.loc[f].lo, base_rows.loc[f].hi))
+             for f in families]
+    # Holm over the families proper: "all" pools them, so it is read but not counted as one more test
+    tested = [i for i, f in enumerate(families) if f != "all"]
+    holm = dict(zip(tested, holm_verdicts([diffs[i] for i in tested], inference(params).alpha), strict=True))
+    for i, (family, diff) in enumerate(zip(families, diffs, strict=True)):
         b, c = base_rows.loc[family], lora.loc[family]
-        diff = rate_difference((c.behavior_rate, c.lo, c.hi), (b.behavior_rate, b.lo, b.hi))
+        reading, p_adj = holm.get(i, (diff.verdict() + " (pooled; not in the Holm family)", math.nan))
         L.append(f"| {family} | {fmt_int(scen.get(family))} | {fmt(b.behavior_rate, b.lo, b.hi)} | "
-                 f"{fmt(c.behavior_rate, c.lo, c.hi)} | {fmt(diff.value, diff.lo, diff.hi)} | {diff.verdict()} | "
+                 f"{fmt(c.behavior_rate, c.lo, c.hi)} | {fmt(diff.value, diff.lo, diff.hi)} | "
+                 f"{'n/a' if math.isnan(p_adj) else f'{p_adj:.3g}'} | {reading} | "
                  f"{'yes' if diff.half_width <= 0.3 else 'no'} (±{diff.half_width:.2f}) |")
     notes = family_notes or {}  # behavior-specific prose comes from the behavior's YAML only
     L += [f"\n(`{family}`: {notes[family]})" for family in sorted(lora.index) if family in notes]

@@ -16,12 +16,14 @@ import pandas as pd
 from phaseflip.config import PilotConfig
 from phaseflip.dag import rule_of_job
 from phaseflip.data import IN_DISTRIBUTION
+from phaseflip.forecast.analysis import behavior_counts
 from phaseflip.io import read_csv, read_json, write_csv, write_json, write_text
 from phaseflip.prepare import references
 from phaseflip.report import answers, figures
 from phaseflip.report.answers import best_setting, fmt
 from phaseflip.report.figures import pick
 from phaseflip.report.pilot_section import pilot_lines
+from phaseflip.run_folder import scenario_table
 
 FIGURES = ["curves", "all_metrics", "phase_diagram", "dreams", "families", "steering", "icl", "forecast"]
 
@@ -73,6 +75,16 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
     quality = _numeric(read_csv(forecast_dir / "forecast_quality.csv"), ("method",))
     bench_csv = forecast_dir / "bench" / "bench_summary.csv"  # the forecast benchmark, when it ran
     bench_summary = read_csv(bench_csv) if bench_csv.exists() else None
+    mirage_csv = forecast_dir / "mirage.csv"  # the mirage test per run and pooled (Q2)
+    mirage = read_csv(mirage_csv) if mirage_csv.exists() else None
+    # each run's in-distribution counts per scenario (scenarios.csv beside its metrics.csv): Q3's paired bootstrap
+    counts = {}
+    for p in metrics_paths:
+        sc_path = scenario_table(Path(p))
+        if sc_path.exists():
+            sc = read_csv(sc_path)
+            if len(sc):
+                counts[Path(p).parent.name] = behavior_counts(sc)  # the run folder is named by run_id
     steer, icl = read_csv(steering_csv), read_csv(icl_csv)
     dreams, data = read_json(dreams_report), read_json(data_report)
 
@@ -134,7 +146,7 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
     model_line = model_summary(read_json(base_manifest) if base_manifest and base_manifest.exists() else None,
                                read_csv(screen_csv) if screen_csv.exists() and screen_csv.stat().st_size else None)
     ctx = dict(params=params, study=study, model_line=model_line, base=base, transitions=transitions, quality=quality,
-               comp=comp,
+               comp=comp, mirage=mirage, counts=counts,
                bench_summary=bench_summary, forecasts=forecasts,
                best_ckpt=best_ckpt, best_steer=best_steer, steer=steer, icl=icl, dreams=dreams, data=data,
                stage_costs=stage_costs, threshold=threshold, max_steps=max_steps, effective_count=effective_count,

@@ -7,8 +7,17 @@ is not answered, says what would answer it.
   from each rate's own interval (Newcombe's MOVER, 1998), so clustered intervals carry over.
 - `seed_spread`: the standard deviation of t50 across seeds of one grid point, with its 95% interval
   (chi-square), the noise every between-arm comparison of t50 must beat.
+- `pooled_seed_spread`: that spread pooled over every replicated grid point (df = sum of n_i - 1).
 - `seeds_per_arm`: seeds each arm needs so a two-sided t test (alpha 0.05) detects a t50 difference
   with 80% power, given that spread (statsmodels' power solver).
+- `paired_t50_difference`: t50(a) - t50(b) of two runs scored on the same scenarios, by a bootstrap that
+  resamples the scenarios once for both (the pairing), then each run's replies; it covers evaluation
+  noise only.
+- `t50_arm_difference`: the same difference read as one between arms (grid points), with the seed
+  spread included: d +- t_df * sqrt(2) * s_pooled, where s_pooled is the spread of t50 between seeds of
+  one grid point scored on the same scenarios, so it holds seed noise and the evaluation noise that
+  pairing leaves, the two parts of a single-seed difference's error (never narrower than the paired
+  bootstrap's). Coverage by simulation: `phaseflip.stats.simulation`.
 """
 
 from __future__ import annotations
@@ -17,8 +26,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import chi2
+import pandas as pd
+from scipy.stats import chi2, norm
+from scipy.stats import t as student_t
+from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower
+
+from phaseflip.stats.t50 import resampled_t50, scenario_tables
 
 
 @dataclass
@@ -38,6 +52,25 @@ class Difference:
             return "down"
         return "no change resolved"
 
+    def p_value(self, confidence: float = 0.95) -> float:
+        """Two-sided p of "no difference", read off the interval as a normal one: the standard error is the
+        half of the interval on the side of 0 over z (MOVER intervals are asymmetric)."""
+        z = float(norm.ppf(0.5 + confidence / 2))
+        side = (self.value - self.lo) if self.value >= 0 else (self.hi - self.value)
+        if side <= 0:
+            return 0.0 if self.value != 0 else 1.0
+        return float(2 * norm.sf(abs(self.value) / (side / z)))
+
+
+def holm_verdicts(diffs: list[Difference], alpha: float = 0.05) -> list[tuple[str, float]]:
+    """("up" / "down" / "no change resolved", Holm-adjusted p) per difference: the family of verdicts
+    holds its error rate at alpha (statsmodels' multipletests)."""
+    if not diffs:
+        return []
+    reject, adjusted, _, _ = multipletests([d.p_value() for d in diffs], alpha=alpha, method="holm")
+    return [(("up" if d.value > 0 else "down") if r else "no change resolved", float(p))
+            for d, r, p in zip(diffs, reject, adjusted, strict=True)]
+
 
 def rate_difference(after: tuple[float, float, float], before: tuple[float, float, float]) -> Difference:
     """after - before, each (rate, lo, hi) with a 95% interval: the MOVER interval of the difference."""
@@ -54,7 +87,16 @@ class Spread:
     sd: float
     lo: float
     hi: float
-    n: int
+    n: int  # t50 values it is computed from
+    df: int = 0  # degrees of freedom (n - 1 for one grid point; sum of n_i - 1 pooled)
+
+    def __post_init__(self) -> None:
+        self.df = self.df or self.n - 1
+
+
+def _chi2_interval(sd: float, df: int, confidence: float) -> tuple[float, float]:
+    alpha = 1 - confidence
+    return (sd * math.sqrt(df / chi2.ppf(1 - alpha / 2, df)), sd * math.sqrt(df / chi2.ppf(alpha / 2, df)))
 
 
 def seed_spread(values: list[float], confidence: float = 0.95) -> Spread | None:
@@ -63,11 +105,63 @@ def seed_spread(values: list[float], confidence: float = 0.95) -> Spread | None:
     if len(x) < 2:
         return None
     sd = float(x.std(ddof=1))
-    df = len(x) - 1
-    alpha = 1 - confidence
-    lo = sd * math.sqrt(df / chi2.ppf(1 - alpha / 2, df))
-    hi = sd * math.sqrt(df / chi2.ppf(alpha / 2, df))
-    return Spread(sd, lo, hi, len(x))
+    return Spread(sd, *_chi2_interval(sd, len(x) - 1, confidence), len(x))
+
+
+def pooled_seed_spread(groups: list[list[float]], confidence: float = 0.95) -> Spread | None:
+    """The seed SD of t50 pooled over grid points: sqrt(sum of squared deviations / sum of (n_i - 1)), each
+    group one grid point's crossed t50s; groups with < 2 values add nothing. None without any df."""
+    ss, df, n = 0.0, 0, 0
+    for values in groups:
+        x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+        if len(x) >= 2:
+            ss += float(((x - x.mean()) ** 2).sum())
+            df += len(x) - 1
+            n += len(x)
+    if not df:
+        return None
+    sd = math.sqrt(ss / df)
+    return Spread(sd, *_chi2_interval(sd, df, confidence), n, df)
+
+
+def paired_t50_difference(a: pd.DataFrame, b: pd.DataFrame, point: float, threshold: float,
+                          n_bootstrap: int = 200, confidence: float = 0.95, seed: int = 0) -> Difference:
+    """t50(a) - t50(b) (`point`, from the two fits) with a percentile interval from a bootstrap paired over
+    scenarios: each resample draws the scenarios both runs were scored on once, for both, then redraws each
+    run's replies. A bound is infinite when more than its tail of resamples has a run that does not cross."""
+    ids_a, ka, na, steps_a = scenario_tables(a)
+    ids_b, kb, nb, steps_b = scenario_tables(b)
+    common = ids_a.intersection(ids_b)
+    if len(common) < 2:
+        raise ValueError(f"paired_t50_difference: the runs share {len(common)} scenarios (>= 2 needed)")
+    ia, ib = ids_a.get_indexer(common), ids_b.get_indexer(common)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_bootstrap)
+    for i in range(n_bootstrap):
+        rows = rng.integers(0, len(common), len(common))
+        ta = resampled_t50(ka, na, steps_a, ia[rows], rng, threshold)
+        tb = resampled_t50(kb, nb, steps_b, ib[rows], rng, threshold)
+        diffs[i] = ta - tb if math.isfinite(ta) and math.isfinite(tb) else (
+            math.inf if math.isinf(ta) and math.isfinite(tb) else -math.inf if math.isinf(tb) and math.isfinite(ta)
+            else math.nan)
+    diffs = diffs[~np.isnan(diffs)]
+    alpha = (1 - confidence) / 2
+    lo, hi = (float(v) for v in np.quantile(diffs, [alpha, 1 - alpha])) if len(diffs) else (-math.inf, math.inf)
+    return Difference(float(point), min(lo, point), max(hi, point))
+
+
+def t50_arm_difference(point: float, paired: Difference | None, spread: Spread | None,
+                       confidence: float = 0.95) -> Difference | None:
+    """A single-seed t50 difference as a difference between grid points: d +- t_{df} sqrt(2) s_pooled,
+    never narrower than the paired bootstrap interval (module docstring). None when no grid point has two
+    crossing seeds (the seed spread is not measured)."""
+    if spread is None:
+        return None
+    half = float(student_t.ppf(0.5 + confidence / 2, spread.df)) * math.sqrt(2) * spread.sd
+    lo, hi = point - half, point + half
+    if paired is not None:
+        lo, hi = min(lo, paired.lo), max(hi, paired.hi)
+    return Difference(point, lo, hi)
 
 
 def seeds_per_arm(sd: float, difference: float, power: float = 0.8, alpha: float = 0.05) -> int | None:

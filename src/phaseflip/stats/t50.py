@@ -119,22 +119,32 @@ def fit_t50(counts: pd.DataFrame, threshold: float = 0.5, n_bootstrap: int = 200
     return T50(point, max(lo, 0.0), hi, "", form, slope, last, n_bootstrap)
 
 
+def scenario_tables(counts: pd.DataFrame) -> tuple[pd.Index, np.ndarray, np.ndarray, np.ndarray]:
+    """(scenario ids, k and n as scenario x step arrays, steps) of a run's counts."""
+    table = counts.pivot_table(index="scenario_id", columns="step", values=["k", "n"], aggfunc="sum", fill_value=0)
+    return table.index, table["k"].to_numpy(float), table["n"].to_numpy(float), table["k"].columns.to_numpy(float)
+
+
+def resampled_t50(k_table: np.ndarray, n_table: np.ndarray, steps: np.ndarray, rows: np.ndarray,
+                  rng: np.random.Generator, threshold: float) -> float:
+    """t50 of one two-stage resample: the scenarios `rows` (drawn with replacement), then each one's replies
+    redrawn binomially at its observed rate (inf when the resample does not cross)."""
+    rate = np.divide(k_table[rows], n_table[rows], out=np.zeros_like(k_table[rows]), where=n_table[rows] > 0)
+    k_b = rng.binomial(n_table[rows].astype(int), rate).sum(axis=0).astype(float)
+    n_b = n_table[rows].sum(axis=0)
+    keep = n_b > 0
+    if keep.sum() < 2:
+        return math.nan
+    form, intercept, slope = best_form(steps[keep], k_b[keep], n_b[keep])
+    return _crossing(intercept, slope, form, threshold)
+
+
 def _bootstrap(counts: pd.DataFrame, threshold: float, n_bootstrap: int, seed: int) -> np.ndarray:
     """t50 of each two-stage resample (scenarios with replacement, then each scenario's replies)."""
     rng = np.random.default_rng(seed)
-    table = counts.pivot_table(index="scenario_id", columns="step", values=["k", "n"], aggfunc="sum", fill_value=0)
-    k_table, n_table = table["k"].to_numpy(float), table["n"].to_numpy(float)
-    steps = table["k"].columns.to_numpy(float)
-    rate = np.divide(k_table, n_table, out=np.zeros_like(k_table), where=n_table > 0)
-    out = np.empty(n_bootstrap)
-    for b in range(n_bootstrap):
-        rows = rng.integers(0, len(k_table), len(k_table))
-        k_b = rng.binomial(n_table[rows].astype(int), rate[rows]).sum(axis=0).astype(float)
-        n_b = n_table[rows].sum(axis=0)
-        keep = n_b > 0
-        form, intercept, slope = best_form(steps[keep], k_b[keep], n_b[keep])
-        out[b] = _crossing(intercept, slope, form, threshold)
-    return out
+    _, k_table, n_table, steps = scenario_tables(counts)
+    return np.array([resampled_t50(k_table, n_table, steps, rng.integers(0, len(k_table), len(k_table)), rng,
+                                   threshold) for _ in range(n_bootstrap)])
 
 
 def confirmed_flip(rates: pd.DataFrame, threshold: float) -> int | None:
