@@ -57,3 +57,11 @@ def test_confirmed_flip_is_the_first_interval_above_the_threshold() -> None:
     rates = pd.DataFrame({"step": [0, 4, 8, 12], "lo": [0.0, 0.45, 0.55, 0.8]})
     assert confirmed_flip(rates, 0.5) == 8
     assert confirmed_flip(rates.assign(lo=0.1), 0.5) is None
+
+
+def test_the_observed_crossing_is_bracketed_by_checkpoints() -> None:
+    rows = [(s, c, int(s >= 8) * 3 + int(s == 6), 4) for s in STEPS for c in range(10)]  # 0, ..., 0.25 at 6, 0.75
+    fit = fit_t50(pd.DataFrame(rows, columns=["step", "scenario_id", "k", "n"]), 0.5, n_bootstrap=20)
+    assert fit.bracket == (6, 8) and fit.as_row()["bracket_below"] == 6 and fit.as_row()["bracket_above"] == 8
+    flat = pd.DataFrame([(s, c, 0, 4) for s in STEPS for c in range(10)], columns=["step", "scenario_id", "k", "n"])
+    assert fit_t50(flat, 0.5, n_bootstrap=20).bracket is None

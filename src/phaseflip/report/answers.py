@@ -71,14 +71,16 @@ def q1(study: pd.DataFrame, transitions: pd.DataFrame, best_ckpt: Any, max_steps
     L = ["", "## Q1 — How many corrections, at which learning rate, flip the behavior?", "",
          f"`t50`: the step where the fitted {IN_DISTRIBUTION} behavior_rate crosses {threshold} (binomial GLM in "
          "step or log-step, chosen by likelihood; 95% interval: bootstrap over scenarios, then samples). "
-         f"`t50 > {max_steps}`: not crossed by the last checkpoint (right-censored), not \"never\". Confirmed flip: "
+         f"`t50 > {max_steps}`: not crossed by the last checkpoint (right-censored), not \"never\". Observed crossing "
+         "between: the last checkpoint whose pooled rate is below the threshold and the next one at or above it "
+         "(no curve assumed). Confirmed flip: "
          "the first checkpoint whose clustered 95% interval lies above the threshold. Lags: t50 minus the earlier "
          "signal's step (`phase_diagram.png`, `curves.png`).", "",
-         "| run | lr | n_real | dream_k | seed | t50 [95%] | confirmed flip | rate at last checkpoint [95%] | "
-         "grad-norm peak (lag) | dissimilarity peak (lag) | change point (lag) |",
-         "|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| run | lr | n_real | dream_k | seed | t50 [95%] | observed crossing between | confirmed flip | "
+         "rate at last checkpoint [95%] | grad-norm peak (lag) | dissimilarity peak (lag) | change point (lag) |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in transitions.itertuples():
-        L.append(f"| {t.run_id} | {t.lr:g} | {t.n_real} | {t.dream_k} | {t.seed} | {t.t50_text} | "
+        L.append(f"| {t.run_id} | {t.lr:g} | {t.n_real} | {t.dream_k} | {t.seed} | {t.t50_text} | {_bracket(t)} | "
                  f"{fmt_int(t.confirmed_flip_step)} | {_last_rate(study, t.run_id)} | "
                  f"{fmt_int(t.grad_norm_peak_step)} ({_lag(t.lag_grad_norm_peak)}) | "
                  f"{fmt_int(t.dissimilarity_peak_step)} ({_lag(t.lag_dissimilarity_peak)}) | "
@@ -102,6 +104,14 @@ def q1(study: pd.DataFrame, transitions: pd.DataFrame, best_ckpt: Any, max_steps
                   f"`{best_ckpt.run_id}` step {int(best_ckpt.step)}, behavior_rate "
                   f"{fmt(best_ckpt.value, best_ckpt.lo, best_ckpt.hi)}."]
     return L
+
+
+def _bracket(t: Any) -> str:
+    """The checkpoints whose observed pooled rates bracket the threshold ('6-10'), or n/a."""
+    lo, hi = getattr(t, "bracket_below", None), getattr(t, "bracket_above", None)
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return "n/a"
+    return f"steps {int(lo)}-{int(hi)}"
 
 
 def _seed_lines(real: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:

@@ -48,11 +48,16 @@ class T50:
     slope: float | None  # on the form's scale (logit per step or per log(1 + step))
     last_step: int
     n_bootstrap: int
+    # The checkpoints around the observed crossing: the last whose pooled rate is below the threshold before
+    # the first at or above it (None: no observed crossing), whatever the fitted curve says.
+    bracket: tuple[int, int] | None = None
 
     def as_row(self) -> dict[str, Any]:
         row = asdict(self)
+        lo_step, hi_step = self.bracket if self.bracket is not None else (None, None)
         return {"t50": row["t50"], "t50_lo": row["lo"], "t50_hi": row["hi"], "t50_censored": row["censored"],
-                "t50_form": row["form"], "t50_slope": row["slope"]}
+                "t50_form": row["form"], "t50_slope": row["slope"], "bracket_below": lo_step,
+                "bracket_above": hi_step}
 
     def describe(self, digits: int = 1) -> str:
         """'12.3 [10.9, 13.8]', 't50 > 16' or 't50 < 2'."""
@@ -97,6 +102,16 @@ def best_form(steps: np.ndarray, k: np.ndarray, n: np.ndarray) -> tuple[str, flo
     return form, fits[form][0], fits[form][1]
 
 
+def observed_bracket(steps: np.ndarray, k: np.ndarray, n: np.ndarray, threshold: float) -> tuple[int, int] | None:
+    """(last checkpoint below the threshold, first at or above it after it) of the pooled observed rates."""
+    rate = k / n
+    above = np.flatnonzero(rate >= threshold)
+    for i in above:
+        if i > 0 and rate[i - 1] < threshold:
+            return int(steps[i - 1]), int(steps[i])
+    return None
+
+
 def fit_t50(counts: pd.DataFrame, threshold: float = 0.5, n_bootstrap: int = 200, confidence: float = 0.95,
             seed: int = 0) -> T50:
     """t50 of one run with a bootstrap interval. `counts`: step, scenario_id, k, n (one family)."""
@@ -106,17 +121,18 @@ def fit_t50(counts: pd.DataFrame, threshold: float = 0.5, n_bootstrap: int = 200
     last, first = int(steps.max()), float(steps.min())
     form, intercept, slope = best_form(steps, k, n)
     point = _crossing(intercept, slope, form, threshold)
+    bracket = observed_bracket(steps, k, n, threshold)
     if point > last:
-        return T50(None, None, None, "right", form, slope, last, n_bootstrap)
+        return T50(None, None, None, "right", form, slope, last, n_bootstrap, bracket)
     if point < first and k[0] / n[0] >= threshold:
-        return T50(None, None, None, "left", form, slope, last, n_bootstrap)
+        return T50(None, None, None, "left", form, slope, last, n_bootstrap, bracket)
     boots = _bootstrap(counts, threshold, n_bootstrap, seed)
     alpha = (1 - confidence) / 2
     lo, hi = (float(v) for v in np.quantile(boots, [alpha, 1 - alpha]))
     # A resample that does not cross by the last checkpoint is censored, not a number: an upper bound
     # beyond the last step is open (inf).
     hi = hi if hi <= last else math.inf
-    return T50(point, max(lo, 0.0), hi, "", form, slope, last, n_bootstrap)
+    return T50(point, max(lo, 0.0), hi, "", form, slope, last, n_bootstrap, bracket)
 
 
 def scenario_tables(counts: pd.DataFrame) -> tuple[pd.Index, np.ndarray, np.ndarray, np.ndarray]:
