@@ -50,7 +50,7 @@ from phaseflip.stats.intervals import clustered_interval
 from phaseflip.stats.mirage import mirage_test
 from phaseflip.stats.t50 import fit_t50
 
-STEPS = (0, 2, 3, 6, 10, 16)  # the default study's checkpoints (the pilot's choice on listening)
+STEPS = (0, 2, 3, 6, 10, 16)  # a default-study schedule: step 0, then checkpoints as the pilot places them
 THRESHOLD = 0.5
 N_SCENARIOS = 30
 Z0 = -3.0
