@@ -459,7 +459,10 @@ def q6(forecasts: pd.DataFrame, quality: pd.DataFrame, transitions: pd.DataFrame
           "continuous metric and `climatology` (the other configurations' t50), with 95% intervals from a paired "
           "bootstrap over runs. \"Beats from origin s\": at s and at every later origin with at least 5 paired "
           "runs, the interval vs both references lies above 0. Skill and coverage below pool the origins from "
-          "25% of max_steps on. `forecast.png`: each run's forecast fans."]
+          "25% of max_steps on. Coverage is the PIT's (the chance the randomised PIT falls in the central 80% band, "
+          "which a calibrated forecaster meets exactly even where runs do not cross); after it, the share of 80% "
+          "intervals that hold the truth, which over-counts runs that do not cross. `forecast.png`: each run's "
+          "forecast fans."]
     if len(methods) > 1:
         L += ["", f"Beside it, `{methods[1]}`: the same forecasts remapped through the distribution of their PITs on "
                   "the other configurations' finished runs (each of those forecast without this run's configuration; "
