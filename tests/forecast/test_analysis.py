@@ -340,7 +340,7 @@ def test_lead_time_counts_from_the_first_origin_that_stays_right() -> None:
 
 def test_coverage_on_a_small_simulated_batch_is_near_nominal() -> None:
     """The primary's central intervals on runs of its own model class cover about as often as they claim
-    (nominal 0.5/0.8/0.95; a batch of ~20 runs x their origins, clustered)."""
+    (nominal 0.5/0.8/0.95, by the PIT; a batch of ~20 runs x their origins, clustered; measured 0.46/0.77/0.86)."""
     from phaseflip.config import ForecastBenchConfig
 
     cfg = ForecastConfig(forecast_bootstrap=40, bench=ForecastBenchConfig(control_share=0.0, n_bootstrap=40))
@@ -348,8 +348,8 @@ def test_coverage_on_a_small_simulated_batch_is_near_nominal() -> None:
                      methods=["pooled_link", "linear", "climatology"])
     made = rows[(rows.method == "pooled_link") & rows.forecast_made]
     assert len(made) >= 40
-    cov = {k: made[f"covered_{k}"].astype(float).mean() for k in (50, 80, 95)}
-    assert 0.3 <= cov[50] <= 0.7 and 0.65 <= cov[80] <= 0.95 and cov[95] >= 0.85, cov
+    cov = {k: made[f"pit_coverage_{k}"].mean() for k in (50, 80, 95)}  # the PIT's: nominal for a calibrated one
+    assert 0.3 <= cov[50] <= 0.7 and 0.65 <= cov[80] <= 0.9 and cov[95] >= 0.82, cov
     table = score_table(rows)
     assert {"skill_linear", "skill_climatology_lo", "brier", "coverage_80"} <= set(table.columns)
 

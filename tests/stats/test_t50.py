@@ -65,3 +65,40 @@ def test_the_observed_crossing_is_bracketed_by_checkpoints() -> None:
     assert fit.bracket == (6, 8) and fit.as_row()["bracket_below"] == 6 and fit.as_row()["bracket_above"] == 8
     flat = pd.DataFrame([(s, c, 0, 4) for s in STEPS for c in range(10)], columns=["step", "scenario_id", "k", "n"])
     assert fit_t50(flat, 0.5, n_bootstrap=20).bracket is None
+
+
+def bounded_run(t50: float, floor: float, ceiling: float, rng: np.random.Generator, scenarios: int = 30,
+                samples: int = 6, slope: float = 0.9) -> pd.DataFrame:
+    """Counts of a run whose rate is floor + (ceiling - floor) * logistic, crossing 0.5 at `t50`
+    (outside the logit-linear forms: a base rate and scenarios that never flip)."""
+    level = (0.5 - floor) / (ceiling - floor)
+    mid = t50 - math.log(level / (1 - level)) / slope
+    rows = [(s, c, int(rng.binomial(samples, floor + (ceiling - floor) / (1 + math.exp(-slope * (s - mid))))), samples)
+            for s in STEPS for c in range(scenarios)]
+    return pd.DataFrame(rows, columns=["step", "scenario_id", "k", "n"])
+
+
+def test_a_floor_and_a_ceiling_are_fitted_where_the_logit_linear_curve_is_biased() -> None:
+    rng = np.random.default_rng(3)
+    truths = rng.uniform(5, 11, 12)
+    runs = [bounded_run(t, 0.25, 0.8, rng) for t in truths]
+    bounded = [fit_t50(r, 0.5, n_bootstrap=40, seed=i) for i, r in enumerate(runs)]
+    logit = [fit_t50(r, 0.5, n_bootstrap=40, seed=i, floor_ceiling=False) for i, r in enumerate(runs)]
+    assert np.mean([f.shape == "floor_ceiling" for f in bounded]) >= 0.75
+    assert np.median([f.floor for f in bounded]) == pytest.approx(0.25, abs=0.08)
+    assert np.median([f.ceiling for f in bounded]) == pytest.approx(0.8, abs=0.08)
+    err = {name: np.mean([abs(f.t50 - t) for f, t in zip(fits, truths, strict=True)])
+           for name, fits in (("bounded", bounded), ("logit", logit))}
+    assert err["bounded"] < 0.7 * err["logit"], err
+    assert np.mean([f.lo <= t <= f.hi for f, t in zip(bounded, truths, strict=True)]) >= 0.8
+
+
+def test_a_run_that_levels_off_below_the_threshold_does_not_reach_it() -> None:
+    rng = np.random.default_rng(4)
+    rate = {s: 0.42 / (1 + math.exp(-1.5 * (s - 4))) for s in STEPS}  # up to 0.42 by step ~8, then flat
+    rows = [(s, c, int(rng.binomial(6, rate[s])), 6) for s in STEPS for c in range(30)]
+    fit = fit_t50(pd.DataFrame(rows, columns=["step", "scenario_id", "k", "n"]), 0.5, n_bootstrap=20)
+    # no later crossing to extrapolate to: "levels off", not "t50 > 16"
+    assert fit.censored == "levels_off" and fit.t50 is None and fit.ceiling < 0.5
+    assert fit.describe().startswith("levels off at 0.4")
+    assert fit.as_row()["t50_shape"] == "floor_ceiling"

@@ -1,10 +1,10 @@
 """The transition analysis: locate each run's transition and forecast it from every checkpoint, as it would be used.
 
-Transition: `t50`, the step where a binomial GLM of the in-distribution behavior counts crosses the
-pre-registered flip threshold, with a bootstrap interval over scenarios and samples, or right-censored
-(`phaseflip.stats.t50`); beside it the confirmed flip (first checkpoint whose interval lies above the
-threshold), the dissimilarity peak, the gradient-norm peak and a change point of the continuous metric
-(ruptures), and their lags to t50.
+Transition: `t50`, the step where a binomial fit of the in-distribution behavior counts (logit-linear,
+or with a floor and a ceiling) crosses the pre-registered flip threshold, with a bootstrap interval over
+scenarios and samples, or right-censored, or levelling off below it (`phaseflip.stats.t50`); beside it
+the confirmed flip (first checkpoint whose interval lies above the threshold), the dissimilarity peak,
+the gradient-norm peak and a change point of the continuous metric (ruptures), and their lags to t50.
 
 Forecast, at fixed origins: at every evaluated checkpoint `s` of a run, every method of
 `phaseflip.forecast.methods` sees what a researcher has at `s` (the run's checkpoints up to `s`: a

@@ -70,8 +70,10 @@ def q1(study: pd.DataFrame, transitions: pd.DataFrame, best_ckpt: Any, max_steps
        params: dict[str, Any] | None = None, **_: Any) -> list[str]:
     L = ["", "## Q1 — How many corrections, at which learning rate, flip the behavior?", "",
          f"`t50`: the step where the fitted {IN_DISTRIBUTION} behavior_rate crosses {threshold} (binomial GLM in "
-         "step or log-step, chosen by likelihood; 95% interval: bootstrap over scenarios, then samples). "
-         f"`t50 > {max_steps}`: not crossed by the last checkpoint (right-censored), not \"never\". Observed crossing "
+         "step or log-step, chosen by likelihood, or the same curve with a floor and a ceiling where the AIC "
+         "prefers it; 95% interval: bootstrap over scenarios, then samples). "
+         f"`t50 > {max_steps}`: not crossed by the last checkpoint (right-censored), not \"never\"; \"levels off "
+         "at c\": the fitted ceiling c is below the threshold (the run does not reach it). Observed crossing "
          "between: the last checkpoint whose pooled rate is below the threshold and the next one at or above it "
          "(no curve assumed). Confirmed flip: "
          "the first checkpoint whose clustered 95% interval lies above the threshold. Lags: t50 minus the earlier "

@@ -32,7 +32,7 @@ from scipy.stats import t as student_t
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower
 
-from phaseflip.stats.t50 import resampled_t50, scenario_tables
+from phaseflip.stats.t50 import best_curve, resampled_t50, scenario_tables
 
 
 @dataclass
@@ -135,15 +135,18 @@ def paired_t50_difference(a: pd.DataFrame, b: pd.DataFrame, point: float, thresh
     if len(common) < 2:
         raise ValueError(f"paired_t50_difference: the runs share {len(common)} scenarios (>= 2 needed)")
     ia, ib = ids_a.get_indexer(common), ids_b.get_indexer(common)
+    # each run's own curve (on its shared scenarios) starts its resamples' floor/ceiling fits
+    warm_a = best_curve(steps_a, ka[ia].sum(0), na[ia].sum(0))
+    warm_b = best_curve(steps_b, kb[ib].sum(0), nb[ib].sum(0))
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_bootstrap)
     for i in range(n_bootstrap):
         rows = rng.integers(0, len(common), len(common))
-        ta = resampled_t50(ka, na, steps_a, ia[rows], rng, threshold)
-        tb = resampled_t50(kb, nb, steps_b, ib[rows], rng, threshold)
-        diffs[i] = ta - tb if math.isfinite(ta) and math.isfinite(tb) else (
-            math.inf if math.isinf(ta) and math.isfinite(tb) else -math.inf if math.isinf(tb) and math.isfinite(ta)
-            else math.nan)
+        ta = resampled_t50(ka, na, steps_a, ia[rows], rng, threshold, warm=warm_a)
+        tb = resampled_t50(kb, nb, steps_b, ib[rows], rng, threshold, warm=warm_b)
+        # inf - x = inf, x - inf = -inf, -inf (a floor above the threshold) keeps its sign; two runs that
+        # both do not cross give nan (no difference measured) and are dropped
+        diffs[i] = ta - tb if not (math.isinf(ta) and math.isinf(tb)) else math.nan
     diffs = diffs[~np.isnan(diffs)]
     alpha = (1 - confidence) / 2
     lo, hi = (float(v) for v in np.quantile(diffs, [alpha, 1 - alpha])) if len(diffs) else (-math.inf, math.inf)
