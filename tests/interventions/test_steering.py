@@ -163,11 +163,18 @@ def test_screen_and_evaluate_fully_evaluates_the_selected_setting_only(tiny) -> 
     cfg = SteeringConfig(layers=[0, 1], multipliers=[-4.0, 4.0],
                          screen={"full_evaluations": 1, "max_retention_kl": 100.0, "dtype": "float32"})
     evaluator = Evaluator(tok, _scenarios(), RETENTION, judge, EvalConfig(n_samples=1, max_new_tokens=2))
-    table, rows, seconds = screen_and_evaluate(model, tok, {"real": _planted(model, tok)}, evaluator, cfg)
+    per_scenario: list[dict] = []  # type: ignore[type-arg]
+    table, rows, seconds = screen_and_evaluate(model, tok, {"real": _planted(model, tok)}, evaluator, cfg,
+                                               per_scenario)
     assert len(table) == 4 and table.selected.sum() == 1 and set(seconds) == {"screen", "full"}
     chosen = table[table.selected].iloc[0]
     full = {(r["layer"], r["multiplier"]) for r in rows if r["metric"] == "behavior_rate"}
     assert full == {(int(chosen.layer), float(chosen.multiplier))}  # sampled: the selected setting alone
+    # its per-scenario counts, tagged with the setting (the report's held-out selection reads them)
+    sampled = [r for r in per_scenario if r["n"] > 0]
+    assert {(r["training_set"], r["layer"], r["multiplier"]) for r in per_scenario} == \
+        {("real", int(chosen.layer), float(chosen.multiplier))}
+    assert {r["scenario_id"] for r in sampled} == {ex.id for ex in _scenarios() if ex.family == "in_distribution"}
     assert sum(r["metric"] == "screen_rank" for r in rows) == 4  # the whole screen is reported
     bare = Evaluator(tok, [Example(id="e", messages=[{"role": "user", "content": "Q"}], family="in_distribution")],
                      RETENTION, judge, EvalConfig(n_samples=1, max_new_tokens=2))

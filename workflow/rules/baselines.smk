@@ -32,6 +32,7 @@ rule steering:
     output:
         metrics="results/steering/steering_metrics.csv",
         screen="results/steering/steering_screen.csv",
+        scenarios="results/steering/steering_scenarios.csv",  # per setting and scenario: held-out selection
     params:
         cfg=stage_params("model", "behavior", "steering", "eval"),
         vectors=subpath(input.real_vector, parent=True),
@@ -60,6 +61,7 @@ rule icl:
     output:
         metrics="results/icl/icl_metrics.csv",
         shots="results/icl/icl_shots.json",
+        scenarios="results/icl/icl_scenarios.csv",  # per k and scenario: the report's held-out selection
     params:
         cfg=stage_params("model", "behavior", "icl", "eval"),
         out=subpath(output.metrics, parent=True),

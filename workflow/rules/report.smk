@@ -12,6 +12,8 @@ rule report:
         forecast_bench="results/forecast/bench/bench_summary.csv",  # read from --forecast's bench/ (Q6)
         steering="results/steering/steering_metrics.csv",
         icl="results/icl/icl_metrics.csv",
+        steering_scenarios="results/steering/steering_scenarios.csv",  # read beside --steering (selection)
+        icl_scenarios="results/icl/icl_scenarios.csv",  # read beside --icl (held-out selection)
         dreams_report="results/dreams/dream_report.json",
         data_report="results/corrections/data_report.json",
         base="results/base_model",  # its manifest: architecture, parameters, fast paths (report header)

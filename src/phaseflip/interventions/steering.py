@@ -128,9 +128,11 @@ def single_layer(vector: SteeringVector, layer: int) -> SteeringVector:
 
 
 def sweep(model: PreTrainedModel, vector: SteeringVector, evaluator: Evaluator,
-          multipliers: list[float], settings: Sequence[tuple[int, float]] | None = None) -> list[Row]:
+          multipliers: list[float], settings: Sequence[tuple[int, float]] | None = None,
+          scenario_rows: list[Row] | None = None) -> list[Row]:
     """Every (layer, multiplier) (or the given `settings`), scored like a checkpoint; the model is
-    restored after each.
+    restored after each. `scenario_rows`, when given, receives each setting's per-scenario counts (tagged
+    layer and multiplier: the report's held-out selection reads them).
 
     Multiplier 0 is the base model: its rows come from the `evaluate_base` job, not from here.
     """
@@ -142,6 +144,9 @@ def sweep(model: PreTrainedModel, vector: SteeringVector, evaluator: Evaluator,
         evaluator.previous = None  # dissimilarity is between checkpoints, not between settings
         try:
             rows += [dict(r, layer=layer, multiplier=mult) for r in evaluator.evaluate(model, step=0)]
+            if scenario_rows is not None:
+                scenario_rows += [dict(r, layer=layer, multiplier=mult) for r in evaluator.scenario_rows
+                                  if r["step"] == 0]
         finally:
             handle.remove()
     return rows
@@ -474,10 +479,12 @@ def screen_rows(table: pd.DataFrame) -> list[Row]:
 
 
 def screen_and_evaluate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, vectors: Mapping[str, SteeringVector],
-                        evaluator: Evaluator, cfg: SteeringConfig) -> tuple[pd.DataFrame, list[Row], dict[str, float]]:
+                        evaluator: Evaluator, cfg: SteeringConfig,
+                        scenario_rows: list[Row] | None = None) -> tuple[pd.DataFrame, list[Row], dict[str, float]]:
     """The stage: the screen over every (training set, layer, multiplier), the pre-registered selection, then
     the full evaluation of the selected settings. Returns the screen table (empty when no in-distribution
-    scenario has a reference pair to screen on), the metric rows, and the seconds of each part."""
+    scenario has a reference pair to screen on), the metric rows, and the seconds of each part;
+    `scenario_rows` (when given) receives the fully evaluated settings' per-scenario counts."""
     # the stage resolves `auto` (and an allowed emulated bfloat16) before; a caller may leave it to here
     screen_dtype = DTYPES.get(cfg.screen.dtype) or resolve_dtype(cfg.screen.dtype, model.device)
     scenarios, started = evaluator.scenarios, time.time()
@@ -491,8 +498,11 @@ def screen_and_evaluate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, ve
     rows = screen_rows(table)
     for training_set, chosen in table[table.selected].groupby("training_set", sort=False):
         settings = list(zip(chosen.layer.astype(int), chosen.multiplier.astype(float), strict=True))
+        per_scenario: list[Row] = []
         rows += [dict(r, training_set=training_set)
-                 for r in sweep(model, vectors[training_set], evaluator, cfg.multipliers, settings)]
+                 for r in sweep(model, vectors[training_set], evaluator, cfg.multipliers, settings, per_scenario)]
+        if scenario_rows is not None:
+            scenario_rows += [dict(r, training_set=training_set) for r in per_scenario]
     return table, rows, {"screen": screened, "full": time.time() - started - screened}
 
 

@@ -43,6 +43,10 @@ ROUND_SEED = 7919
 PAIRWISE = ("margin", "p_preferred", "forced_choice", "heldout_loss")
 
 
+# A per-scenario row of `Evaluator.scenario_rows` (scenarios.csv, and the baselines' *_scenarios.csv)
+SCENARIO_COLUMNS = ("step", "scenario_id", "family", "margin", "p_preferred", "behavior_k", "coherent_k", "n")
+
+
 @dataclass
 class SteeringReference:
     layer: int
@@ -247,9 +251,8 @@ class Evaluator:
                 rows.append(_rate(step, family, "coherence", [counts.coherent[i] for i in sampled], trials))
         self.scenario_rows = [r for r in self.scenario_rows if r["step"] != step]
         self.scenario_rows += [
-            {"step": step, "scenario_id": ex.id, "family": ex.family, "margin": per["margin"][i],
-             "p_preferred": per["p_preferred"][i], "behavior_k": counts.behavior[i],
-             "coherent_k": counts.coherent[i], "n": counts.trials[i]}
+            dict(zip(SCENARIO_COLUMNS, (step, ex.id, ex.family, per["margin"][i], per["p_preferred"][i],
+                                        counts.behavior[i], counts.coherent[i], counts.trials[i]), strict=True))
             for i, ex in enumerate(self.scenarios) if i in self._scored_at[step] or counts.trials[i]]
         return rows
 

@@ -17,6 +17,8 @@ import pandas as pd
 from phaseflip.config import EvalConfig, InferenceConfig
 from phaseflip.data import IN_DISTRIBUTION
 from phaseflip.report.figures import pick
+from phaseflip.report.held_out import HeldOut
+from phaseflip.report.held_out import label as held_out_label
 from phaseflip.stats.differences import (
     Difference,
     Spread,
@@ -251,7 +253,8 @@ def _t50_cells(a: Any, b: Any, counts: dict[str, pd.DataFrame], spread: Spread |
 
 
 def q5(study: pd.DataFrame, best_ckpt: Any, comp: pd.DataFrame, base: pd.DataFrame,
-       family_notes: dict[str, str] | None = None, params: dict[str, Any] | None = None, **_: Any) -> list[str]:
+       family_notes: dict[str, str] | None = None, params: dict[str, Any] | None = None,
+       held_out: HeldOut | None = None, **_: Any) -> list[str]:
     L = ["", "## Q5 — Beyond the training format, and the cost elsewhere", ""]
     if best_ckpt is None:
         return L + ["No trained checkpoint to compare."]
@@ -287,6 +290,13 @@ def q5(study: pd.DataFrame, best_ckpt: Any, comp: pd.DataFrame, base: pd.DataFra
                  f"{fmt(c.behavior_rate, c.lo, c.hi)} | {fmt(diff.value, diff.lo, diff.hi)} | "
                  f"{'n/a' if math.isnan(p_adj) else f'{p_adj:.3g}'} | {reading} | "
                  f"{'yes' if diff.half_width <= 0.3 else 'no'} (±{diff.half_width:.2f}) |")
+    if held_out is not None and "LoRA" in held_out.choices and held_out.base is not None:
+        c = held_out.choices["LoRA"]
+        d = rate_difference((c.rate, c.lo, c.hi), held_out.base)
+        L.append(f"\n{IN_DISTRIBUTION} without the winner's curse (the row above was chosen and read on the same "
+                 f"replies): {held_out_label('LoRA', c.choice)}, chosen on the selection half, reads "
+                 f"{fmt(c.rate, c.lo, c.hi)} on the report half ({c.scenarios} scenarios) vs the base model's "
+                 f"{fmt(*held_out.base)} there: change {fmt(d.value, d.lo, d.hi)}, {d.verdict()}.")
     notes = family_notes or {}  # behavior-specific prose comes from the behavior's YAML only
     L += [f"\n(`{family}`: {notes[family]})" for family in sorted(lora.index) if family in notes]
     sel = study[(study.run_id == best_ckpt.run_id) & (study.step == best_ckpt.step)]
@@ -349,11 +359,14 @@ def _screen_lines(steer: pd.DataFrame) -> list[str]:
     return L
 
 
-def q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: Any, **_: Any) -> list[str]:
+def q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: Any, held_out: HeldOut | None = None,
+       **_: Any) -> list[str]:
     families = sorted(comp.family.unique(), key=lambda f: (f != IN_DISTRIBUTION, f != "all", f))
     L = ["", "## Q4 — Steering and in-context examples vs LoRA", "",
          f"behavior_rate per family (95% interval, clustered by scenario); each setup's best setting chosen on "
-         f"{IN_DISTRIBUTION} only, other families reported as found (no selection on them):", "",
+         f"{IN_DISTRIBUTION} only, other families reported as found (no selection on them). The "
+         f"{IN_DISTRIBUTION} column is read on the replies the choice was made on (optimistic, most for LoRA, "
+         "which has the most candidates); the held-out table below is the one the answer reads:", "",
          "| setup | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
     for setup, grp in comp.groupby("setup", sort=False):
         cells = grp.set_index("family")
@@ -377,25 +390,60 @@ def q4(comp: pd.DataFrame, steer: pd.DataFrame, icl: pd.DataFrame, best_steer: A
         L += ["", "ICL behavior_rate by k: " + ", ".join(
             f"k={int(k)}: {fmt(v, lo, hi)}" for k, v, lo, hi in zip(rates.k, rates.value, rates.lo, rates.hi,
                                                                     strict=True)) + "."]
-    L += _q4_answer(comp)
+    L += held_out_lines(held_out)
+    L += _q4_answer(comp, held_out)
     return L
 
 
-def _q4_answer(comp: pd.DataFrame) -> list[str]:
+def held_out_lines(held_out: HeldOut | None) -> list[str]:
+    """The held-out selection table (`report.held_out`): chosen on one half of the scenarios, read on the other."""
+    if held_out is None or not held_out.choices:
+        return ["", "No held-out selection: the baselines' per-scenario tables are missing (a study from before "
+                    "`steering_scenarios.csv` / `icl_scenarios.csv`) or there are < 4 scenarios to split."]
+    L = ["", f"Best settings without the winner's curse (`stats.selection`, one rule for every setup): the "
+             f"{held_out.selection_scenarios + held_out.report_scenarios} {IN_DISTRIBUTION} scenarios are split "
+             f"once (seed {held_out.seed}) into a selection half ({held_out.selection_scenarios}) and a report half "
+             f"({held_out.report_scenarios}); each setup's candidate with the highest rate on the first is read on "
+             "the second, whose replies played no part in the choice (the interval is about sqrt(2) wider than on "
+             "every scenario).", "",
+         "| setup | candidates | chosen on the selection half | its rate there (chosen on) | "
+         "rate on the report half [95%] |", "|---|---|---|---|---|"]
+    if held_out.base is not None:
+        L.append(f"| base model | 1 | - | - | {fmt(*held_out.base)} |")
+    for setup, c in held_out.choices.items():
+        L.append(f"| {setup} | {c.candidates} | {held_out_label(setup, c.choice)} | {fmt(c.selection_rate)} | "
+                 f"{fmt(c.rate, c.lo, c.hi)} |")
+    return L
+
+
+def _q4_answer(comp: pd.DataFrame, held_out: HeldOut | None = None) -> list[str]:
     """LoRA's best minus each training-free baseline's best, in-distribution, as a difference with its 95%
     interval (MOVER from the two clustered intervals): training is needed only where every difference is
-    resolved above 0 (two overlapping intervals can still differ; this tests the difference itself)."""
-    lora = comp[comp.setup.str.startswith("LoRA") & (comp.family == IN_DISTRIBUTION)]
-    others = comp[~comp.setup.str.startswith("LoRA") & (comp.family == IN_DISTRIBUTION) & (comp.setup != "base model")]
-    if lora.empty or others.empty:
-        return []
-    best = lora.iloc[0]
-    L = ["", f"LoRA's best minus each baseline's best ({IN_DISTRIBUTION} behavior_rate, 95% MOVER interval):", ""]
+    resolved above 0 (two overlapping intervals can still differ; this tests the difference itself). Read on
+    the held-out report half where there is one; otherwise on the replies the choices were made on, said so."""
+    if held_out is not None and "LoRA" in held_out.choices and len(held_out.choices) > 1:
+        lora_c = held_out.choices["LoRA"]
+        best_v = (lora_c.rate, lora_c.lo, lora_c.hi)
+        other_v = [(held_out_label(s, c.choice), (c.rate, c.lo, c.hi)) for s, c in held_out.choices.items()
+                   if s != "LoRA"]
+        where = "on the held-out report half, chosen on the selection half"
+    else:
+        lora = comp[comp.setup.str.startswith("LoRA") & (comp.family == IN_DISTRIBUTION)]
+        others = comp[~comp.setup.str.startswith("LoRA") & (comp.family == IN_DISTRIBUTION)
+                      & (comp.setup != "base model")]
+        if lora.empty or others.empty:
+            return []
+        best = lora.iloc[0]
+        best_v = (best.behavior_rate, best.lo, best.hi)
+        other_v = [(o.setup, (o.behavior_rate, o.lo, o.hi)) for o in others.itertuples()]
+        where = "on the replies each choice was made on: optimistic, most for LoRA"
+    L = ["", f"LoRA's best minus each baseline's best ({IN_DISTRIBUTION} behavior_rate {where}; 95% MOVER "
+             "interval, conservative: the setups share scenarios):", ""]
     diffs = []
-    for o in others.itertuples():
-        d = rate_difference((best.behavior_rate, best.lo, best.hi), (o.behavior_rate, o.lo, o.hi))
+    for setup, value in other_v:
+        d = rate_difference(best_v, value)
         diffs.append(d)
-        L.append(f"- vs {o.setup}: {fmt(d.value, d.lo, d.hi)}")
+        L.append(f"- vs {setup}: {fmt(d.value, d.lo, d.hi)}")
     if all(d.lo > 0 for d in diffs):
         L.append("\nAnswer: LoRA's best in-distribution rate is above every training-free baseline's, each "
                  "difference resolved above 0: training is needed here.")

@@ -22,6 +22,7 @@ from phaseflip.prepare import references
 from phaseflip.report import answers, figures
 from phaseflip.report.answers import best_setting, fmt
 from phaseflip.report.figures import pick
+from phaseflip.report.held_out import held_out_choices
 from phaseflip.report.pilot_section import pilot_lines
 from phaseflip.run_folder import scenario_table
 
@@ -58,6 +59,11 @@ def _numeric(table: pd.DataFrame, text_columns: tuple[str, ...]) -> pd.DataFrame
     if len(table):
         return table
     return table.astype({c: float for c in table.columns if c not in text_columns})
+
+
+def _optional_csv(path: Path) -> pd.DataFrame | None:
+    """A stage's side table, None where an older study did not write it (or wrote it empty)."""
+    return read_csv(path) if path.exists() and path.stat().st_size else None
 
 
 def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir: Path, steering_csv: Path,
@@ -105,6 +111,9 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
     best_ckpt = best_setting(trained.merge(every_family, on=["run_id", "step"]), ["run_id", "step"])
     best_steer = best_setting(steer[steer.layer >= 0], ["training_set", "layer", "multiplier"])
     best_icl = best_setting(icl[icl.k > 0], ["k"])
+    # the same choices without the winner's curse: chosen on half the scenarios, read on the other (Q4, Q5)
+    held_out = held_out_choices(counts, every_family, _optional_csv(steering_csv.with_name("steering_scenarios.csv")),
+                                _optional_csv(icl_csv.with_name("icl_scenarios.csv")), int(params.get("seed") or 0))
     comparison = _family_rows(base, "base model")
     if best_steer is not None:
         sel = steer[(steer.training_set == best_steer.training_set) & (steer.layer == best_steer.layer)
@@ -146,7 +155,7 @@ def build_report(params: dict[str, Any], metrics_paths: list[str], forecast_dir:
     model_line = model_summary(read_json(base_manifest) if base_manifest and base_manifest.exists() else None,
                                read_csv(screen_csv) if screen_csv.exists() and screen_csv.stat().st_size else None)
     ctx = dict(params=params, study=study, model_line=model_line, base=base, transitions=transitions, quality=quality,
-               comp=comp, mirage=mirage, counts=counts,
+               comp=comp, mirage=mirage, counts=counts, held_out=held_out,
                bench_summary=bench_summary, forecasts=forecasts,
                best_ckpt=best_ckpt, best_steer=best_steer, steer=steer, icl=icl, dreams=dreams, data=data,
                stage_costs=stage_costs, threshold=threshold, max_steps=max_steps, effective_count=effective_count,

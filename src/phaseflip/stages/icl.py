@@ -18,6 +18,7 @@ from phaseflip.config import IclConfig
 from phaseflip.data import load_examples
 from phaseflip.interventions.icl import icl_table, resolve_ks
 from phaseflip.io import write_csv, write_json
+from phaseflip.measure.evaluator import SCENARIO_COLUMNS
 from phaseflip.stages.inputs import base_rows, load_model, make_evaluator
 
 
@@ -32,5 +33,9 @@ def run(params: dict[str, Any], out: str, base: str, corrections: str, eval: str
     k0_rows = base_rows(base_metrics) if 0 in ks else []  # k=0 is the base model: the evaluate_base job's rows
     rows, shots = icl_table(evaluator, model, tok, real, ks, int(params["seed"]), k0_rows)
     write_csv(Path(out) / "icl_metrics.csv", pd.DataFrame(rows))
+    # each k's per-scenario counts (inside the evaluator k is the step): the report's held-out selection
+    per_scenario = [dict(r, shots=r["step"], step=0) for r in evaluator.scenario_rows
+                    if r["step"] in ks and r["step"] > 0]
+    write_csv(Path(out) / "icl_scenarios.csv", pd.DataFrame(per_scenario, columns=["shots", *SCENARIO_COLUMNS]))
     write_json(Path(out) / "icl_shots.json", shots)
     print(f"icl: k in {ks} in {time.time() - started:.0f}s")

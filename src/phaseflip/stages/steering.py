@@ -22,6 +22,7 @@ from phaseflip.interventions.steering import (
     with_screen_dtype,
 )
 from phaseflip.io import pick_device, write_csv
+from phaseflip.measure.evaluator import SCENARIO_COLUMNS
 from phaseflip.stages.inputs import base_rows, load_model, make_evaluator
 
 
@@ -34,8 +35,12 @@ def run(params: dict[str, Any], out: str, base: str, vectors: str, eval: str, re
     model, tok = load_model(base, params, "steering")
     evaluator = make_evaluator(params, tok, eval, retention, base)
     loaded: dict[str, Any] = {t: load_vector(Path(vectors) / vector_file(t))[0] for t in cfg.training_sets}
-    table, rows, seconds = screen_and_evaluate(model, tok, loaded, evaluator, cfg)
+    per_scenario: list[dict[str, Any]] = []
+    table, rows, seconds = screen_and_evaluate(model, tok, loaded, evaluator, cfg, per_scenario)
     write_csv(Path(out) / "steering_screen.csv", table)
+    # the fully evaluated settings' per-scenario counts: the report's held-out selection (stats.selection)
+    write_csv(Path(out) / "steering_scenarios.csv",
+              pd.DataFrame(per_scenario, columns=["training_set", "layer", "multiplier", *SCENARIO_COLUMNS]))
     write_csv(Path(out) / "steering_metrics.csv", pd.DataFrame(steering_table(base_rows(base_metrics), rows)))
     if table.empty:
         print("steering: no in_distribution scenario has a reference pair; nothing to screen")
