@@ -44,3 +44,6 @@ def test_studies_are_reproducible() -> None:
     a = run_suite(["floor"], studies=1, n_bootstrap=10, progress=False)
     b = run_suite(["floor"], studies=1, n_bootstrap=10, progress=False)
     assert np.array_equal(a.hits.to_numpy(), b.hits.to_numpy())
+    # a generator draws the same studies whichever others run beside it (the README's two halves)
+    both = run_suite(["power_jump", "floor"], studies=1, n_bootstrap=10, progress=False)
+    assert np.array_equal(both[both.generator == "floor"].hits.to_numpy(), a.hits.to_numpy())
