@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from phaseflip.forecast.scores import pit_coverage, score_forecasts
@@ -51,3 +52,17 @@ def test_pit_coverage_catches_an_overconfident_forecaster() -> None:
     rows, truth = _censored_forecasts(1500, 2.0, 1)  # the truth twice as spread as the forecast says
     scored = score_forecasts(rows, truth, H)
     assert scored.pit_coverage_80.mean() < 0.7
+
+
+def test_summary_row_without_a_judged_origin_says_so() -> None:
+    from phaseflip.forecast.scores import MIN_RUNS, format_summary
+
+    row = {"generator": "this study", "method": "pooled_link", "runs": 3, "runs_crossing": 2,
+           "first_winning_origin": None, "first_winning_fraction": None, "skill_linear": 0.1, "skill_linear_lo": -0.2,
+           "skill_linear_hi": 0.3, "skill_climatology": 0.5, "skill_climatology_lo": 0.1, "skill_climatology_hi": 0.9,
+           "coverage_80": 0.72, "coverage_80_min": float("nan"), "coverage_80_max": float("nan"),
+           "interval_coverage_80": 0.8, "brier": 0.0, "brier_climatology": 0.4, "false_alarm_p": 0.0,
+           "median_lead_within_25": 0.1, "median_lead_covered_80": 0.1}
+    text = format_summary(pd.DataFrame([row]))
+    assert f"0.72 (no origin with {MIN_RUNS} forecasts); 0.80" in text
+    assert "0.72 (0.60-0.80)" in format_summary(pd.DataFrame([dict(row, coverage_80_min=0.6, coverage_80_max=0.8)]))

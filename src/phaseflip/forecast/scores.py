@@ -283,6 +283,14 @@ def _f(v: Any, digits: int = 2) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _origin_range(r: dict[str, Any]) -> str:
+    """'0.62-0.86', or why there is no per-origin range (no origin had MIN_RUNS forecasts)."""
+    lo, hi = r["coverage_80_min"], r["coverage_80_max"]
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return f"no origin with {MIN_RUNS} forecasts"
+    return f"{_f(lo)}-{_f(hi)}"
+
+
 def format_summary(summary: pd.DataFrame, max_steps: float | None = None) -> str:
     """The per-generator table (markdown), as printed, in the README and in the report."""
     lines = ["| generator | runs (crossing) | beats both refs from origin | skill vs linear [95%] | "
@@ -298,7 +306,7 @@ def format_summary(summary: pd.DataFrame, max_steps: float | None = None) -> str
             f"| {label} | {r['runs']} ({r['runs_crossing']}) | {first} | {_f(r['skill_linear'])} "
             f"[{_f(r['skill_linear_lo'])}, {_f(r['skill_linear_hi'])}] | {_f(r['skill_climatology'])} "
             f"[{_f(r['skill_climatology_lo'])}, {_f(r['skill_climatology_hi'])}] | {_f(r['coverage_80'])} "
-            f"({_f(r['coverage_80_min'])}-{_f(r['coverage_80_max'])}); {_f(r.get('interval_coverage_80'))} | "
+            f"({_origin_range(r)}); {_f(r.get('interval_coverage_80'))} | "
             f"{_f(r['brier'])} "
             f"({_f(r['brier_climatology'])}) | {_f(r['false_alarm_p'])} | {_f(r['median_lead_within_25'], 1)} / "
             f"{_f(r['median_lead_covered_80'], 1)} |")
