@@ -44,6 +44,7 @@ def test_each_setup_is_chosen_on_one_half_and_read_on_the_other() -> None:
     assert "| LoRA | 3 | LoRA a step 10 |" in text and "| steering | 2 | steering real L5 x4 |" in text
     answer = "\n".join(_q4_answer(pd.DataFrame(), held))
     assert "held-out report half" in answer and "training is needed here" in answer
+    assert "paired over the 10 report-half scenarios" in answer
     # the same comparison read on the held-out half flips when a baseline is as good as LoRA
     counts, candidates, steering, icl = study(np.random.default_rng(1), steer_rate=0.9)
     close = "\n".join(_q4_answer(pd.DataFrame(), held_out_choices(counts, candidates, steering, icl, seed=0)))

@@ -30,6 +30,7 @@ from phaseflip.stats.differences import (
     seeds_per_arm,
     t50_arm_difference,
 )
+from phaseflip.stats.selection import paired_difference
 
 
 def inference(params: dict[str, Any] | None) -> InferenceConfig:
@@ -292,11 +293,12 @@ def q5(study: pd.DataFrame, best_ckpt: Any, comp: pd.DataFrame, base: pd.DataFra
                  f"{'yes' if diff.half_width <= 0.3 else 'no'} (±{diff.half_width:.2f}) |")
     if held_out is not None and "LoRA" in held_out.choices and held_out.base is not None:
         c = held_out.choices["LoRA"]
-        d = rate_difference((c.rate, c.lo, c.hi), held_out.base)
+        d = paired_difference(c.counts, held_out.base_counts)  # the same report-half scenarios
         L.append(f"\n{IN_DISTRIBUTION} without the winner's curse (the row above was chosen and read on the same "
                  f"replies): {held_out_label('LoRA', c.choice)}, chosen on the selection half, reads "
                  f"{fmt(c.rate, c.lo, c.hi)} on the report half ({c.scenarios} scenarios) vs the base model's "
-                 f"{fmt(*held_out.base)} there: change {fmt(d.value, d.lo, d.hi)}, {d.verdict()}.")
+                 f"{fmt(*held_out.base)} there: change {fmt(d.value, d.lo, d.hi)} (paired over those scenarios), "
+                 f"{d.verdict()}.")
     notes = family_notes or {}  # behavior-specific prose comes from the behavior's YAML only
     L += [f"\n(`{family}`: {notes[family]})" for family in sorted(lora.index) if family in notes]
     sel = study[(study.run_id == best_ckpt.run_id) & (study.step == best_ckpt.step)]
@@ -418,15 +420,20 @@ def held_out_lines(held_out: HeldOut | None) -> list[str]:
 
 def _q4_answer(comp: pd.DataFrame, held_out: HeldOut | None = None) -> list[str]:
     """LoRA's best minus each training-free baseline's best, in-distribution, as a difference with its 95%
-    interval (MOVER from the two clustered intervals): training is needed only where every difference is
-    resolved above 0 (two overlapping intervals can still differ; this tests the difference itself). Read on
-    the held-out report half where there is one; otherwise on the replies the choices were made on, said so."""
+    interval: training is needed only where every difference is resolved above 0 (two overlapping intervals
+    can still differ; this tests the difference itself). Read on the held-out report half where there is
+    one, paired over its scenarios (`stats.selection.paired_difference`); otherwise on the replies the
+    choices were made on (MOVER from the two clustered intervals, as if independent), said so."""
+    diffs: list[Difference] = []
+    labels: list[str] = []
     if held_out is not None and "LoRA" in held_out.choices and len(held_out.choices) > 1:
         lora_c = held_out.choices["LoRA"]
-        best_v = (lora_c.rate, lora_c.lo, lora_c.hi)
-        other_v = [(held_out_label(s, c.choice), (c.rate, c.lo, c.hi)) for s, c in held_out.choices.items()
-                   if s != "LoRA"]
-        where = "on the held-out report half, chosen on the selection half"
+        for setup, c in held_out.choices.items():
+            if setup != "LoRA":
+                labels.append(held_out_label(setup, c.choice))
+                diffs.append(paired_difference(lora_c.counts, c.counts))
+        how = (f"on the held-out report half, chosen on the selection half; 95% interval paired over the "
+               f"{held_out.report_scenarios} report-half scenarios: MOVER with the correlation of the two rates")
     else:
         lora = comp[comp.setup.str.startswith("LoRA") & (comp.family == IN_DISTRIBUTION)]
         others = comp[~comp.setup.str.startswith("LoRA") & (comp.family == IN_DISTRIBUTION)
@@ -434,16 +441,13 @@ def _q4_answer(comp: pd.DataFrame, held_out: HeldOut | None = None) -> list[str]
         if lora.empty or others.empty:
             return []
         best = lora.iloc[0]
-        best_v = (best.behavior_rate, best.lo, best.hi)
-        other_v = [(o.setup, (o.behavior_rate, o.lo, o.hi)) for o in others.itertuples()]
-        where = "on the replies each choice was made on: optimistic, most for LoRA"
-    L = ["", f"LoRA's best minus each baseline's best ({IN_DISTRIBUTION} behavior_rate {where}; 95% MOVER "
-             "interval, conservative: the setups share scenarios):", ""]
-    diffs = []
-    for setup, value in other_v:
-        d = rate_difference(best_v, value)
-        diffs.append(d)
-        L.append(f"- vs {setup}: {fmt(d.value, d.lo, d.hi)}")
+        for o in others.itertuples():
+            labels.append(str(o.setup))
+            diffs.append(rate_difference((best.behavior_rate, best.lo, best.hi), (o.behavior_rate, o.lo, o.hi)))
+        how = ("on the replies each choice was made on: optimistic, most for LoRA; 95% MOVER interval, "
+               "conservative: the setups share scenarios")
+    L = ["", f"LoRA's best minus each baseline's best ({IN_DISTRIBUTION} behavior_rate {how}):", ""]
+    L += [f"- vs {label}: {fmt(d.value, d.lo, d.hi)}" for label, d in zip(labels, diffs, strict=True)]
     if all(d.lo > 0 for d in diffs):
         L.append("\nAnswer: LoRA's best in-distribution rate is above every training-free baseline's, each "
                  "difference resolved above 0: training is needed here.")

@@ -23,6 +23,7 @@ class HeldOut:
     report_scenarios: int
     choices: dict[str, HeldOutSelection] = field(default_factory=dict)
     base: tuple[float, float, float] | None = None
+    base_counts: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # report half: scenario_id, k, n
 
 
 def _in_distribution(table: pd.DataFrame) -> pd.DataFrame:
@@ -58,6 +59,7 @@ def held_out_choices(counts: dict[str, pd.DataFrame], lora_candidates: pd.DataFr
     if len(rep):
         k, n = rep.k.astype(int).tolist(), rep.n.astype(int).tolist()
         out.base = (sum(k) / sum(n), *clustered_interval(k, n))
+        out.base_counts = rep.assign(scenario_id=rep.scenario_id.astype(str))[["scenario_id", "k", "n"]]
     return out
 
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from phaseflip.stats.differences import Difference, paired_rate_difference
 from phaseflip.stats.intervals import clustered_interval
 
 
@@ -36,6 +37,8 @@ class HeldOutSelection:
     hi: float
     scenarios: int  # report-half scenarios it was read on
     replies: int
+    # its report-half counts per scenario (scenario_id -> k, n): paired comparisons between setups
+    counts: pd.DataFrame = field(default_factory=pd.DataFrame, compare=False, repr=False)
 
 
 def split_scenarios(scenario_ids: Sequence[Any], seed: int) -> tuple[list[Any], list[Any]]:
@@ -71,10 +74,18 @@ def held_out_selection(table: pd.DataFrame, keys: list[str], selection: Sequence
     rows = rep[mask].groupby("scenario_id")[["k", "n"]].sum()
     lo, hi = clustered_interval(rows.k.astype(int).tolist(), rows.n.astype(int).tolist(), confidence)
     return HeldOutSelection(choice, len(rates), float(pooled.loc[best]), float(rows.k.sum() / rows.n.sum()),
-                            lo, hi, len(rows), int(rows.n.sum()))
+                            lo, hi, len(rows), int(rows.n.sum()), rows.reset_index())
 
 
 def describe(choice: dict[str, Any]) -> str:
     """'run_id lr3e-3 step 10' style text of a candidate's keys."""
     return ", ".join(f"{k} {v:g}" if isinstance(v, float) and not math.isnan(v) else f"{k} {v}"
                      for k, v in choice.items())
+
+
+def paired_difference(a: pd.DataFrame, b: pd.DataFrame, confidence: float = 0.95) -> Difference:
+    """Rate of `a` minus rate of `b` (each scenario_id, k, n: e.g. two setups' report-half counts), paired over
+    the scenarios both sampled (`stats.differences.paired_rate_difference`)."""
+    both = a.merge(b, on="scenario_id", suffixes=("_a", "_b"))
+    return paired_rate_difference(both.k_a.to_numpy(), both.n_a.to_numpy(), both.k_b.to_numpy(), both.n_b.to_numpy(),
+                                  confidence)
