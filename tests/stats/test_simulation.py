@@ -17,7 +17,8 @@ def test_population_t50_is_where_the_mean_rate_crosses() -> None:
 def test_suite_scores_every_interval_and_the_mirage_test() -> None:
     table = run_suite(["logistic", "power_jump"], studies=2, n_bootstrap=20, progress=False)
     got = set(zip(table.generator, table.interval, strict=True))
-    for key in ("t50", "t50_diff_paired", "t50_diff_arms", "rate_diff", "mirage_run", "mirage_pooled"):
+    for key in ("t50", "t50_diff_paired", "t50_diff_arms", "rate_diff", "rate_diff_paired", "mirage_run",
+                "mirage_pooled"):
         assert ("logistic", key) in got
     measures = dict(zip(zip(table.generator, table.interval, strict=True), table.measure, strict=True))
     assert measures[("logistic", "mirage_run")] == "type_I_error"

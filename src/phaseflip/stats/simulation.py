@@ -25,6 +25,9 @@ threshold; an arm's t50 is that at e_seed = 0 (the median seed). Scored, at 95%:
   difference (what the report reads as "earlier" / "later");
 - `rate_diff`: the MOVER interval of the rate change from step 0 to the last checkpoint of a run
   (`rate_difference` of two clustered intervals, as Q5's best-minus-base) against the population change;
+- `rate_diff_paired`: arm B minus arm C at the middle checkpoint, two runs on the same scenarios, by the
+  MOVER interval with their correlation (`paired_rate_difference`, as Q4's held-out comparison) against
+  the difference of the two runs' population rates there;
 - `mirage`: the share of runs (and of pooled studies) where the test rejects at 0.05.
 
     python -m phaseflip.stats.simulation --studies 60 --out results/simulation
@@ -45,7 +48,13 @@ import numpy as np
 import pandas as pd
 from statsmodels.stats.proportion import proportion_confint
 
-from phaseflip.stats.differences import paired_t50_difference, pooled_seed_spread, rate_difference, t50_arm_difference
+from phaseflip.stats.differences import (
+    paired_rate_difference,
+    paired_t50_difference,
+    pooled_seed_spread,
+    rate_difference,
+    t50_arm_difference,
+)
 from phaseflip.stats.intervals import clustered_interval
 from phaseflip.stats.mirage import mirage_test
 from phaseflip.stats.t50 import fit_t50
@@ -197,6 +206,17 @@ def score_study(gen: Generator, truths: Truths, runs: list[SimRun], n_bootstrap:
     diff = rate_difference(ends[0], ends[1])  # type: ignore[arg-type]
     speed = ARMS[r0.arm] * math.exp(r0.seed_effect)
     out["rate_diff"] = [_covers(diff.lo, diff.hi, truths.rate(speed, STEPS[-1]) - truths.rate(speed, STEPS[0]))]
+    # two setups on the same scenarios (as Q4's held-out comparison): arm B minus arm C at a checkpoint
+    # near the crossing, paired over the scenarios, against the two runs' population rates there
+    step = STEPS[len(STEPS) // 2]
+    b_cells, c_cells = (runs[i].cells[runs[i].cells.step == step].groupby("scenario_id")[["k", "n"]].sum()
+                        for i in (ib, ic))
+    both = b_cells.join(c_cells, lsuffix="_b", rsuffix="_c", how="inner")
+    paired_rate = paired_rate_difference(both.k_b.to_numpy(), both.n_b.to_numpy(), both.k_c.to_numpy(),
+                                         both.n_c.to_numpy())
+    speeds = [ARMS[runs[i].arm] * math.exp(runs[i].seed_effect) for i in (ib, ic)]
+    out["rate_diff_paired"] = [_covers(paired_rate.lo, paired_rate.hi,
+                                       truths.rate(speeds[0], step) - truths.rate(speeds[1], step))]
     return out
 
 
