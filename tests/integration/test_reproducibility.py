@@ -218,6 +218,20 @@ def benchmark_files(project: Path) -> dict[str, tuple[int, bytes]]:
     return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (project / "results" / "benchmarks").glob("*.tsv")}
 
 
+def finished_benchmarks(log: str) -> set[str]:
+    """The benchmark files of the jobs Snakemake's log reports finished ("Finished jobid: N"). A job killed
+    after its benchmark file was written but before Snakemake recorded it as finished is still marked
+    incomplete, and `--rerun-incomplete` rightly runs it again: it was not finished work."""
+    benchmark_of: dict[str, str] = {}
+    jobid = None
+    for line in log.splitlines():
+        if m := re.match(r"\s+jobid: (\d+)$", line):
+            jobid = m.group(1)
+        elif (m := re.match(r"\s+benchmark: (\S+)$", line)) and jobid is not None:
+            benchmark_of[jobid] = Path(m.group(1)).name
+    return {benchmark_of[j] for j in re.findall(r"Finished jobid: (\d+)", log) if j in benchmark_of}
+
+
 def kill_study_during_training(project: Path, log: Path) -> str:
     """Start `make study SET=study=smoke` in its own process group, wait until a training run has saved
     its first checkpoint but not finished, then SIGKILL the whole group (a closed laptop, a pre-empted
@@ -254,7 +268,8 @@ def interrupted(repo: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     run([*GIT, "commit", "-qm", "project"], project)
     mark_installed(project)
     run_id = kill_study_during_training(project, project.parent / "first.log")
-    before = benchmark_files(project)
+    finished = finished_benchmarks((project.parent / "first.log").read_text())
+    before = {name: v for name, v in benchmark_files(project).items() if name in finished}
     rerun = run(["make", "study", "SET=study=smoke"], project)
     return {"path": project, "run_id": run_id, "before": before, "after": benchmark_files(project), "rerun": rerun}
 
