@@ -63,14 +63,10 @@ def held_out_choices(counts: dict[str, pd.DataFrame], lora_candidates: pd.DataFr
     return out
 
 
-def lora_label(choice: dict[str, Any]) -> str:
-    return f"LoRA {choice['run_id']} step {int(choice['step'])}"
-
-
 def label(setup: str, choice: dict[str, Any]) -> str:
     """The chosen setting in the words the report's other tables use."""
     if setup == "LoRA":
-        return lora_label(choice)
+        return f"LoRA {choice['run_id']} step {int(choice['step'])}"
     if setup == "steering":
         return f"steering {choice['training_set']} L{int(choice['layer'])} x{float(choice['multiplier']):g}"
     return f"ICL k={int(choice['shots'])}"

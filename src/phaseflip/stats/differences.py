@@ -75,11 +75,17 @@ def holm_verdicts(diffs: list[Difference], alpha: float = 0.05) -> list[tuple[st
 
 def rate_difference(after: tuple[float, float, float], before: tuple[float, float, float]) -> Difference:
     """after - before, each (rate, lo, hi) with a 95% interval: the MOVER interval of the difference."""
-    p1, l1, u1 = after
-    p2, l2, u2 = before
+    return _mover(after, before, 0.0)
+
+
+def _mover(a: tuple[float, float, float], b: tuple[float, float, float], r: float) -> Difference:
+    """a - b from two (rate, lo, hi): MOVER (Zou & Donner 2008), with r the correlation of the two estimates
+    (0: independent)."""
+    p1, l1, u1 = a
+    p2, l2, u2 = b
     d = p1 - p2
-    lo = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
-    hi = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    lo = d - math.sqrt(max((p1 - l1) ** 2 + (u2 - p2) ** 2 - 2 * r * (p1 - l1) * (u2 - p2), 0.0))
+    hi = d + math.sqrt(max((u1 - p1) ** 2 + (p2 - l2) ** 2 - 2 * r * (u1 - p1) * (p2 - l2), 0.0))
     return Difference(d, max(-1.0, lo), min(1.0, hi))
 
 
@@ -103,10 +109,7 @@ def paired_rate_difference(k_a: np.ndarray, n_a: np.ndarray, k_b: np.ndarray, n_
     e_a, e_b = k_a - p_a * n_a, k_b - p_b * n_b
     scale = math.sqrt(float((e_a ** 2).sum() * (e_b ** 2).sum()))
     r = float((e_a * e_b).sum()) / scale if scale > 0 else 0.0
-    d = p_a - p_b
-    lo = d - math.sqrt(max((p_a - l_a) ** 2 + (u_b - p_b) ** 2 - 2 * r * (p_a - l_a) * (u_b - p_b), 0.0))
-    hi = d + math.sqrt(max((u_a - p_a) ** 2 + (p_b - l_b) ** 2 - 2 * r * (u_a - p_a) * (p_b - l_b), 0.0))
-    return Difference(d, max(-1.0, lo), min(1.0, hi))
+    return _mover((p_a, l_a, u_a), (p_b, l_b, u_b), r)
 
 
 @dataclass

@@ -14,7 +14,6 @@ so their reported rates are on the same scenarios. The price is an interval abou
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,12 +74,6 @@ def held_out_selection(table: pd.DataFrame, keys: list[str], selection: Sequence
     lo, hi = clustered_interval(rows.k.astype(int).tolist(), rows.n.astype(int).tolist(), confidence)
     return HeldOutSelection(choice, len(rates), float(pooled.loc[best]), float(rows.k.sum() / rows.n.sum()),
                             lo, hi, len(rows), int(rows.n.sum()), rows.reset_index())
-
-
-def describe(choice: dict[str, Any]) -> str:
-    """'run_id lr3e-3 step 10' style text of a candidate's keys."""
-    return ", ".join(f"{k} {v:g}" if isinstance(v, float) and not math.isnan(v) else f"{k} {v}"
-                     for k, v in choice.items())
 
 
 def paired_difference(a: pd.DataFrame, b: pd.DataFrame, confidence: float = 0.95) -> Difference:
